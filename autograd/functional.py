@@ -1,0 +1,382 @@
+"""Fused ops: the model's hot path, one op each with its backward derived by hand.
+
+In eager NumPy every basic op allocates a full-size temporary, so composing softmax or layer norm
+from `exp`, `sum` and `/` costs several passes over memory and several saved arrays. Each op here
+does the forward in few passes, saves what its backward needs, and states its derivative in the
+docstring. The tests compare each one with the same computation composed of basic ops and with
+finite differences.
+"""
+
+import math
+
+import numpy as np
+
+from autograd import backend
+from autograd.function import Function
+from autograd.tensor import Tensor
+
+
+def _tensor(x, like=None):
+    if isinstance(x, Tensor):
+        return x
+    return Tensor(x, device=like.device if like is not None else None)
+
+
+def _ids(ids, like):
+    """Ids or targets: an integer Tensor or array, on `like`'s device."""
+    data = ids.data if isinstance(ids, Tensor) else ids
+    if not hasattr(data, "dtype"):
+        data = np.asarray(data)
+    if data.dtype.kind not in "iu":
+        raise TypeError(f"ids must be integers, got dtype {data.dtype}")
+    return backend.to_device(data, like.device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# softmax and friends
+
+
+class Softmax(Function):
+    """y = exp(x - max x) / sum exp(x - max x) along `axis`.
+
+    dL/dx = y * (g - sum(g * y)), the sum along `axis`.
+    """
+
+    def forward(self, x, axis=-1):
+        xp = backend.get_array_module(x)
+        self.axis = axis
+        y = x - x.max(axis=axis, keepdims=True)
+        xp.exp(y, out=y)
+        y /= y.sum(axis=axis, keepdims=True)
+        self.y = y
+        return y
+
+    def backward(self, grad):
+        y = self.y
+        gx = grad * y
+        gx -= y * gx.sum(axis=self.axis, keepdims=True)
+        return (gx,)
+
+
+class LogSoftmax(Function):
+    """y = x - max x - log sum exp(x - max x).
+
+    dL/dx = g - exp(y) * sum(g).
+    """
+
+    def forward(self, x, axis=-1):
+        xp = backend.get_array_module(x)
+        self.axis = axis
+        y = x - x.max(axis=axis, keepdims=True)
+        y -= xp.log(xp.exp(y).sum(axis=axis, keepdims=True))
+        self.y = y
+        return y
+
+    def backward(self, grad):
+        xp = backend.get_array_module(grad)
+        return (grad - xp.exp(self.y) * grad.sum(axis=self.axis, keepdims=True),)
+
+
+def softmax(x, axis=-1):
+    return Softmax.apply(_tensor(x), axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    return LogSoftmax.apply(_tensor(x), axis=axis)
+
+
+class CrossEntropy(Function):
+    """Mean over the counted rows of -log softmax(x)[target]; rows whose target is `ignore_index` are
+    left out of both the sum and the count (a batch of only ignored rows gives 0, not NaN).
+
+    With p = softmax(x) and n the number of counted rows:
+    dL/dx_i = (p_i - onehot(target_i)) / n on counted rows, 0 on ignored ones.
+    Only p is kept for the backward, and the backward turns it into the gradient in place:
+    the (N, V) logits of a language model are the step's largest arrays.
+    """
+
+    def forward(self, logits, targets, ignore_index=-100):
+        xp = backend.get_array_module(logits)
+        n, v = logits.shape
+        valid = targets != ignore_index
+        safe = xp.where(valid, targets, 0)
+        rows = xp.arange(n)
+        p = logits - logits.max(axis=1, keepdims=True)
+        picked = p[rows, safe]  # shifted logit of each target
+        xp.exp(p, out=p)
+        total = p.sum(axis=1)
+        p /= total[:, None]
+        self.p, self.rows, self.safe, self.valid = p, rows, safe, valid
+        self.count = xp.maximum(valid.sum(), 1).astype(logits.dtype)
+        nll = (xp.log(total) - picked) * valid
+        return (nll.sum() / self.count).astype(logits.dtype)
+
+    def backward(self, grad):
+        p = self.p
+        p[self.rows, self.safe] -= 1.0
+        p *= (self.valid * (grad / self.count)).astype(p.dtype)[:, None]
+        return p, None
+
+
+def cross_entropy(logits, targets, ignore_index=-100):
+    """Mean cross-entropy of (N, V) or (B, T, V) logits against integer targets of shape (N,) or (B, T)."""
+    logits = _tensor(logits)
+    targets = _ids(targets, logits)
+    if logits.ndim not in (2, 3) or tuple(targets.shape) != logits.shape[:-1]:
+        raise ValueError(
+            f"cross_entropy: logits of shape {logits.shape} need targets of shape {logits.shape[:-1]} "
+            f"(logits (N, V) or (B, T, V)), got {tuple(targets.shape)}"
+        )
+    if logits.ndim == 3:
+        logits = logits.reshape(-1, logits.shape[-1])
+        targets = targets.reshape(-1)
+    return CrossEntropy.apply(logits, Tensor._make(targets, logits.device, False), ignore_index=ignore_index)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Normalization and activations
+
+
+class LayerNorm(Function):
+    """y = (x - mean) / sqrt(var + eps) * w + b over the last axis (biased variance).
+
+    With xhat the normalized input, rstd = 1/sqrt(var + eps), d = g * w and means over the last axis:
+    dL/dx = rstd * (d - mean(d) - xhat * mean(d * xhat))
+    dL/dw = sum over rows of g * xhat,   dL/db = sum over rows of g.
+    """
+
+    def forward(self, x, w=None, b=None, eps=1e-5):
+        xp = backend.get_array_module(x)
+        mean = x.mean(axis=-1, keepdims=True)
+        xhat = x - mean
+        var = (xhat * xhat).mean(axis=-1, keepdims=True)
+        rstd = 1.0 / xp.sqrt(var + eps)
+        xhat *= rstd
+        self.xhat, self.rstd, self.w = xhat, rstd, w
+        if w is None:
+            return xhat.copy()
+        y = xhat * w
+        if b is not None:
+            y += b
+        return y
+
+    def backward(self, grad):
+        xhat, rstd, w = self.xhat, self.rstd, self.w
+        c = xhat.shape[-1]
+        d = grad * w if w is not None else grad
+        gx = d - d.mean(axis=-1, keepdims=True)
+        gx -= xhat * ((d * xhat).sum(axis=-1, keepdims=True) * (1.0 / c))
+        gx *= rstd
+        grads = [gx]
+        if len(self.needs_grad) > 1:
+            g2 = grad.reshape(-1, c)
+            grads.append((g2 * xhat.reshape(-1, c)).sum(axis=0) if self.needs_grad[1] else None)
+        if len(self.needs_grad) > 2:
+            grads.append(g2.sum(axis=0) if self.needs_grad[2] else None)
+        return tuple(grads)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    x = _tensor(x)
+    c = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != (c,):
+            raise ValueError(f"layer_norm: {name} has shape {tuple(p.shape)}, expected ({c},) for input {x.shape}")
+    if weight is None and bias is not None:
+        weight = Tensor._make(backend.xp_for(x.device).ones((c,), dtype=x.dtype), x.device, False)
+    inputs = [x] + [p for p in (weight, bias) if p is not None]
+    return LayerNorm.apply(*inputs, eps=eps)
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+class Gelu(Function):
+    """GPT-2's tanh approximation: y = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+
+    dy/dx = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), t = tanh(u).
+    """
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        x2 = x * x
+        t = x2 * 0.044715
+        t += 1.0
+        t *= x
+        t *= _GELU_C
+        xp.tanh(t, out=t)
+        self.x, self.x2, self.t = x, x2, t
+        y = t + 1.0
+        y *= x
+        y *= 0.5
+        return y
+
+    def backward(self, grad):
+        x, x2, t = self.x, self.x2, self.t
+        # reuse the saved buffers: this op's graph node is freed after its backward runs once
+        dy = x2
+        dy *= 3.0 * 0.044715 * _GELU_C
+        dy += _GELU_C
+        dy *= x
+        dy *= 1.0 - t * t
+        dy += 1.0 + t
+        dy *= 0.5
+        dy *= grad
+        return (dy,)
+
+
+def gelu(x):
+    return Gelu.apply(_tensor(x))
+
+
+class Dropout(Function):
+    """Inverted dropout: y = x * m / (1 - p), m ~ Bernoulli(1 - p). dL/dx = g * m / (1 - p)."""
+
+    def forward(self, x, p, generator):
+        xp = backend.get_array_module(x)
+        keep = generator.random(x.shape, dtype=np.float32) >= p
+        self.mask = keep.astype(x.dtype)
+        self.mask *= 1.0 / (1.0 - p)
+        return x * self.mask
+
+    def backward(self, grad):
+        return (grad * self.mask,)
+
+
+def dropout(x, p=0.5, training=True, generator=None, seed=None):
+    """Zero each entry with probability p and scale the rest by 1/(1-p); the identity when not training.
+
+    `generator` is a random generator of the tensor's array module (`xp.random.default_rng(seed)`);
+    `seed` makes one when no generator is given.
+    """
+    x = _tensor(x)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return x
+    if generator is None:
+        generator = backend.xp_for(x.device).random.default_rng(seed)
+    return Dropout.apply(x, p=float(p), generator=generator)
+
+
+class Embedding(Function):
+    """y = W[ids]. dL/dW[v] = sum of g over the positions whose id is v (a scatter-add)."""
+
+    def forward(self, weight, ids):
+        self.ids, self.shape = ids, weight.shape
+        try:
+            return weight[ids]
+        except IndexError:
+            raise IndexError(
+                f"embedding: ids must lie in [0, {weight.shape[0]}) for a table of {weight.shape[0]} rows; "
+                f"got values from {int(ids.min())} to {int(ids.max())}"
+            ) from None
+
+    def backward(self, grad):
+        xp = backend.get_array_module(grad)
+        gw = xp.zeros(self.shape, dtype=grad.dtype)
+        xp.add.at(gw, self.ids.reshape(-1), grad.reshape(-1, self.shape[1]))
+        return gw, None
+
+
+def embedding(ids, weight):
+    """Rows of `weight` (V, C) picked by integer `ids` of any shape: (...,) -> (..., C)."""
+    ids = _ids(ids, weight)
+    return Embedding.apply(weight, Tensor._make(ids, weight.device, False))
+
+
+class Linear(Function):
+    """y = x W^T + b with W (out, in) as in PyTorch.
+
+    Leading axes are flattened into one GEMM each way:
+    dL/dx = g W,  dL/dW = g^T x (over all rows),  dL/db = sum of g over all rows.
+    """
+
+    def forward(self, x, w, b=None):
+        self.x, self.w = x, w
+        y = x @ w.T
+        if b is not None:
+            y += b
+        return y
+
+    def backward(self, grad):
+        x, w = self.x, self.w
+        g2 = grad.reshape(-1, grad.shape[-1])
+        gx = (grad @ w) if self.needs_grad[0] else None
+        gw = (g2.T @ x.reshape(-1, x.shape[-1])) if self.needs_grad[1] else None
+        grads = (gx, gw)
+        if len(self.needs_grad) > 2:
+            grads += (g2.sum(axis=0) if self.needs_grad[2] else None,)
+        return grads
+
+
+def linear(x, weight, bias=None):
+    x = _tensor(x)
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: input of shape {x.shape} has {x.shape[-1]} features but weight {tuple(weight.shape)} "
+            f"(out, in) expects {weight.shape[1]}"
+        )
+    if bias is None:
+        return Linear.apply(x, weight)
+    return Linear.apply(x, weight, bias)
+
+
+class ScaledDotProductAttention(Function):
+    """softmax(q k^T / sqrt(d) + mask) v over (B, H, T, D), with optional dropout on the weights.
+
+    With s the scaled scores, a = softmax(s) (after dropout: a' = a * m), and g the upstream gradient:
+    dv = a'^T g,  da' = g v^T,  da = da' * m,  ds = a * (da - sum(da * a)),
+    dq = ds k / sqrt(d),  dk = ds^T q / sqrt(d).
+    The causal mask lets query i see keys j <= i + (Tk - Tq), so a query block at the end of a
+    longer key sequence (decoding with a KV cache) is masked correctly.
+    """
+
+    def forward(self, q, k, v, causal=True, dropout_p=0.0, generator=None):
+        xp = backend.get_array_module(q)
+        tq, tk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+        self.scale = 1.0 / math.sqrt(d)  # a Python float: a NumPy float64 scalar would promote to float64
+        s = q @ k.swapaxes(-1, -2)  # (B, H, Tq, D) @ (B, H, D, Tk) -> (B, H, Tq, Tk)
+        s *= self.scale
+        if causal and tq > 1:
+            future = xp.triu(xp.ones((tq, tk), dtype=bool), k=tk - tq + 1)
+            s[..., future] = -np.inf
+        s -= s.max(axis=-1, keepdims=True)
+        xp.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        a = s
+        self.mask = None
+        if dropout_p > 0.0:
+            self.mask = (generator.random(a.shape, dtype=np.float32) >= dropout_p).astype(a.dtype)
+            self.mask *= 1.0 / (1.0 - dropout_p)
+            a_used = a * self.mask
+        else:
+            a_used = a
+        self.q, self.k, self.v, self.a, self.a_used = q, k, v, a, a_used
+        return a_used @ v  # (B, H, Tq, Tk) @ (B, H, Tk, D) -> (B, H, Tq, D)
+
+    def backward(self, grad):
+        q, k, v, a = self.q, self.k, self.v, self.a
+        dv = self.a_used.swapaxes(-1, -2) @ grad
+        da = grad @ v.swapaxes(-1, -2)
+        if self.mask is not None:
+            da *= self.mask
+        ds = da * a
+        ds -= a * ds.sum(axis=-1, keepdims=True)
+        ds *= self.scale
+        dq = ds @ k
+        dk = ds.swapaxes(-1, -2) @ q
+        return dq, dk, dv
+
+
+def scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.0, training=True, generator=None):
+    """Attention over (B, H, T, D) tensors (any leading axes): softmax(q k^T / sqrt(D)) v."""
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit (T and D must agree)")
+    if causal and q.shape[-2] > k.shape[-2]:
+        raise ValueError(f"attention: causal attention needs no more queries ({q.shape[-2]}) than keys ({k.shape[-2]})")
+    if not training:
+        dropout_p = 0.0
+    if dropout_p > 0.0 and generator is None:
+        generator = backend.xp_for(q.device).random.default_rng()
+    return ScaledDotProductAttention.apply(q, k, v, causal=causal, dropout_p=float(dropout_p), generator=generator)

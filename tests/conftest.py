@@ -1,0 +1,45 @@
+"""Shared test setup: Hypothesis profiles, the devices to run on, and the shared data folder.
+
+TINYGRAD_LLM_HYPOTHESIS=thorough runs many more examples per property (the default "ci" profile keeps
+the whole suite within a few minutes on 2 cores).
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from autograd import cuda_available
+
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.register_profile("thorough", max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+settings.load_profile(os.environ.get("TINYGRAD_LLM_HYPOTHESIS", "ci"))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data():
+    """../shared/data beside the checkout, or a skip that says where it was looked for."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA} (it lies beside the checkout in CI)")
+    return SHARED_DATA
+
+
+def _devices():
+    gpu = pytest.mark.gpu
+    skip = pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a CUDA GPU; none here")
+    return ["cpu", "strict", pytest.param("cuda", marks=[gpu, skip])]
+
+
+DEVICES = _devices()
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Each test that takes `device` runs on the host, on the strict simulated device, and on a real GPU
+    where there is one."""
+    return request.param
