@@ -1,0 +1,371 @@
+"""Step 1: text to token ids with byte-level BPE, as GPT-2 does it.
+
+A text is cut into pre-tokens by GPT-2's regular expression (words with their leading space, runs of
+digits, runs of punctuation, whitespace). Each pre-token's UTF-8 bytes start as byte tokens and are
+merged pair by pair, lowest merge rank first, until no learned pair is left. Every string has an
+encoding because every byte is a token, and decoding is concatenating the tokens' bytes.
+
+`BPETokenizer` trains, encodes, decodes, and reads and writes GPT-2's own files (encoder.json and
+vocab.bpe), so with GPT-2's published files it gives the same ids as tiktoken's "gpt2" encoding.
+`get_tokenizer("gpt2")` returns tiktoken's encoding (the fast path); both offer `encode`, `decode`,
+`n_vocab` and `eot_token`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from collections import Counter, defaultdict
+from functools import cache, cached_property, lru_cache
+from itertools import pairwise
+from pathlib import Path
+
+import regex
+
+# GPT-2's pattern in tiktoken's form. OpenAI's release wrote it as
+#   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+# which cuts every text the same way; the possessive form runs faster.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+ENDOFTEXT = "<|endoftext|>"
+_CACHE_LIMIT = 1 << 20  # pre-tokens kept in the encode cache before it is cleared
+
+
+class BPETokenizer:
+    """Byte-level BPE with GPT-2's pre-tokenization.
+
+    vocab: id -> the token's bytes; merges: (left id, right id) -> merged id, in rank order (the
+    first pair is merged first); special_tokens: text -> id, matched only when `encode` allows them.
+    """
+
+    def __init__(self, vocab: dict[int, bytes], merges: dict[tuple[int, int], int],
+                 special_tokens: dict[str, int] | None = None, name: str = "bpe"):
+        self.vocab = dict(vocab)
+        self.merges = dict(merges)
+        self.special_tokens = dict(special_tokens or {})
+        self.name = name
+        self.ranks = {pair: rank for rank, pair in enumerate(self.merges)}
+        byte_ids = {token[0]: i for i, token in self.vocab.items() if len(token) == 1}
+        if len(byte_ids) != 256:
+            raise ValueError(f"a byte-level vocabulary needs all 256 single bytes; it has {len(byte_ids)}")
+        self._byte_ids = [byte_ids[b] for b in range(256)]
+        self._token_ids = {token: i for i, token in self.vocab.items()}
+        self._decoder = {**self.vocab, **{i: s.encode("utf-8") for s, i in self.special_tokens.items()}}
+        self._pattern = regex.compile(GPT2_PATTERN)
+        self._cache: dict[str, list[int]] = {}
+
+    @property
+    def n_vocab(self) -> int:
+        """One more than the largest id, as tiktoken counts it."""
+        return max(self._decoder) + 1
+
+    @property
+    def eot_token(self) -> int | None:
+        """Id of <|endoftext|>, or None when this vocabulary has no such token."""
+        return self.special_tokens.get(ENDOFTEXT)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the vocabulary, merges and special tokens: equal fingerprints, equal encodings."""
+        h = hashlib.sha256(GPT2_PATTERN.encode())
+        for i in sorted(self.vocab):
+            h.update(b"v%d:%s;" % (i, self.vocab[i].hex().encode()))
+        for (a, b), i in self.merges.items():
+            h.update(b"m%d,%d:%d;" % (a, b, i))
+        for s, i in sorted(self.special_tokens.items()):
+            h.update(b"s%d:%s;" % (i, s.encode().hex().encode()))
+        return h.hexdigest()
+
+    # ---- training -------------------------------------------------------------------------------
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int, special_tokens=(ENDOFTEXT,), verbose: bool = False,
+              name: str = "bpe") -> BPETokenizer:
+        """Learn merges from `text` until the vocabulary holds `vocab_size` tokens (specials included).
+
+        Ids 0..255 are the bytes in byte-value order, then merged tokens in the order learned, then
+        the special tokens. Each step merges the most frequent adjacent pair; ties go to the smallest
+        (left id, right id). Pair counts are updated only in the words a merge touches, and the best
+        pair comes from a heap whose stale entries are refreshed when they surface. Training stops
+        early when no adjacent pairs are left. Special tokens in the text are cut out, never merged.
+        """
+        n_special = len(special_tokens)
+        if vocab_size < 256 + n_special:
+            raise ValueError(f"vocab_size={vocab_size} is too small: the 256 bytes and "
+                             f"{n_special} special tokens alone need {256 + n_special}")
+        pattern = regex.compile(GPT2_PATTERN)
+        word_counts = Counter()
+        for part in _split_specials(text, frozenset(special_tokens))[::2]:
+            word_counts.update(pattern.findall(part))
+        words = [list(w.encode("utf-8")) for w in word_counts]
+        freqs = list(word_counts.values())
+
+        counts: dict[tuple[int, int], int] = defaultdict(int)
+        where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> words that held it
+        for i, word in enumerate(words):
+            for pair in pairwise(word):
+                counts[pair] += freqs[i]
+                where[pair].add(i)
+        heap = [(-c, pair) for pair, c in counts.items()]
+        heapq.heapify(heap)
+
+        vocab = {i: bytes([i]) for i in range(256)}
+        ids_of = {token: i for i, token in vocab.items()}
+        merges: dict[tuple[int, int], int] = {}
+        while len(vocab) < vocab_size - n_special:
+            pair = _pop_best(heap, counts)
+            if pair is None:
+                break
+            token = vocab[pair[0]] + vocab[pair[1]]
+            # Two different pairs can spell the same bytes; the token keeps its first id.
+            new_id = ids_of.setdefault(token, len(vocab))
+            vocab[new_id] = token
+            merges[pair] = new_id
+            touched = set()
+            for i in where.pop(pair):
+                old = words[i]
+                new = merge(old, pair, new_id)
+                if len(new) == len(old):
+                    continue  # the pair left this word in an earlier merge
+                f = freqs[i]
+                for p in pairwise(old):
+                    counts[p] -= f
+                for p in pairwise(new):
+                    counts[p] += f
+                    if new_id in p:
+                        where[p].add(i)
+                        touched.add(p)
+                words[i] = new
+            del counts[pair]
+            for p in touched:
+                heapq.heappush(heap, (-counts[p], p))
+            if verbose:
+                print(f"merge {len(merges)}: {pair} -> {new_id} {token!r}")
+        specials = {s: len(vocab) + k for k, s in enumerate(special_tokens)}
+        return cls(vocab, merges, specials, name=name)
+
+    # ---- encoding and decoding ------------------------------------------------------------------
+
+    def encode(self, text: str, *, allowed_special=frozenset(),
+               disallowed_special="all") -> list[int]:
+        """Token ids of `text`, with tiktoken's rules for special tokens.
+
+        allowed_special: "all" or a set of special tokens encoded as their ids. disallowed_special:
+        "all" (every special token not allowed) or a set; text containing one raises ValueError.
+        Pass disallowed_special=() to encode special-token text as ordinary text.
+        """
+        specials = set(self.special_tokens)
+        allowed = specials if allowed_special == "all" else specials & set(allowed_special)
+        disallowed = specials - allowed if disallowed_special == "all" else set(disallowed_special)
+        if disallowed:
+            found = _special_regex(frozenset(disallowed)).search(text)
+            if found:
+                raise ValueError(
+                    f"text contains the special token {found.group()!r} at character {found.start()}, "
+                    f"which is disallowed. To encode it as a special token pass "
+                    f"allowed_special={{{found.group()!r}}} (or 'all'); to encode it as ordinary "
+                    f"text pass disallowed_special=().")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates become U+FFFD, as tiktoken does
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        if not allowed:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        for k, part in enumerate(_split_specials(text, frozenset(allowed))):
+            if k % 2:
+                ids.append(self.special_tokens[part])
+            else:
+                ids.extend(self.encode_ordinary(part))
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of `text`, special-token text included, encoded as ordinary text."""
+        cache, ids = self._cache, []
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        for word in self._pattern.findall(text):
+            word_ids = cache.get(word)
+            if word_ids is None:
+                word_ids = cache[word] = self._bpe(word.encode("utf-8"))
+            ids.extend(word_ids)
+        return ids
+
+    def _bpe(self, data: bytes) -> list[int]:
+        """GPT-2's bpe(): merge the lowest-ranked adjacent pair everywhere until none is ranked.
+        A pre-token that is a whole token is that token, as tiktoken decides it too."""
+        if data in self._token_ids:
+            return [self._token_ids[data]]
+        ids = [self._byte_ids[b] for b in data]
+        ranks, never = self.ranks, len(self.ranks)
+        while len(ids) > 1:
+            pair = min(pairwise(ids), key=lambda p: ranks.get(p, never))
+            if pair not in ranks:
+                break
+            ids = merge(ids, pair, self.merges[pair])
+        return ids
+
+    def decode_bytes(self, ids) -> bytes:
+        return b"".join(self._decoder[int(i)] for i in ids)
+
+    def decode(self, ids) -> str:
+        """Text of `ids`. A sequence that splits a UTF-8 character shows U+FFFD in its place."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    # ---- GPT-2's files --------------------------------------------------------------------------
+
+    def save(self, directory) -> None:
+        """Write encoder.json (token text -> id, special tokens as they are) and vocab.bpe (merges
+        in rank order, after a "#version: 0.2" line), in GPT-2's format and alphabet."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        to_text = _byte_text
+        encoder = {to_text(token): i for i, token in sorted(self.vocab.items())}
+        encoder.update(self.special_tokens)
+        lines = ["#version: 0.2"] + [f"{to_text(self.vocab[a])} {to_text(self.vocab[b])}"
+                                     for a, b in self.merges]
+        (directory / "encoder.json").write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
+        (directory / "vocab.bpe").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory) -> BPETokenizer:
+        """Read a directory holding encoder.json and vocab.bpe (GPT-2's, or written by `save`)."""
+        directory = Path(directory)
+        return cls.from_gpt2_files(directory / "encoder.json", directory / "vocab.bpe",
+                                   name=directory.resolve().name)
+
+    @classmethod
+    def from_gpt2_files(cls, encoder_json, vocab_bpe, name: str | None = None) -> BPETokenizer:
+        """Read GPT-2's encoder.json and vocab.bpe. An encoder entry that is neither one byte nor
+        the result of a merge is a special token (GPT-2's <|endoftext|> = 50256)."""
+        encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+        lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
+        if lines and lines[0].startswith("#version"):
+            lines = lines[1:]
+        pairs = [tuple(line.split(" ")) for line in lines if line]
+        byte_of = {c: b for b, c in bytes_to_unicode().items()}
+        merged = {a + b for a, b in pairs}
+        vocab, specials = {}, {}
+        for text, i in encoder.items():
+            if text in merged or (len(text) == 1 and text in byte_of):
+                vocab[i] = bytes(byte_of[c] for c in text)
+            else:
+                specials[text] = i
+        merges = {}
+        for line_no, pair in enumerate(pairs, start=2):
+            try:
+                a, b = pair
+                merges[encoder[a], encoder[b]] = encoder[a + b]
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"{vocab_bpe}, line {line_no}: merge {' '.join(pair)!r} is not two "
+                                 f"tokens found in {encoder_json} ({e!r})") from None
+        return cls(vocab, merges, specials, name=name or Path(encoder_json).resolve().parent.name)
+
+
+def get_tokenizer(name="gpt2", *, encoder_json=None, vocab_bpe=None):
+    """The tokenizer for `name`.
+
+    "gpt2" (or another tiktoken encoding name): tiktoken's encoding, which downloads and caches
+    GPT-2's files on first use (TIKTOKEN_CACHE_DIR, else a temp folder). A directory holding
+    encoder.json and vocab.bpe (GPT-2's, or written by BPETokenizer.save), or the two paths given as
+    encoder_json= and vocab_bpe=: a BPETokenizer read from them, no network needed.
+    """
+    if encoder_json is not None or vocab_bpe is not None:
+        if encoder_json is None or vocab_bpe is None:
+            raise ValueError("pass both encoder_json= and vocab_bpe=")
+        return BPETokenizer.from_gpt2_files(encoder_json, vocab_bpe)
+    import tiktoken
+
+    if isinstance(name, str) and name in tiktoken.list_encoding_names():
+        try:
+            return tiktoken.get_encoding(name)
+        except OSError as e:  # requests' connection errors are OSErrors; offline they come at once
+            raise OSError(
+                f"could not download the files of tiktoken's {name!r} encoding ({type(e).__name__}). "
+                f"Offline, use local copies of GPT-2's encoder.json and vocab.bpe: "
+                f"get_tokenizer('path/to/dir') for a directory holding both, or "
+                f"get_tokenizer(encoder_json='path/encoder.json', vocab_bpe='path/vocab.bpe').") from e
+    if Path(name).is_dir():
+        return BPETokenizer.load(name)
+    raise ValueError(f"unknown tokenizer {name!r}: expected a tiktoken encoding name "
+                     f"({', '.join(tiktoken.list_encoding_names())}) or a directory holding "
+                     f"encoder.json and vocab.bpe")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A stable identity string for cache keys: the vocabulary hash for a BPETokenizer, the name
+    and vocabulary size for a tiktoken encoding."""
+    if isinstance(tokenizer, BPETokenizer):
+        return f"bpe-{tokenizer.fingerprint[:16]}"
+    return f"tiktoken-{tokenizer.name}-{tokenizer.n_vocab}"
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def get_stats(ids, counts=None) -> dict[tuple[int, int], int]:
+    """Count adjacent pairs: [1, 2, 3, 1, 2] -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}."""
+    counts = {} if counts is None else counts
+    for pair in pairwise(ids):
+        counts[pair] = counts.get(pair, 0) + 1
+    return counts
+
+
+def merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Replace every non-overlapping occurrence of `pair`, left to right, by `new_id`."""
+    out, i, n = [], 0, len(ids)
+    a, b = pair
+    while i < n:
+        if i < n - 1 and ids[i] == a and ids[i + 1] == b:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+@cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from each byte to a printable character: printable Latin-1 bytes map to
+    themselves, the other 68 to chr(256), chr(257), ... in byte order (so space is 'Ġ')."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    chars, n = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + n)
+            n += 1
+    return dict(sorted(chars.items()))
+
+
+def _byte_text(token: bytes) -> str:
+    table = bytes_to_unicode()
+    return "".join(table[b] for b in token)
+
+
+def _pop_best(heap, counts):
+    """The pair with the highest current count (smallest pair on ties), or None when none is left.
+    An entry is stale when its pair's count fell since the push: it is re-pushed with the count
+    now. (A count that rises is pushed anew by the trainer, so no pair is ever under-ranked.)"""
+    while heap:
+        neg_count, pair = heapq.heappop(heap)
+        count = counts.get(pair, 0)
+        if count == -neg_count and count > 0:
+            return pair
+        if count > 0:
+            heapq.heappush(heap, (-count, pair))
+    return None
+
+
+@lru_cache(maxsize=64)
+def _special_regex(tokens: frozenset):
+    """One regex matching any of `tokens`, longest first, in a group so that split keeps them."""
+    return regex.compile("(" + "|".join(regex.escape(t) for t in sorted(tokens, key=len, reverse=True)) + ")")
+
+
+def _split_specials(text: str, tokens: frozenset) -> list[str]:
+    """[text, special, text, special, ..., text]: even items ordinary text, odd items specials."""
+    if not tokens:
+        return [text]
+    return _special_regex(tokens).split(text)
