@@ -79,6 +79,8 @@ def _unwrap(obj, allow_host=False):
 def _wrap(obj):
     if isinstance(obj, np.ndarray):
         return StrictArray(obj)
+    if isinstance(obj, np.generic):  # CuPy keeps reductions as 0-d device arrays, not host scalars
+        return StrictArray(np.asarray(obj))
     if isinstance(obj, tuple):
         return tuple(_wrap(o) for o in obj)
     if isinstance(obj, list):
