@@ -1,0 +1,84 @@
+"""Generate text from GPT-2's weights or a model of ours, printing tokens as they come.
+
+    python examples/generate.py --model gpt2 --prompt "Every effort moves you" --max-new-tokens 40
+    python examples/generate.py --model out/my-run --temperature 0.8 --top-k 50 --top-p 0.95 --seed 1
+
+--model takes a published name (gpt2, gpt2-medium, gpt2-large, gpt2-xl: downloaded once into the cache)
+or a directory in Hugging Face's GPT-2 layout (config.json + model.safetensors), as written by
+`model.save_pretrained(dir)` and by the training script. A directory that also holds tokenizer files
+(encoder.json + vocab.bpe) is read with that tokenizer; otherwise GPT-2's (tiktoken, which downloads its
+files on first use; offline pass --tokenizer DIR with GPT-2's encoder.json and vocab.bpe).
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from autograd import DeviceError
+from tinygrad_llm.generate import decode_stream, stream
+from tinygrad_llm.model import GPT
+from tinygrad_llm.tokenizer import ENDOFTEXT, get_tokenizer
+from tinygrad_llm.weights import CheckpointError, WeightsUnavailableError
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="gpt2", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a checkpoint directory")
+    p.add_argument("--prompt", default="Every effort moves you")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 picks the most likely token (greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample among the most likely tokens holding mass p")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--no-cache", action="store_true", help="recompute every position each step (no KV cache)")
+    p.add_argument("--tokenizer", default=None, help="gpt2 or a directory with encoder.json and vocab.bpe "
+                                                     "(default: the model directory's, else gpt2)")
+    p.add_argument("--cache-dir", default=None, help="where downloaded weights are kept")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        model = GPT.from_pretrained(args.model, cache_dir=args.cache_dir, device=args.device)
+        tok_name = args.tokenizer
+        if tok_name is None:
+            here = Path(args.model)
+            has_files = (here / "encoder.json").is_file() and (here / "vocab.bpe").is_file()
+            tok_name = str(here) if has_files else "gpt2"
+        tokenizer = get_tokenizer(tok_name)
+        if tokenizer.n_vocab > model.config.vocab_size:
+            raise ValueError(f"tokenizer {tok_name} has {tokenizer.n_vocab} tokens, the model only "
+                             f"{model.config.vocab_size}; pass the model's own tokenizer with --tokenizer")
+        eos = tokenizer.eot_token
+        ids = tokenizer.encode(args.prompt, allowed_special={ENDOFTEXT}) or ([eos] if eos is not None else [])
+        if not ids:
+            raise ValueError("the prompt is empty and the tokenizer has no <|endoftext|> to start from")
+        print(args.prompt, end="", flush=True)
+        new = []
+
+        def tokens():
+            for t in stream(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, eos_id=eos, seed=args.seed, use_cache=not args.no_cache):
+                new.append(t)
+                yield t
+
+        start = time.perf_counter()
+        for piece in decode_stream(tokenizer, tokens()):
+            print(piece, end="", flush=True)
+        seconds = time.perf_counter() - start
+        print()
+        print(f"[{len(new)} tokens in {seconds:.2f} s, {len(new) / seconds:.1f} tokens/s]", file=sys.stderr)
+    except (OSError, ValueError, CheckpointError, WeightsUnavailableError, DeviceError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print()
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

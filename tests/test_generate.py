@@ -1,0 +1,191 @@
+"""Generation: the KV cache gives the logits of a full forward pass, generate gives the same ids with
+and without it, the sampling rules (greedy, temperature, top-k, top-p, seed, end-of-text), streaming
+text, and the example script run on a saved model, offline."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autograd import Tensor, is_grad_enabled, no_grad
+from tinygrad_llm.generate import decode_stream, generate, sample_next, stream
+from tinygrad_llm.model import GPT, GPTConfig, KVCache
+from tinygrad_llm.tokenizer import BPETokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+V, CTX = 97, 24
+
+
+def tiny_model(seed=0, device="cpu", **kw):
+    return GPT(GPTConfig.preset("cpu-tiny", vocab_size=V, context_length=CTX, **kw), seed=seed).to(device)
+
+
+def prompt(b=2, t=6, seed=0):
+    return np.random.default_rng(seed).integers(0, V, (b, t))
+
+
+# ---------------------------------------------------------------------------------------------------
+# KV cache
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_incremental_decoding_gives_the_full_forward_logits(device, qkv_bias):
+    model = tiny_model(device=device, qkv_bias=qkv_bias, tie_weights=qkv_bias).eval()
+    ids = prompt(2, CTX, seed=1)
+    cache = KVCache(model.config, 2, device=device)
+    with no_grad():
+        full = model(ids).numpy()  # (2, CTX, V)
+        steps = [model(ids[:, :7], cache).numpy()]  # prefill 7 tokens, then 3, then one at a time
+        steps.append(model(ids[:, 7:10], cache).numpy())
+        steps += [model(ids[:, t:t + 1], cache).numpy() for t in range(10, CTX)]
+    assert cache.length == CTX
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-4, atol=1e-5)
+    cache.reset()
+    with no_grad():
+        np.testing.assert_allclose(model(ids[:, :3], cache).numpy(), full[:, :3], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 1.0, "top_k": 20, "top_p": 0.9, "seed": 7}])
+def test_generate_gives_the_same_ids_with_and_without_cache(device, sampling):
+    model = tiny_model(device=device)
+    ids = prompt(2, 10)
+    new = 2 * CTX  # well past the context length, where the window slides each step
+    with_cache = generate(model, ids, new, **sampling)
+    without = generate(model, ids, new, use_cache=False, **sampling)
+    assert with_cache.shape == (2, 10 + new) and with_cache.dtype == np.int64
+    np.testing.assert_array_equal(with_cache, without)
+    np.testing.assert_array_equal(with_cache[:, :10], ids)
+
+
+def test_generate_matches_the_books_loop():
+    """The book's generate_text_simple: crop to the context, argmax of the last position, append."""
+    model = tiny_model().eval()
+    ids = prompt(1, 20)
+    expected = ids.copy()
+    with no_grad():
+        for _ in range(12):
+            logits = model(expected[:, -CTX:]).numpy()[:, -1]
+            expected = np.concatenate([expected, logits.argmax(-1)[:, None]], axis=1)
+    np.testing.assert_array_equal(generate(model, ids, 12), expected)
+    # a prompt longer than the context is cropped to its last CTX tokens
+    long = prompt(1, CTX + 9, seed=3)
+    with no_grad():
+        first = model(long[:, -CTX:]).numpy()[0, -1].argmax()
+    assert generate(model, long, 1)[0, -1] == first
+
+
+def test_generate_accepts_lists_and_tensors_and_restores_modes():
+    model = tiny_model()
+    assert model.training and is_grad_enabled()
+    a = generate(model, [5, 6, 7], 4)
+    assert a.shape == (7,)
+    np.testing.assert_array_equal(generate(model, Tensor(np.array([[5, 6, 7]])), 4)[0], a)
+    assert model.training and is_grad_enabled()  # eval mode and no_grad only while generating
+    with pytest.raises(ValueError, match="non-empty integer"):
+        generate(model, [], 3)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def test_sampling_is_seeded():
+    model = tiny_model()
+    ids = prompt(1, 5)
+    a = generate(model, ids, 15, temperature=1.5, seed=1)
+    np.testing.assert_array_equal(a, generate(model, ids, 15, temperature=1.5, seed=1))
+    assert not np.array_equal(a, generate(model, ids, 15, temperature=1.5, seed=2))
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    model = tiny_model()
+    ids = prompt(2, 5)
+    greedy = generate(model, ids, 10)
+    np.testing.assert_array_equal(generate(model, ids, 10, temperature=2.0, top_k=1, seed=0), greedy)
+    np.testing.assert_array_equal(generate(model, ids, 10, temperature=2.0, top_p=1e-6, seed=0), greedy)
+
+
+def test_sample_next_keeps_the_top_k_and_the_nucleus():
+    rng = np.random.default_rng(0)
+    probs = np.array([0.05, 0.4, 0.1, 0.3, 0.15], dtype=np.float32)
+    logits = np.log(probs)[None].repeat(4000, axis=0)
+    assert set(sample_next(logits, rng, 1.0, top_k=2)) == {1, 3}
+    # nucleus 0.75: 0.4 + 0.3 = 0.7 < 0.75, so 0.15 joins: the smallest set holding at least 0.75
+    got = sample_next(logits, rng, 1.0, top_p=0.75)
+    assert set(got) == {1, 3, 4}
+    np.testing.assert_allclose(np.bincount(got, minlength=5)[[1, 3, 4]] / 4000, np.array([0.4, 0.3, 0.15]) / 0.85,
+                               atol=0.03)
+    assert set(sample_next(logits, rng, 1.0, top_p=0.7)) == {1, 3}  # exactly p: 0.4 + 0.3 suffices
+    np.testing.assert_array_equal(sample_next(logits[:2], rng, 0.0), [1, 1])
+    with pytest.raises(ValueError, match="top_p"):
+        generate(tiny_model(), [1], 1, temperature=1.0, top_p=0.0)
+
+
+def test_stops_at_end_of_text():
+    model = tiny_model()
+    ids = prompt(1, 5)
+    greedy = generate(model, ids, 10)[0, 5:]
+    eos = int(greedy[3])
+    out = generate(model, ids, 10, eos_id=eos)
+    first = list(greedy).index(eos)
+    np.testing.assert_array_equal(out[0, 5:], greedy[:first])  # the end-of-text token is not appended
+    assert list(stream(model, ids[0], 10, eos_id=eos)) == list(greedy[:first])
+    # in a batch, a row that has ended is padded with eos until every row has ended
+    batch = generate(model, np.concatenate([ids, prompt(1, 5, seed=9)]), 10, eos_id=eos)
+    row = list(batch[0, 5:])
+    assert row[:first] == list(greedy[:first]) and all(t == eos for t in row[first:])
+
+
+def test_stream_yields_the_generated_ids_one_by_one():
+    model = tiny_model()
+    ids = prompt(1, 4)
+    got, seen = list(stream(model, ids, 9, temperature=0.8, seed=3)), []
+    assert all(isinstance(t, int) for t in got)
+    full = generate(model, ids, 9, temperature=0.8, seed=3, on_token=lambda t: seen.append(int(t[0])))
+    assert got == seen == list(full[0, 4:])
+    with pytest.raises(ValueError, match="one sequence"):
+        next(stream(model, prompt(2, 3), 2))
+
+
+def test_decode_stream_never_splits_a_character():
+    text = "naïve café 世界 🙂!"
+    tok = BPETokenizer.train("plain ascii text " * 20, 260)  # few merges: multi-byte characters span tokens
+    ids = tok.encode(text)
+    assert len(ids) > len(text)
+    pieces = list(decode_stream(tok, iter(ids)))
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The example script, offline, on a model of ours
+
+
+def test_example_runs_offline_on_a_saved_model(tmp_path):
+    tok = BPETokenizer.train("the cat sat on the mat. the dog sat on the log. " * 30, 300)
+    model = GPT(GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=32), seed=0)
+    model.save_pretrained(tmp_path)
+    tok.save(tmp_path)  # the trainer writes the tokenizer's files beside the weights
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TINYGRAD_LLM_CACHE": str(tmp_path / "none")}
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(ROOT / "examples" / "generate.py"), *args],
+                              capture_output=True, text=True, env=env, timeout=60, check=False)
+
+    r = run("--model", str(tmp_path), "--prompt", "the cat", "--max-new-tokens", "8", "--seed", "0",
+            "--temperature", "0.7", "--top-k", "20", "--top-p", "0.95")
+    assert r.returncode == 0, r.stderr
+    expected_ids = generate(model, tok.encode("the cat"), 8, temperature=0.7, top_k=20, top_p=0.95, seed=0,
+                            eos_id=tok.eot_token)
+    assert r.stdout == tok.decode(expected_ids) + "\n"
+    assert "8 tokens" in r.stderr
+    no_cache = run("--model", str(tmp_path), "--prompt", "the cat", "--max-new-tokens", "8", "--seed", "0",
+                   "--temperature", "0.7", "--top-k", "20", "--top-p", "0.95", "--no-cache")
+    assert no_cache.stdout == r.stdout
+    for args, words in [(["--model", str(tmp_path / "missing")], "neither a checkpoint directory"),
+                        (["--model", str(ROOT / "tests")], "holds no config.json")]:
+        bad = run(*args)
+        assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,151 @@
+"""Text generation (book step 4 and chapter 5's decoding strategies): pick each next token from the
+model's logits for the last position, append it, repeat.
+
+Decoding: greedy (temperature 0), or sampling from softmax(logits / temperature) after keeping the
+top_k largest logits, then the smallest set of tokens whose probabilities add up to top_p (nucleus).
+Sampling runs on the host with a NumPy generator seeded by `seed`, so a seed gives the same text on
+every device; each step copies only the last position's logits (B, vocab) from the device.
+
+KV cache: the prompt is run once (prefill) and its keys and values kept; every later step feeds only
+the new token, which attends to the cached ones. The logits are those of a full forward pass.
+The window: as in the book, the model sees at most the last `context_length` tokens. While the
+sequence fits, the cache grows by one token per step. Once it is longer, the window slides by one
+each step, and since positions are absolute every cached key changes; the cache is then reset and
+re-filled with the window each step, exactly the book's cropped forward pass (so past the context
+length a step costs as much as without a cache).
+"""
+
+import codecs
+import contextlib
+
+import numpy as np
+
+from autograd import Tensor, backend, no_grad
+from tinygrad_llm.model import KVCache
+
+
+def sample_next(logits, rng, temperature=0.0, top_k=None, top_p=None):
+    """Next ids (B,) from last-position logits (B, V) on the host: argmax when temperature is 0, else a
+    draw from softmax(logits / temperature) restricted by top_k, then top_p."""
+    if temperature == 0.0:
+        return logits.argmax(axis=-1)
+    logits = logits / float(temperature)  # float32 stays float32
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = np.partition(logits, -top_k, axis=-1)[:, -top_k, None]  # the k-th largest per row
+        logits = np.where(logits < kth, -np.inf, logits)  # ties with the k-th are kept, as in the book
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        sorted_p = np.take_along_axis(probs, order, axis=-1)
+        before = np.cumsum(sorted_p, axis=-1) - sorted_p  # mass of the more likely tokens
+        keep = np.zeros_like(probs, dtype=bool)
+        np.put_along_axis(keep, order, before < top_p, axis=-1)  # the most likely token always stays
+        probs = np.where(keep, probs, 0.0)
+    cdf = np.cumsum(probs, axis=-1, dtype=np.float64)
+    u = rng.random(len(cdf)) * cdf[:, -1]
+    ids = [np.searchsorted(row, x, side="right") for row, x in zip(cdf, u)]
+    return np.minimum(np.array(ids, dtype=np.int64), logits.shape[-1] - 1)
+
+
+@contextlib.contextmanager
+def _inference(model):
+    """no_grad and eval mode for one forward pass, the model's previous mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _steps(model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+    """Yield the next ids (B,) one step at a time; `ids` (B, T) is the host sequence so far."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    ctx = model.config.context_length
+    rng = np.random.default_rng(seed)
+    weight = model.wte.weight
+    cache = KVCache(model.config, len(ids), dtype=weight.dtype, device=weight.device) if use_cache else None
+    for _ in range(max_new_tokens):
+        start = max(0, ids.shape[1] - ctx)  # the book's crop: the last context_length tokens
+        if cache is None:
+            feed = ids[:, start:]
+        elif start == 0:
+            feed = ids[:, cache.length:]  # the tokens the cache has not seen yet
+        else:
+            cache.reset()  # the window slid: every position changed
+            feed = ids[:, start:]
+        with _inference(model):
+            logits = model(feed, cache)  # (B, T_feed) -> (B, T_feed, V)
+        last = backend.to_host(logits.data[:, -1, :])  # (B, V): the one copy from the device per step
+        nxt = sample_next(last, rng, temperature, top_k, top_p)
+        yield nxt
+        ids = np.concatenate([ids, nxt[:, None]], axis=1)
+
+
+def _as_batch(ids):
+    ids = backend.to_host(ids.data) if isinstance(ids, Tensor) else np.asarray(ids)
+    if ids.ndim not in (1, 2) or ids.shape[-1] == 0 or ids.dtype.kind not in "iu":
+        raise ValueError(f"ids must be a non-empty integer sequence (T,) or batch (B, T), got {ids.dtype} {ids.shape}")
+    return ids.astype(np.int64).reshape(-1, ids.shape[-1]), ids.ndim == 1
+
+
+def generate(model, ids, max_new_tokens, *, temperature=0.0, top_k=None, top_p=None, eos_id=None, seed=None,
+             use_cache=True, on_token=None):
+    """Continue `ids` ((T,) or (B, T) integers: a list, array or Tensor) by up to `max_new_tokens` tokens.
+
+    Returns the whole sequence as NumPy int64, (T + new,) or (B, T + new). Generation stops when every
+    row has produced `eos_id`; as in the book the end-of-text token itself is not appended (in a batch,
+    a row that ends early is padded with `eos_id` until the others end). `on_token(ids)` is called with
+    each step's new ids (B,) as they come.
+    """
+    batch, flat = _as_batch(ids)
+    done = np.zeros(len(batch), dtype=bool)
+    new = []
+    for nxt in _steps(model, batch, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+        if eos_id is not None:
+            done |= nxt == eos_id
+            if done.all():
+                break
+            nxt = np.where(done, eos_id, nxt)
+        new.append(nxt)
+        if on_token is not None:
+            on_token(nxt)
+    out = np.concatenate([batch] + [n[:, None] for n in new], axis=1)
+    return out[0] if flat else out
+
+
+def stream(model, ids, max_new_tokens, *, temperature=0.0, top_k=None, top_p=None, eos_id=None, seed=None,
+           use_cache=True):
+    """Yield each new token id (a Python int) of one sequence as it is chosen; same arguments and the
+    same tokens as `generate`. Pair with `decode_stream` to print text as it comes."""
+    batch, _ = _as_batch(ids)
+    if len(batch) != 1:
+        raise ValueError(f"stream generates one sequence; got a batch of {len(batch)} (use generate)")
+    for nxt in _steps(model, batch, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+        if eos_id is not None and nxt[0] == eos_id:
+            return
+        yield int(nxt[0])
+
+
+def decode_stream(tokenizer, token_ids):
+    """Yield text pieces for a stream of token ids. GPT-2's tokens are bytes, and one character can span
+    two tokens, so bytes are held back until they complete a UTF-8 character (an incremental decoder);
+    the pieces join to `tokenizer.decode(all ids)`."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for i in token_ids:
+        piece = decoder.decode(tokenizer.decode_bytes([i]))
+        if piece:
+            yield piece
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
+__all__ = ["generate", "stream", "decode_stream", "sample_next"]

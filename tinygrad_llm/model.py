@@ -1,0 +1,229 @@
+"""The GPT-2 architecture (book steps 3 to 5): embeddings, causal multi-head attention, transformer
+blocks and the language-model head.
+
+Parameter names follow GPT-2's published checkpoints (wte, wpe, h.N.attn.c_attn, ...), as nanoGPT does,
+so loading them is a short, explicit name map (`tinygrad_llm/weights.py`).
+"""
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+
+import autograd.functional as F
+from autograd import Tensor, backend, nn
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 50257
+    context_length: int = 1024
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    drop_rate: float = 0.0
+    qkv_bias: bool = True
+    tie_weights: bool = True  # the output head reuses the token embedding, as GPT-2 does
+
+    def __post_init__(self):
+        if self.emb_dim % self.n_heads:
+            raise ValueError(f"emb_dim {self.emb_dim} must be divisible by n_heads {self.n_heads}")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+
+    @property
+    def head_dim(self):
+        return self.emb_dim // self.n_heads
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        """A named configuration (see PRESETS), with fields overridden by keyword."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown GPTConfig fields: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+_BOOK = dict(qkv_bias=False, tie_weights=False, drop_rate=0.1)
+PRESETS = {
+    # GPT-2 as published: qkv bias, tied head, 1024 context
+    "gpt2-small": GPTConfig(emb_dim=768, n_layers=12, n_heads=12),
+    "gpt2-medium": GPTConfig(emb_dim=1024, n_layers=24, n_heads=16),
+    "gpt2-large": GPTConfig(emb_dim=1280, n_layers=36, n_heads=20),
+    "gpt2-xl": GPTConfig(emb_dim=1600, n_layers=48, n_heads=25),
+    # the book's GPT_CONFIG_124M for pretraining: no qkv bias, untied head, dropout 0.1
+    "book-124m": GPTConfig(emb_dim=768, n_layers=12, n_heads=12, **_BOOK),
+    # small models that train on a CPU in minutes, and a tiny one for tests
+    "cpu-small": GPTConfig(context_length=128, emb_dim=192, n_layers=4, n_heads=6, drop_rate=0.1),
+    "cpu-tiny": GPTConfig(context_length=64, emb_dim=64, n_layers=2, n_heads=4, drop_rate=0.0),
+}
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, so each new token attends to them without
+    recomputing them. Preallocated for `max_len` positions; `length` is how many are filled."""
+
+    def __init__(self, config, batch_size, max_len=None, dtype=np.float32, device="cpu"):
+        xp = backend.xp_for(device)
+        self.max_len = max_len or config.context_length
+        shape = (batch_size, config.n_heads, self.max_len, config.head_dim)
+        self.keys = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
+        self.values = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
+        self.length = 0
+
+    def append(self, layer, k, v):
+        """Store this step's (B, H, T, D) keys and values for `layer`; return all keys and values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def reset(self):
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg, rng):
+        super().__init__()
+        self.n_heads, self.drop_rate = cfg.n_heads, cfg.drop_rate
+        self.c_attn = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias, rng=rng)  # one fused qkv
+        self.c_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim, rng=rng)
+        self.attn_dropout = nn.Dropout(cfg.drop_rate, seed=int(rng.integers(2**31)))
+
+    def forward(self, x, cache=None, layer=0):
+        B, T, C = x.shape
+        H = self.n_heads
+        qkv = self.c_attn(x)  # (B, T, C) -> (B, T, 3C)
+        qkv = qkv.reshape(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, D)
+        if cache is not None:
+            k_all, v_all = cache.append(layer, k.data, v.data)
+            k, v = Tensor(k_all), Tensor(v_all)  # (B, H, T_past + T, D)
+        y = F.scaled_dot_product_attention(
+            q, k, v, causal=True, dropout_p=self.drop_rate, training=self.training,
+            generator=self.attn_dropout.generator_for(x.device),
+        )  # (B, H, T, D)
+        y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg, rng):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim, rng=rng)
+        self.c_proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim, rng=rng)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x)))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)), each with residual dropout."""
+
+    def __init__(self, cfg, rng):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.emb_dim)
+        self.attn = CausalSelfAttention(cfg, rng)
+        self.ln_2 = nn.LayerNorm(cfg.emb_dim)
+        self.mlp = MLP(cfg, rng)
+        self.drop = nn.Dropout(cfg.drop_rate, seed=int(rng.integers(2**31)))
+
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.drop(self.attn(self.ln_1(x), cache, layer))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, config, seed=0):
+        super().__init__()
+        self.config = cfg = config
+        rng = np.random.default_rng(seed)
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.emb_dim, rng=rng)
+        self.wpe = nn.Embedding(cfg.context_length, cfg.emb_dim, rng=rng)
+        self.drop = nn.Dropout(cfg.drop_rate, seed=int(rng.integers(2**31)))
+        self.h = nn.ModuleList([Block(cfg, rng) for _ in range(cfg.n_layers)])
+        self.ln_f = nn.LayerNorm(cfg.emb_dim)
+        if not cfg.tie_weights:
+            self.lm_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False, rng=rng)
+        self._init_weights(rng)
+
+    def _init_weights(self, rng):
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and residual projections scaled by
+        1/sqrt(2 * n_layers) so the residual stream's variance does not grow with depth.
+        The parameters are still on the host here (layers are built there)."""
+        proj_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                p.data[...] = 0.0
+            elif ".ln_" in name or name.startswith("ln_f"):
+                continue  # LayerNorm weights stay at one
+            else:
+                std = proj_std if name.endswith("c_proj.weight") else 0.02
+                rng.standard_normal(dtype=np.float32, out=p.data)  # in place: no full-size temporaries
+                p.data *= std
+
+    def forward(self, ids, cache=None):
+        """Logits (B, T, vocab) for integer ids (B, T); with a KV cache, ids continue the cached sequence."""
+        ids = ids.data if isinstance(ids, Tensor) else ids
+        B, T = ids.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.context_length:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than the context length {self.config.context_length}; "
+                "crop the input to its last context_length tokens"
+            )
+        xp = backend.xp_for(self.wte.weight.device)
+        pos = xp.arange(start, start + T)
+        x = self.wte(ids) + self.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
+        x = self.drop(x)
+        for i, block in enumerate(self.h):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.length += T
+        x = self.ln_f(x)
+        head = self.wte.weight if self.config.tie_weights else self.lm_head.weight
+        return F.linear(x, head)  # (B, T, C) -> (B, T, vocab)
+
+    def summary(self, batch_size=1, seq_len=None):
+        """A table for learners: each layer, its output shape and parameter count, and the total."""
+        cfg = self.config
+        B, T, C, V = batch_size, seq_len or cfg.context_length, cfg.emb_dim, cfg.vocab_size
+        count = lambda m: sum(p.size for p in m.parameters())  # noqa: E731
+        rows = [("wte (token embedding)", (B, T, C), count(self.wte)),
+                ("wpe (position embedding)", (T, C), count(self.wpe))]
+        for i, block in enumerate(self.h):
+            rows += [(f"h.{i}.attn (causal self-attention, {cfg.n_heads} heads)", (B, T, C), count(block.ln_1) + count(block.attn)),
+                     (f"h.{i}.mlp (feed-forward {C} -> {4 * C} -> {C})", (B, T, C), count(block.ln_2) + count(block.mlp))]
+        rows.append(("ln_f (final layer norm)", (B, T, C), count(self.ln_f)))
+        rows.append(("lm_head" + (" (tied to wte)" if cfg.tie_weights else ""), (B, T, V), 0 if cfg.tie_weights else count(self.lm_head)))
+        width = max(len(r[0]) for r in rows) + 2
+        lines = [f"{'layer':<{width}}{'output shape':<22}{'parameters':>14}", "-" * (width + 36)]
+        lines += [f"{name:<{width}}{str(shape):<22}{n:>14,}" for name, shape, n in rows]
+        lines += ["-" * (width + 36), f"{'total':<{width}}{'':<22}{self.num_parameters():>14,}"]
+        return "\n".join(lines)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, cache_dir=None, device="cpu"):
+        """GPT-2's published weights ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", downloaded once and
+        cached) or a local Hugging Face checkpoint directory (config.json + model.safetensors)."""
+        from tinygrad_llm.weights import load_pretrained
+
+        return load_pretrained(name_or_path, cache_dir=cache_dir, device=device)
+
+    def save_pretrained(self, directory):
+        """Write config.json + model.safetensors in Hugging Face's GPT-2 layout, readable by other tools."""
+        from tinygrad_llm.weights import save_pretrained
+
+        save_pretrained(self, directory)

@@ -1,0 +1,402 @@
+"""GPT-2's published weights, and our models in the same format (book step 5).
+
+A Hugging Face GPT-2 checkpoint is a directory with `config.json` (GPT2Config) and `model.safetensors`.
+Our parameter names are GPT-2's (`h.0.attn.c_attn.weight`, ...), so the name map is the identity after
+dropping an optional "transformer." prefix. The one real difference is layout: GPT-2's attention and
+MLP projections are `Conv1D` layers that store their weight as (in, out), while our `Linear` stores
+(out, in) as PyTorch does. The four Conv1D weights of each block (CONV1D below) are transposed on the
+way in and on the way out; every other tensor is copied as it is.
+
+Memory: `load_weights` reads the file tensor by tensor with plain file reads, straight into the model's
+parameters (a transposed tensor passes through one temporary of its own size), so loading a 500 MB
+checkpoint needs the model plus the largest Conv1D weight, not the file twice. `save_pretrained` writes
+the same way. A safetensors file is an 8-byte little-endian header length, a JSON header
+{name: {"dtype", "shape", "data_offsets"}}, then the raw little-endian arrays; the `safetensors` package
+reads and writes the files of both directions in the tests.
+
+`load_pretrained("gpt2")` (and -medium, -large, -xl) downloads the two files from the Hugging Face hub
+once, with a progress bar, resuming a partial download and verifying its size and sha256.
+"""
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from autograd import backend
+from autograd.checkpoint import CheckpointError
+from tinygrad_llm.model import GPT, GPTConfig
+
+PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+FILES = ("config.json", "model.safetensors")
+HF_BASE_URL = "https://huggingface.co"
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_HF_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")  # causal-mask buffers HF stores; not weights
+_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # bfloat16: the top half of a float32
+_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8, "U64": 8,
+             "F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+_CHUNK = 1 << 20
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be downloaded (offline, an HTTP error) or failed verification."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# config.json <-> GPTConfig
+
+
+def config_to_hf(cfg):
+    """GPT2Config's keys, plus ours under "tinygrad_llm" (qkv_bias and dropout, which GPT2Config lacks)."""
+    d = {
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.context_length, "n_ctx": cfg.context_length, "n_embd": cfg.emb_dim,
+        "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_inner": None, "activation_function": "gelu_new",
+        "resid_pdrop": cfg.drop_rate, "embd_pdrop": cfg.drop_rate, "attn_pdrop": cfg.drop_rate,
+        "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "tie_word_embeddings": cfg.tie_weights,
+        "torch_dtype": "float32", "tinygrad_llm": cfg.to_dict(),
+    }
+    if cfg.vocab_size > 50256:
+        d["bos_token_id"] = d["eos_token_id"] = 50256
+    return d
+
+
+def config_from_hf(d, source="config.json"):
+    """A GPTConfig from GPT2Config keys. A config we wrote carries its exact GPTConfig; one from another
+    tool gets qkv_bias=True and drop_rate=0.0 (GPT-2 as published, for inference)."""
+    if "tinygrad_llm" in d:
+        return GPTConfig.from_dict(d["tinygrad_llm"])
+    if d.get("model_type", "gpt2") != "gpt2":
+        raise CheckpointError(f"{source}: model_type {d['model_type']!r} is not GPT-2")
+    n_embd = d["n_embd"]
+    problems = []
+    if d.get("n_inner") not in (None, 4 * n_embd):
+        problems.append(f"n_inner {d['n_inner']} (only 4 * n_embd = {4 * n_embd} is supported)")
+    if d.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        problems.append(f"activation_function {d['activation_function']!r} (only GPT-2's tanh GELU)")
+    if abs(d.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+        problems.append(f"layer_norm_epsilon {d['layer_norm_epsilon']} (only 1e-5)")
+    if problems:
+        raise CheckpointError(f"{source}: unsupported GPT-2 variant: " + "; ".join(problems))
+    try:
+        return GPTConfig(
+            vocab_size=d["vocab_size"], context_length=d.get("n_positions", d.get("n_ctx")), emb_dim=n_embd,
+            n_heads=d["n_head"], n_layers=d["n_layer"], drop_rate=0.0, qkv_bias=True,
+            tie_weights=d.get("tie_word_embeddings", True),
+        )
+    except KeyError as e:
+        raise CheckpointError(f"{source} lacks the GPT2Config key {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# safetensors, tensor by tensor
+
+
+def read_safetensors_header(path):
+    """({name: {"dtype", "shape", "data_offsets"}}, metadata, offset of the data) of a safetensors file,
+    checked against the file's size."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n > size - 8:
+            raise CheckpointError(f"{path} is not a safetensors file (header length {n}, file size {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e})") from None
+    metadata = header.pop("__metadata__", {}) or {}
+    for name, info in header.items():
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: malformed header entry for tensor {name}: {info}") from None
+        itemsize = _ITEMSIZE.get(dtype)
+        if itemsize is not None and end - begin != itemsize * int(np.prod(shape, dtype=np.int64)):
+            raise CheckpointError(f"{path}: tensor {name} holds {end - begin} bytes, not {dtype} {tuple(shape)}")
+        if 8 + n + end > size:
+            raise CheckpointError(f"{path} is truncated: tensor {name} ends at byte {8 + n + end} of {size}")
+    return header, metadata, 8 + n
+
+
+def _read_tensor(f, info, start, out):
+    """Read one tensor into `out` (float32, its file shape); without a temporary when the file holds float32."""
+    begin, end = info["data_offsets"]
+    f.seek(start + begin)
+    raw = np.empty(tuple(info["shape"]), dtype=_DTYPES[info["dtype"]]) if info["dtype"] != "F32" else out
+    view = memoryview(raw.reshape(-1).view(np.uint8))
+    got = 0
+    while got < end - begin:
+        k = f.readinto(view[got:])
+        if not k:
+            raise CheckpointError(f"unexpected end of file while reading a {info['dtype']} tensor")
+        got += k
+    if info["dtype"] == "BF16":
+        out[...] = (raw.astype(np.uint32) << 16).view(np.float32)
+    elif raw is not out:
+        out[...] = raw
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Write [(name, array, transpose)] as float32, one tensor at a time (arrays on any device), atomically."""
+    header, offset = {}, 0
+    for name, array, transpose in tensors:
+        shape = tuple(array.shape[::-1]) if transpose else tuple(array.shape)
+        nbytes = 4 * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        header["__metadata__"] = metadata
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(len(blob).to_bytes(8, "little"))
+            f.write(blob)
+            for _, array, transpose in tensors:
+                host = backend.to_host(array)
+                f.write(np.ascontiguousarray(host.T if transpose else host, dtype="<f4").data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and saving models
+
+
+def _expected(model):
+    """{HF key: (parameter, transposed)} for every parameter of `model`."""
+    return {name: (p, name.endswith(CONV1D)) for name, p in model.named_parameters()}
+
+
+def _hf_shape(p, transposed):
+    return tuple(p.shape[::-1]) if transposed else tuple(p.shape)
+
+
+def load_weights(model, path):
+    """Copy the tensors of a GPT-2 safetensors file into `model`'s parameters, in place. Every key is
+    checked first (missing, unexpected, shape) and all problems are raised together, naming the keys."""
+    path = Path(path)
+    header, _, start = read_safetensors_header(path)
+    expected = _expected(model)
+    found, tied_head, problems = {}, None, []
+    for key, info in header.items():
+        name = key.removeprefix("transformer.")
+        if _HF_BUFFER.match(name):
+            continue
+        if name == "lm_head.weight" and model.config.tie_weights:
+            tied_head = info  # GPT-2's head is the token embedding; a stored copy must equal it
+            if info["dtype"] not in _DTYPES:
+                problems.append(f"{key}: dtype {info['dtype']} is not a float type this loader reads")
+            continue
+        if name not in expected:
+            problems.append(f"unexpected key {key} (shape {tuple(info['shape'])})")
+            continue
+        if name in found:
+            problems.append(f"{name} is stored twice (with and without the 'transformer.' prefix)")
+        p, transposed = expected[name]
+        want = _hf_shape(p, transposed)
+        if info["dtype"] not in _DTYPES:
+            problems.append(f"{key}: dtype {info['dtype']} is not a float type this loader reads ({', '.join(_DTYPES)})")
+        if tuple(info["shape"]) != want:
+            layout = (f" (HF's Conv1D (in, out) layout of our (out, in) weight {tuple(p.shape)}, transposed on load)"
+                      if transposed else "")
+            problems.append(f"{key}: expected shape {want}{layout}, got {tuple(info['shape'])}")
+        found[name] = info
+    for name, (p, transposed) in expected.items():
+        if name not in found:
+            problems.append(f"missing key {name} (expected shape {_hf_shape(p, transposed)})")
+    if problems:
+        raise CheckpointError(f"{path} does not fit GPT({model.config}):\n  " + "\n  ".join(problems))
+    with open(path, "rb") as f:
+        for name, info in found.items():
+            p, transposed = expected[name]
+            if transposed or p.device != "cpu" or not p.data.flags.c_contiguous:
+                tmp = np.empty(tuple(info["shape"]), dtype=np.float32)  # one tensor's worth, freed at once
+                _read_tensor(f, info, start, tmp)
+                p.data[...] = backend.to_device(tmp.T if transposed else tmp, p.device)
+                del tmp
+            else:
+                _read_tensor(f, info, start, p.data)
+        if tied_head is not None:
+            head = np.empty(tuple(tied_head["shape"]), dtype=np.float32)
+            _read_tensor(f, tied_head, start, head)
+            if head.shape != model.wte.weight.shape or not np.array_equal(head, backend.to_host(model.wte.weight.data)):
+                raise CheckpointError(
+                    f"{path}: lm_head.weight differs from wte.weight, but config.json ties them "
+                    "(tie_word_embeddings true); set it to false to load a separate output head")
+    return model
+
+
+def load_pretrained(name_or_path, cache_dir=None, device="cpu"):
+    """A GPT from a Hugging Face GPT-2 checkpoint directory, or from one of PRETRAINED downloaded into
+    the cache (see `download_pretrained`). The model is built and loaded on the host, then moved."""
+    directory = Path(name_or_path)
+    if not directory.is_dir():
+        if str(name_or_path) not in PRETRAINED:
+            raise FileNotFoundError(
+                f"{name_or_path!r} is neither a checkpoint directory (config.json + model.safetensors) "
+                f"nor one of the published models: {', '.join(PRETRAINED)}")
+        directory = download_pretrained(str(name_or_path), cache_dir)
+    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{directory} holds no config.json (a Hugging Face GPT-2 checkpoint has "
+                                "config.json and model.safetensors)")
+    if not weights_path.is_file():
+        other = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pth")]
+        hint = (f"; it holds {', '.join(other)}, pickle files, which this project does not open "
+                "(convert them to safetensors with the tool that wrote them)") if other else ""
+        raise FileNotFoundError(f"{directory} holds no model.safetensors{hint}")
+    try:
+        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{config_path} is not valid JSON ({e})") from None
+    model = GPT(config_from_hf(hf_config, str(config_path)))
+    load_weights(model, weights_path)
+    return model.to(device)
+
+
+def save_pretrained(model, directory):
+    """Write `directory`/config.json and model.safetensors in GPT-2's Hugging Face layout: HF key names
+    (without the "transformer." prefix, as the hub's gpt2 file), Conv1D weights as (in, out), float32,
+    metadata {"format": "pt"}. A tied model stores no lm_head.weight (as HF does). A model without qkv
+    bias (the book's pretraining setting) stores no c_attn.bias: this project reads it back exactly,
+    but Hugging Face's GPT2LMHeadModel, which always has that bias, would fill it with random values."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = [(name, p.data, transposed) for name, (p, transposed) in _expected(model).items()]
+    write_safetensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
+    tmp = directory / f"config.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / "config.json")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Downloading from the Hugging Face hub
+
+
+def default_cache_dir():
+    """$TINYGRAD_LLM_CACHE, else ~/.cache/tinygrad_llm; a model's files go in a folder of its name."""
+    return Path(os.environ.get("TINYGRAD_LLM_CACHE") or Path.home() / ".cache" / "tinygrad_llm")
+
+
+def download_pretrained(name, cache_dir=None, *, base_url=HF_BASE_URL, timeout=30.0, progress=True):
+    """The directory holding `name`'s config.json and model.safetensors, downloaded from
+    {base_url}/{name}/resolve/main/ unless already there. Offline, a WeightsUnavailableError says which
+    files to fetch and how to pass them instead."""
+    directory = Path(cache_dir or default_cache_dir()) / name
+    directory.mkdir(parents=True, exist_ok=True)
+    urls = {f: f"{base_url}/{name}/resolve/main/{f}" for f in FILES}
+    for file, url in urls.items():
+        if (directory / file).is_file():
+            continue
+        try:
+            download_file(url, directory / file, timeout=timeout, progress=progress)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            http_error = isinstance(e, urllib.error.HTTPError)
+            reason = f"HTTP {e.code} {e.reason}" if http_error else str(getattr(e, "reason", e))
+            raise WeightsUnavailableError(
+                f"could not download {name}'s {file} ({reason}).\n"
+                f"The weights are two files: {', '.join(f'{f} ({u})' for f, u in urls.items())}.\n"
+                f"Download them on a machine with network access, copy them into one directory, and pass "
+                f"that directory instead of the name: GPT.from_pretrained('/path/to/dir') "
+                f"(or examples/generate.py --model /path/to/dir); or put them in {directory}. "
+                "A partial download is resumed on the next try."
+            ) from e
+    return directory
+
+
+class _RememberLinkedHeaders(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, keeping the hub's X-Linked-Etag / X-Linked-Size (an LFS file's sha256 and size,
+    sent with the redirect to the storage server, not by the server itself)."""
+
+    def __init__(self):
+        self.linked = {}
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        for k in ("X-Linked-Etag", "X-Linked-Size"):
+            if headers.get(k):
+                self.linked[k] = headers[k]
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def download_file(url, dest, *, sha256=None, timeout=30.0, progress=True):
+    """Download `url` to `dest` through `dest`.part, resuming an existing .part with an HTTP Range
+    request. Verified before the atomic rename to `dest`: the size the server announced, the sha256
+    (`sha256`, or the hub's X-Linked-Etag for LFS files), and that a .safetensors header or a .json file
+    parses. A failed verification removes the .part (its bytes cannot be trusted) and raises
+    WeightsUnavailableError; a network error keeps it for the next try and is raised as it is."""
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "tinygrad-llm"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    redirects = _RememberLinkedHeaders()
+    try:
+        response = urllib.request.build_opener(redirects).open(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code != 416 or not have:  # 416: the .part is already as long as the file, or longer
+            raise
+        part.unlink()
+        return download_file(url, dest, sha256=sha256, timeout=timeout, progress=progress)
+    with response:
+        headers = response.headers  # case-insensitive lookups
+        linked = {k: headers[k] for k in ("X-Linked-Etag", "X-Linked-Size") if headers.get(k)} | redirects.linked
+        if response.status == 206:
+            total = int(headers["Content-Range"].rsplit("/", 1)[1])
+        else:  # 200: the whole file (the server ignored the Range)
+            have = 0
+            total = int(headers["Content-Length"]) if headers.get("Content-Length") else None
+        total = int(linked.get("X-Linked-Size", total or 0)) or None
+        etag = linked.get("X-Linked-Etag", "").removeprefix("W/").strip('"')
+        sha256 = sha256 or (etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None)
+        digest = hashlib.sha256()
+        if have:
+            with open(part, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    digest.update(chunk)
+        with open(part, "ab" if have else "wb") as f, tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+            disable=not progress,
+        ) as bar:
+            while chunk := response.read(_CHUNK):
+                f.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+    size = part.stat().st_size
+    problem = None
+    if total is not None and size != total:
+        problem = f"size {size} bytes, expected {total}"
+    elif sha256 is not None and digest.hexdigest() != sha256:
+        problem = f"sha256 {digest.hexdigest()}, expected {sha256}"
+    else:
+        try:
+            if dest.suffix == ".safetensors":
+                read_safetensors_header(part)
+            elif dest.suffix == ".json":
+                json.loads(part.read_text(encoding="utf-8"))
+        except (CheckpointError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            problem = f"unreadable: {e}"
+    if problem:
+        part.unlink()
+        raise WeightsUnavailableError(f"download of {url} failed verification ({problem}); removed {part}, try again")
+    os.replace(part, dest)
+    return dest
+
+
+__all__ = [
+    "PRETRAINED", "WeightsUnavailableError", "CheckpointError", "load_pretrained", "save_pretrained",
+    "load_weights", "download_pretrained", "download_file", "config_to_hf", "config_from_hf",
+    "read_safetensors_header", "write_safetensors",
+]
