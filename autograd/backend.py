@@ -10,7 +10,9 @@ raises, and `xp` functions return strict arrays. A stray `np.` call on device da
 CI instead of on a user's GPU.
 """
 
+import ctypes
 import functools
+import sys
 import types
 
 import numpy as np
@@ -213,6 +215,34 @@ class _StrictNamespace:
 
 
 strict_xp = _StrictNamespace(np)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Host memory
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the kernel.
+
+    By default glibc serves allocations over 128 KiB-32 MiB with fresh mmap'd pages and unmaps them on
+    free, so every step of a training loop faults its large temporaries (logits, gradients) in anew.
+    On these machines touching fresh pages costs about 2 ms per MB: measured on a (512, 50257)
+    cross-entropy-sized subtraction plus a (50257, 768) zeroed gradient, 48 ms a repetition with the
+    default and 25 ms with freed memory kept. Peak memory is unchanged; memory is reused, not added.
+    Called once when autograd is imported; a no-op where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+keep_freed_memory()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -305,6 +305,18 @@ def test_attention(device, data, b, h, tq, extra, d, causal, dropout):
     check_gradients(fn, q, k, v, device=device)
 
 
+@on_devices
+@given(data=st.data(), b=st.integers(1, 2), t=st.integers(1, 4), h=st.integers(1, 3), d=st.integers(1, 2), dropout=st.sampled_from([0.0, 0.3]))
+def test_multi_head_attention(device, data, b, t, h, d, dropout):
+    qkv = data.draw(values((b, t, 3 * h * d)))
+    xp = backend.xp_for(device)
+
+    def fn(x):
+        return F.multi_head_attention(x, h, dropout_p=dropout, generator=xp.random.default_rng(3))
+
+    check_gradients(fn, qkv, device=device)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Fused ops: against the same computation composed of basic ops
 
@@ -374,6 +386,19 @@ def test_attention_matches_composed(data, t, d):
     _compare_with_composed(F.scaled_dot_product_attention, composed, q, k, v)
 
 
+@given(data=st.data(), t=st.integers(1, 5), h=st.integers(1, 3), d=st.integers(1, 3))
+def test_multi_head_attention_matches_split_heads(data, t, h, d):
+    c = h * d
+    qkv = data.draw(values((2, t, 3 * c)))
+
+    def composed(x):
+        heads = x.reshape(2, t, 3, h, d).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(heads[0], heads[1], heads[2])
+        return y.permute(0, 2, 1, 3).reshape(2, t, c)
+
+    _compare_with_composed(lambda x: F.multi_head_attention(x, h), composed, qkv)
+
+
 @given(data=st.data(), v=st.integers(1, 6), c=st.integers(1, 4), n=st.integers(1, 8))
 def test_embedding_matches_indexing(data, v, c, n):
     w = data.draw(values((v, c)))
@@ -415,7 +440,8 @@ def test_float32_stays_float32_through_every_op():
         x + 1, x - 1.5, 2 * x, x / 3, x**2, (x * x + 1.0).sqrt(), x.exp(), (x * x + 1).log(), x.tanh(),
         x.mean(), x.var(axis=-1), x.max(axis=0), x @ wl.T, F.softmax(x), F.log_softmax(x),
         F.layer_norm(x, w, b), F.gelu(x), F.dropout(x, 0.5, seed=0), F.linear(x, wl, f32(5)),
-        F.scaled_dot_product_attention(q, q, q, dropout_p=0.1), F.embedding(np.array([1, 2]), emb),
+        F.scaled_dot_product_attention(q, q, q, dropout_p=0.1), F.multi_head_attention(x[..., :3], 1, dropout_p=0.1),
+        F.embedding(np.array([1, 2]), emb),
         F.cross_entropy(x, np.zeros((2, 3), dtype=np.int64)), x * np.float64(0.125), x + np.float64(2.0),
     ]
     for out in outs:

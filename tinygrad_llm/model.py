@@ -106,16 +106,17 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         H = self.n_heads
         qkv = self.c_attn(x)  # (B, T, C) -> (B, T, 3C)
-        qkv = qkv.reshape(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, D)
-        if cache is not None:
-            k_all, v_all = cache.append(layer, k.data, v.data)
-            k, v = Tensor(k_all), Tensor(v_all)  # (B, H, T_past + T, D)
-        y = F.scaled_dot_product_attention(
-            q, k, v, causal=True, dropout_p=self.drop_rate, training=self.training,
-            generator=self.attn_dropout.generator_for(x.device),
-        )  # (B, H, T, D)
-        y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
+        generator = self.attn_dropout.generator_for(x.device)
+        if cache is None:
+            # training and full passes: one fused op splits the heads, attends, and merges them back
+            y = F.multi_head_attention(qkv, H, dropout_p=self.drop_rate, training=self.training, generator=generator)
+        else:
+            heads = qkv.reshape(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
+            k_all, v_all = cache.append(layer, heads[1].data, heads[2].data)  # (B, H, T_past + T, D)
+            y = F.scaled_dot_product_attention(
+                heads[0], Tensor(k_all), Tensor(v_all), dropout_p=self.drop_rate, training=self.training, generator=generator
+            )  # (B, H, T, D)
+            y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
         return self.c_proj(y)
 
 
