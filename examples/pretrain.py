@@ -1,0 +1,219 @@
+"""Pretrain a GPT on a text corpus (book chapter 5).
+
+With no arguments it runs offline in a few minutes on a CPU: a small model ("cpu-small") on Python's own
+help topics (`pydoc_data`, part of the standard library), with a byte-level BPE trained on them.
+
+    python examples/pretrain.py                                   # the default run, out in runs/pretrain
+    python examples/pretrain.py --data book.txt --max-steps 2000  # your text (files, a directory, a URL)
+    python examples/pretrain.py --out runs/pretrain --resume      # continue where a run stopped
+
+Bad input (missing or empty data, non-UTF-8 text, a corpus shorter than one window, an output folder that
+cannot be written, a corrupt checkpoint, "cuda" without a GPU, an unknown preset) prints one line,
+`error: ...`, and exits with status 2. Ctrl-C saves a checkpoint and exits with status 130.
+"""
+
+import argparse
+import hashlib
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+
+from autograd import DeviceError, backend
+from autograd.checkpoint import CheckpointError
+from tinygrad_llm.data import DataLoader, GPTDataset, load_text, train_val_split
+from tinygrad_llm.model import GPT, PRESETS, GPTConfig
+from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
+from tinygrad_llm.train import TrainConfig, Trainer, read_checkpoint_metadata
+from tinygrad_llm.weights import WeightsUnavailableError, default_cache_dir, download_file
+
+DEFAULT_CORPUS = "pydoc"  # Python's help topics, from the standard library
+# flags that a resumed run may change; the rest (model, data, tokenizer) come from the checkpoint
+RESUMABLE = {"device", "epochs", "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
+             "sample_prompt", "sample_tokens", "temperature", "top_k"}
+
+
+def build_parser(suppress=False):
+    """The argument parser; with `suppress`, flags not given on the command line are left out (used to
+    tell which flags override a resumed run's settings)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                argument_default=argparse.SUPPRESS if suppress else None)
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    a = p.add_argument
+    a("--data", nargs="+", default=d([DEFAULT_CORPUS]), metavar="PATH_OR_URL",
+      help="text files, a directory of *.txt, or a URL (downloaded once); default: Python's help topics")
+    a("--tokenizer", default=d(None), help="'gpt2' (tiktoken) or a directory with encoder.json + vocab.bpe; "
+      "default: a BPE trained on the training text")
+    a("--vocab-size", type=int, default=d(2048), help="vocabulary of the BPE trained when --tokenizer is not given")
+    a("--config", default=d("cpu-small"), help=f"model preset: {', '.join(PRESETS)}")
+    a("--context-length", type=int, default=d(None), help="override the preset's context length")
+    a("--init-from", default=d(None), metavar="gpt2|PATH", help="start from pretrained weights")
+    a("--device", default=d("cpu"), choices=["cpu", "cuda"])
+    a("--batch-size", type=int, default=d(8))
+    a("--grad-accum", type=int, default=d(1), help="micro-batches per optimizer step")
+    a("--epochs", type=int, default=d(1))
+    a("--max-steps", type=int, default=d(None), help="stop after this many steps (overrides --epochs)")
+    a("--lr", type=float, default=d(1e-3))
+    a("--min-lr", type=float, default=d(None), help="end of the cosine schedule (default lr/10)")
+    a("--schedule", default=d("cosine"), choices=["cosine", "constant"])
+    a("--warmup", type=int, default=d(10), help="warmup steps")
+    a("--weight-decay", type=float, default=d(0.1))
+    a("--decay-all", action="store_true", default=d(False),
+      help="decay every parameter, biases and LayerNorm too, as the book does")
+    a("--grad-clip", type=float, default=d(1.0), help="max gradient norm; 0 turns clipping off")
+    a("--train-ratio", type=float, default=d(0.9), help="share of the text (characters) used for training")
+    a("--eval-every", type=int, default=d(25))
+    a("--eval-batches", type=int, default=d(5))
+    a("--log-every", type=int, default=d(5))
+    a("--checkpoint-every", type=int, default=d(0), help="0: only at the end and on Ctrl-C")
+    a("--sample-prompt", default=d(None))
+    a("--sample-tokens", type=int, default=d(40))
+    a("--temperature", type=float, default=d(0.8), help="sampling temperature of the samples (0: greedy)")
+    a("--top-k", type=int, default=d(40))
+    a("--out", default=d("runs/pretrain"), help="output folder: checkpoint, metrics.jsonl, loss.png, model/")
+    a("--resume", action="store_true", default=d(False), help="continue the run saved in --out")
+    a("--seed", type=int, default=d(123))
+    return p
+
+
+def one_line(error):
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def fetch(url):
+    """A local copy of `url`, downloaded once into the cache."""
+    name = Path(url.split("?")[0].rstrip("/")).name or "data.txt"
+    dest = default_cache_dir() / "data" / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+    if not dest.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            download_file(url, dest)
+        except (urllib.error.URLError, OSError) as e:
+            raise OSError(f"could not download {url} ({one_line(getattr(e, 'reason', e))}); "
+                          "download it yourself and pass the local path to --data") from None
+    return dest
+
+
+def read_corpus(sources):
+    if sources == [DEFAULT_CORPUS]:
+        from pydoc_data.topics import topics
+
+        return "\n\n".join(topics[k] for k in sorted(topics))
+    paths = [fetch(s) if s.startswith(("http://", "https://")) else Path(s) for s in sources]
+    return load_text(paths)
+
+
+def windows(ids, context, what):
+    if len(ids) < context + 1:
+        raise ValueError(f"the {what} text is {len(ids)} tokens, shorter than one window of {context} + 1; "
+                         "use a longer corpus or a smaller --context-length")
+    return GPTDataset(ids, context, stride=context)
+
+
+def setup(args, saved=None):
+    """Tokenizer, model and loaders from the arguments (and a checkpoint's metadata when resuming)."""
+    if args.device == "cuda":
+        backend.xp_for("cuda")  # DeviceError now, not after minutes of setup
+    if saved is None and args.init_from is None and args.config not in PRESETS:
+        raise ValueError(f"unknown preset {args.config!r}; choose one of: {', '.join(PRESETS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / ".write-test"
+    probe.write_text("")
+    probe.unlink()
+    text = read_corpus(args.data)
+    train_text, val_text = train_val_split(text, args.train_ratio)
+    if saved is not None:  # the checkpoint's own tokenizer
+        record = saved["tokenizer"]
+        tok = BPETokenizer.load(out / record["path"]) if record["kind"] == "bpe" else get_tokenizer(record["name"])
+    elif args.tokenizer is not None or args.init_from is not None:
+        tok = get_tokenizer(args.tokenizer or "gpt2")
+    else:
+        print(f"training a {args.vocab_size}-token BPE on {len(train_text):,} characters")
+        tok = BPETokenizer.train(train_text[: 8 << 20], args.vocab_size)
+    encode = lambda t: np.asarray(tok.encode(t, allowed_special={"<|endoftext|>"}), dtype=np.int64)
+    train_ids, val_ids = encode(train_text), encode(val_text)
+
+    if saved is not None:
+        model = GPT(GPTConfig.from_dict(saved["model_config"]), seed=args.seed)
+    elif args.init_from is not None:
+        model = GPT.from_pretrained(args.init_from)
+    else:
+        overrides = {"vocab_size": tok.n_vocab}
+        if args.context_length:
+            overrides["context_length"] = args.context_length
+        model = GPT(GPTConfig.preset(args.config, **overrides), seed=args.seed)
+    if tok.n_vocab > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.n_vocab} tokens, the model only {model.config.vocab_size}")
+    context = min(args.context_length or model.config.context_length, model.config.context_length)
+    model.to(args.device)
+    train = DataLoader(windows(train_ids, context, "training"), args.batch_size, shuffle=True, drop_last=True,
+                       seed=args.seed)
+    val = DataLoader(windows(val_ids, context, "validation"), args.batch_size, shuffle=False, drop_last=False)
+    print(f"{len(train_ids):,} training and {len(val_ids):,} validation tokens; "
+          f"model {model.num_parameters():,} parameters, context {context}, {len(train)} batches per epoch")
+    return tok, model, train, val
+
+
+def train_config(args, prompt):
+    return TrainConfig(
+        lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup, schedule=args.schedule,
+        weight_decay=args.weight_decay, decay_all=args.decay_all, grad_clip=args.grad_clip,
+        grad_accum_steps=args.grad_accum, epochs=args.epochs, max_steps=args.max_steps,
+        eval_every=args.eval_every, eval_batches=args.eval_batches, log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every, sample_prompt=prompt, sample_tokens=args.sample_tokens,
+        sample_temperature=args.temperature, sample_top_k=args.top_k, out_dir=args.out, seed=args.seed)
+
+
+def run(argv):
+    args = build_parser().parse_args(argv)
+    saved = None
+    if args.resume:
+        saved = read_checkpoint_metadata(args.out)
+        given = vars(build_parser(suppress=True).parse_args(argv))
+        settings = {**saved["metadata"]["args"], **{k: v for k, v in given.items() if k in RESUMABLE}}
+        ignored = sorted(k for k in given if k not in RESUMABLE | {"out", "resume"} and given[k] != settings[k])
+        if ignored:
+            print(f"note: resuming with the checkpoint's settings; ignoring --{', --'.join(ignored)}")
+        args = argparse.Namespace(**{**settings, "out": args.out, "resume": True})
+    prompt = args.sample_prompt
+    if prompt is None:
+        prompt = "The built-in function" if args.data == [DEFAULT_CORPUS] else "Every effort moves you"
+    tok, model, train, val = setup(args, saved)
+    saved_args = {k: v for k, v in vars(args).items() if k != "resume"}
+    trainer = Trainer(model, train, val, train_config(args, prompt), tokenizer=tok,
+                      metadata={"args": saved_args})
+    if saved is not None:
+        trainer.resume()
+        print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
+              f"batch {trainer.batch_index})")
+    try:
+        records = trainer.fit()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; checkpoint saved in "
+              f"{Path(args.out) / 'checkpoint.safetensors'}.\nresume with: python examples/pretrain.py "
+              f"--out {args.out} --resume", file=sys.stderr)
+        return 130
+    first, last = records[0], records[-1]
+    print(f"done: {trainer.step} steps, {trainer.tokens_seen:,} tokens in {trainer.elapsed:.0f} s; "
+          f"train loss {first['train_loss']:.3f} -> {last['train_loss']:.3f}, "
+          f"val loss {first['val_loss']:.3f} -> {last['val_loss']:.3f}")
+    print(f"outputs in {args.out}/: checkpoint.safetensors, metrics.jsonl, model/ (Hugging Face layout)"
+          + (", loss.png" if (Path(args.out) / "loss.png").exists() else " (pip install matplotlib for loss.png)"))
+    return 0
+
+
+def main(argv=None):
+    try:
+        return run(argv)
+    except KeyboardInterrupt:  # during setup, before there is anything to save
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, DeviceError, CheckpointError, WeightsUnavailableError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

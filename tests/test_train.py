@@ -1,0 +1,236 @@
+"""The training loop: evaluation, parameter groups, learning, checkpoints, exact resume, Ctrl-C."""
+
+import json
+import math
+import os
+import signal
+import sys
+from itertools import pairwise
+from pydoc_data.topics import topics
+
+import numpy as np
+import pytest
+
+from autograd.checkpoint import CheckpointError
+from autograd.nn import Module, Parameter
+from tinygrad_llm.data import DataLoader, GPTDataset
+from tinygrad_llm.model import GPT, GPTConfig
+from tinygrad_llm.tokenizer import BPETokenizer
+from tinygrad_llm.train import (
+    CHECKPOINT,
+    METRICS,
+    TrainConfig,
+    Trainer,
+    evaluate,
+    lm_loss,
+    param_groups,
+    plot_metrics,
+    read_checkpoint_metadata,
+)
+
+TEXT = topics["assert"] + topics["for"] + topics["while"] + topics["if"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return BPETokenizer.train(TEXT, 300)
+
+
+@pytest.fixture(scope="module")
+def ids(tok):
+    return np.asarray(tok.encode(TEXT), dtype=np.int64)
+
+
+def make(tok, ids, drop_rate=0.1, seed=0):
+    cfg = GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=32, drop_rate=drop_rate)
+    model = GPT(cfg, seed=seed)
+    split = int(0.9 * len(ids))
+    train = DataLoader(GPTDataset(ids[:split], 32, 32), batch_size=4, shuffle=True, seed=1)
+    val = DataLoader(GPTDataset(ids[split:], 32, 32), batch_size=4, shuffle=False, drop_last=False)
+    return model, train, val
+
+
+def quiet(**kw):
+    return dict(progress=False, **kw)
+
+
+def test_evaluate_is_the_mean_loss_over_batches_in_eval_mode(tok, ids):
+    model, _, val = make(tok, ids)
+    batches = list(val.iter_from(0))
+    model.eval()
+    expected = np.mean([lm_loss(model, b).item() for b in batches])
+    model.train()
+    assert evaluate(model, val) == pytest.approx(expected, rel=1e-6)
+    assert model.training  # mode restored
+    assert evaluate(model, val, max_batches=1) == pytest.approx(lm_loss(model.eval(), batches[0]).item(), rel=1e-6)
+    assert math.isnan(evaluate(model, []))
+
+
+def test_param_groups_decay_matrices_only_unless_decay_all(tok, ids):
+    model, _, _ = make(tok, ids)
+    decay, no_decay = param_groups(model, 0.1)
+    assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert all(p.ndim == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    (everything,) = param_groups(model, 0.1, decay_all=True)
+    assert len(everything["params"]) == len(list(model.parameters()))
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable"):
+        param_groups(model, 0.1)
+
+
+def test_training_lowers_the_loss_and_writes_metrics(tok, ids, tmp_path):
+    model, train, val = make(tok, ids, drop_rate=0.0)
+    cfg = TrainConfig(lr=3e-3, warmup_steps=5, max_steps=40, eval_every=20, eval_batches=2, grad_clip=1.0,
+                      out_dir=str(tmp_path), sample_prompt="The", sample_tokens=5, **quiet())
+    trainer = Trainer(model, train, val, cfg, tokenizer=tok, log=None)
+    records = trainer.fit()
+    assert [r["step"] for r in records] == [0, 20, 40]
+    assert records[-1]["val_loss"] < records[0]["val_loss"] - 1.0
+    assert records[-1]["tokens_seen"] == 40 * 4 * 32
+    assert records[-1]["val_ppl"] == pytest.approx(math.exp(records[-1]["val_loss"]))
+    assert len(trainer.step_losses) == 40 and all(math.isfinite(x) for x in trainer.step_losses)
+    assert isinstance(records[-1]["sample"], str) and records[-1]["sample"].startswith("The")
+    lines = [json.loads(s) for s in (tmp_path / METRICS).read_text().splitlines()]
+    assert [r["step"] for r in lines] == [0, 20, 40]
+    assert set(lines[0]) >= {"step", "tokens_seen", "train_loss", "val_loss", "val_ppl", "lr", "tokens_per_sec",
+                             "elapsed"}
+    meta = read_checkpoint_metadata(tmp_path)
+    assert meta["step"] == 40 and meta["tokenizer"] == {"kind": "bpe", "path": "tokenizer"}
+    assert BPETokenizer.load(tmp_path / "tokenizer").encode(TEXT[:200]) == tok.encode(TEXT[:200])
+    assert GPTConfig.from_dict(meta["model_config"]) == model.config
+    assert (tmp_path / "model" / "config.json").is_file()  # Hugging Face layout for generate
+    again = GPT.from_pretrained(str(tmp_path / "model"))
+    np.testing.assert_array_equal(again.wte.weight.data, model.wte.weight.data)
+
+
+def test_schedule_warmup_then_cosine_and_constant(tok, ids):
+    model, train, _ = make(tok, ids)
+    cfg = TrainConfig(lr=1e-3, warmup_steps=4, max_steps=8, min_lr=1e-4, **quiet())
+    seen = []
+    Trainer(model, train, None, cfg, log=None, on_step=lambda t: seen.append(t.optimizer.param_groups[0]["lr"])).fit()
+    # lr after step s is the lr of step s + 1 (1-based, as the book counts): warmup 1e-3 * k / 4, then cosine
+    assert seen[:3] == pytest.approx([5e-4, 7.5e-4, 1e-3])
+    assert seen[-1] == pytest.approx(1e-4) and all(a >= b for a, b in pairwise(seen[3:]))
+    model, train, _ = make(tok, ids)
+    seen.clear()
+    cfg = TrainConfig(lr=4e-4, schedule="constant", max_steps=3, **quiet())
+    Trainer(model, train, None, cfg, log=None, on_step=lambda t: seen.append(t.optimizer.param_groups[0]["lr"])).fit()
+    assert seen == [4e-4] * 3
+
+
+def _config(out, **kw):
+    return TrainConfig(lr=2e-3, warmup_steps=2, max_steps=7, eval_every=3, eval_batches=2, grad_clip=0.5,
+                       grad_accum_steps=2, out_dir=str(out), **quiet(**kw))
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k not in ("elapsed", "tokens_per_sec")} for r in records]
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tok, ids, tmp_path):
+    """Dropout on, gradient accumulation, warmup, cosine and clipping: the losses match bit for bit."""
+    model, train, val = make(tok, ids)
+    full = Trainer(model, train, val, _config(tmp_path / "full"), log=None)
+    full.fit()
+
+    def stop_at_3(trainer):
+        if trainer.step == 3:
+            raise KeyboardInterrupt
+
+    model, train, val = make(tok, ids)
+    first = Trainer(model, train, val, _config(tmp_path / "cut"), log=None, on_step=stop_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert read_checkpoint_metadata(tmp_path / "cut")["step"] == 3
+
+    model, train, val = make(tok, ids, seed=99)  # other initial weights: all must come from the checkpoint
+    second = Trainer(model, train, val, _config(tmp_path / "cut"), log=None)
+    second.resume()
+    assert (second.step, second.tokens_seen) == (3, 3 * 2 * 4 * 32)
+    second.fit()
+    assert first.step_losses + second.step_losses == full.step_losses  # exact equality
+    assert _strip(second.records) == _strip(full.records)
+    cut = [json.loads(s) for s in (tmp_path / "cut" / METRICS).read_text().splitlines()]
+    assert [r["step"] for r in cut] == [0, 3, 6, 7]
+    for a, b in zip(model.parameters(), full.model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to oneself")
+def test_ctrl_c_finishes_the_step_and_saves_a_checkpoint(tok, ids, tmp_path):
+    model, train, val = make(tok, ids)
+
+    def press_ctrl_c(trainer):
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    trainer = Trainer(model, train, val, _config(tmp_path), log=None, on_step=press_ctrl_c)
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert signal.getsignal(signal.SIGINT) is previous  # the handler is removed again
+    assert trainer.step == 2 and read_checkpoint_metadata(tmp_path)["step"] == 2
+
+
+def test_any_iterable_of_batches_and_a_custom_loss(tmp_path):
+    """What fine-tuning passes: its own batches (here (x, y) regression) and its own loss."""
+
+    class Line(Module):
+        def __init__(self):
+            super().__init__()
+            self.w = Parameter(np.zeros((1, 1), dtype=np.float32))
+            self.b = Parameter(np.zeros(1, dtype=np.float32))
+
+        def forward(self, x):
+            return x @ self.w + self.b
+
+    def mse(model, batch):
+        x, y = batch
+        d = model(x) - y
+        return (d * d).mean()
+
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(8):
+        x = rng.standard_normal((16, 1)).astype(np.float32)
+        batches.append((x, 3 * x + 1))
+    cfg = TrainConfig(lr=0.1, weight_decay=0.0, epochs=20, eval_every=1000, eval_batches=None,
+                      out_dir=str(tmp_path), **quiet())
+    model = Line()
+    records = Trainer(model, batches, batches[:2], cfg, loss_fn=mse, log=None).fit()
+    assert records[-1]["step"] == 160 and records[-1]["val_loss"] < 1e-3
+    assert model.w.data[0, 0] == pytest.approx(3, abs=0.02) and model.b.data[0] == pytest.approx(1, abs=0.02)
+
+
+def test_training_on_the_strict_device(tok, ids):
+    """The strict device refuses implicit host conversions, as CuPy does: the loop has none."""
+    model, train, val = make(tok, ids)
+    model.to("strict")
+    cfg = TrainConfig(max_steps=2, eval_every=1, eval_batches=1, grad_clip=1.0, sample_prompt="The",
+                      sample_tokens=3, **quiet())
+    records = Trainer(model, train, val, cfg, tokenizer=tok, log=None).fit()
+    assert len(records) == 3 and all(math.isfinite(r["val_loss"]) for r in records)
+
+
+def test_bad_checkpoints_are_reported(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_checkpoint_metadata(tmp_path)
+    (tmp_path / CHECKPOINT).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        read_checkpoint_metadata(tmp_path)
+
+
+def test_loss_plot_when_matplotlib_is_there(tmp_path, monkeypatch):
+    records = [{"tokens_seen": 0, "train_loss": 5.0, "val_loss": 5.1},
+               {"tokens_seen": 100, "train_loss": 3.0, "val_loss": 3.5}]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert plot_metrics(records, tmp_path / "loss.png") is None
+    else:
+        assert plot_metrics(records, tmp_path / "loss.png") == tmp_path / "loss.png"
+        assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plot extra were not installed
+    assert plot_metrics(records, tmp_path / "other.png") is None
+    assert not (tmp_path / "other.png").exists()

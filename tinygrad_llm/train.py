@@ -1,0 +1,483 @@
+"""Step 6: the training loop (pretraining here; the fine-tuning steps reuse it with their own batches
+and loss).
+
+One optimizer step is `grad_accum_steps` micro-batches: forward, loss, backward each, then gradient
+clipping, an AdamW update and the next learning rate. Every `eval_every` steps the loop measures the
+mean loss over a few training and validation batches (`evaluate`, the one loss-over-a-loader helper),
+generates a sample, and appends a line to `metrics.jsonl`.
+
+No step turns a device value into a Python number: the losses stay device scalars until a log point
+(every `log_every` steps, an evaluation, a checkpoint), where they are read all at once.
+
+Checkpoints (`out_dir/checkpoint.safetensors`, written atomically by `autograd.checkpoint.save_state`)
+hold the model, the optimizer, the schedule's step, the dropout generators, and in their metadata the
+step, the data position (epoch, batch within it), tokens seen, the configs, the tokenizer and the
+metrics so far. The data order is a function of seed and epoch (`DataLoader.iter_from`), so a resumed
+run sees the same batches, with the same dropout masks, as one that never stopped: its losses are the
+same bit for bit on the CPU. Ctrl-C finishes the current step, saves a checkpoint and raises
+KeyboardInterrupt (a second Ctrl-C stops at once).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from itertools import islice
+from pathlib import Path
+
+import safetensors
+from tqdm.auto import tqdm
+
+import autograd.functional as F
+from autograd import backend, no_grad
+from autograd.checkpoint import META_KEY, CheckpointError, load_state, save_state
+from autograd.optim import AdamW, LRScheduler, clip_grad_norm_, cosine_with_warmup
+
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 4e-4
+    min_lr: float | None = None  # the cosine schedule's floor; None: lr / 10
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # "cosine" (after warmup) or "constant" (the book's chapter 5)
+    weight_decay: float = 0.1
+    decay_all: bool = False  # True: decay every parameter (the book); False: only 2-D weights (nanoGPT)
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
+    grad_accum_steps: int = 1
+    epochs: int = 1
+    max_steps: int | None = None  # when set, the run stops here instead of after `epochs`
+    eval_every: int = 100
+    eval_batches: int | None = 5  # batches per loader in each evaluation; None: all of them
+    log_every: int = 10  # steps between progress-bar updates (each reads the losses from the device)
+    checkpoint_every: int = 0  # steps between checkpoints; 0: only at the end and on Ctrl-C
+    sample_prompt: str | None = None
+    sample_tokens: int = 50
+    sample_temperature: float = 0.0
+    sample_top_k: int | None = None
+    out_dir: str | None = None
+    seed: int = 0  # for sampling; data order and dropout have their own seeds
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.grad_accum_steps < 1 or self.eval_every < 1 or self.log_every < 1:
+            raise ValueError("grad_accum_steps, eval_every and log_every must be at least 1")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise ValueError("lr must be positive; weight_decay, grad_clip and warmup_steps non-negative")
+        self.betas = tuple(self.betas)
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Losses
+
+
+def lm_loss(model, batch):
+    """Next-token cross-entropy of an (inputs, targets) batch of (B, T) ids."""
+    inputs, targets = batch
+    return F.cross_entropy(model(inputs), targets)  # (B, T, V) against (B, T)
+
+
+def batch_tokens(batch):
+    """Tokens in a batch: the size of its inputs (the first element of a tuple)."""
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(first.size)
+
+
+def _batches(loader, epoch, start=0):
+    """Batches of `epoch` from index `start`: the loader's `iter_from` when it has one (a DataLoader),
+    else a new pass over the iterable, skipping the first `start`."""
+    if hasattr(loader, "iter_from"):
+        return loader.iter_from(epoch, start)
+    return islice(iter(loader), start, None)
+
+
+def evaluate(model, loader, max_batches=None, loss_fn=lm_loss):
+    """Mean of `loss_fn` over the first `max_batches` batches of `loader` (all when None), in eval mode
+    without gradients; the model's train/eval mode is restored. NaN for an empty loader. A DataLoader
+    is read from the start of its epoch 0, so every evaluation sees the same batches."""
+    was_training = model.training
+    model.eval()
+    total, n = None, 0
+    try:
+        with no_grad():
+            for batch in islice(_batches(loader, 0), max_batches):
+                loss = loss_fn(model, batch).data
+                total = loss.copy() if total is None else total + loss  # summed on the device
+                n += 1
+    finally:
+        model.train(was_training)
+    return float(total) / n if n else math.nan  # one sync
+
+
+def param_groups(model, weight_decay, decay_all=False):
+    """AdamW groups: weight decay on 2-D weights (linear and embedding matrices), none on biases and
+    LayerNorm weights (nanoGPT's rule, p.ndim >= 2); `decay_all` decays everything (the book's
+    AdamW(weight_decay=0.1)). Frozen parameters (requires_grad False) are left out."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    if decay_all:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def tokenizer_record(tokenizer):
+    """How a checkpoint names its tokenizer: {"kind": "bpe", "path": "tokenizer"} (files saved beside it)
+    or {"kind": "tiktoken", "name": ...}."""
+    if tokenizer is None:
+        return None
+    if hasattr(tokenizer, "save"):
+        return {"kind": "bpe", "path": "tokenizer"}
+    return {"kind": "tiktoken", "name": tokenizer.name}
+
+
+def read_checkpoint_metadata(out_dir):
+    """The `extra` metadata of `out_dir`'s checkpoint (step, configs, tokenizer, ...), without loading
+    the model. Raises FileNotFoundError or CheckpointError."""
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume from: {path} not found")
+    try:
+        with safetensors.safe_open(path, framework="numpy") as f:
+            meta = json.loads((f.metadata() or {})[META_KEY])
+    except Exception as e:  # a bad header, a short file, JSON errors, a file of another tool
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e!r}") from None
+    extra = meta.get("extra") if isinstance(meta, dict) else None
+    if not isinstance(extra, dict) or "step" not in extra:
+        raise CheckpointError(f"checkpoint {path} holds no training state (was it written by Trainer?)")
+    return extra
+
+
+def plot_metrics(records, path):
+    """Train and validation loss against tokens seen, as a PNG. Returns the path, or None when
+    matplotlib (the optional `plot` extra) is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    tokens = [r["tokens_seen"] for r in records]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(tokens, [r["train_loss"] for r in records], label="train")
+    if any(r.get("val_loss") is not None for r in records):
+        ax.plot(tokens, [r.get("val_loss") for r in records], linestyle="-.", label="validation")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+
+
+class Trainer:
+    """Trains `model` on `train_loader` (an iterable of batches; a DataLoader, with `iter_from` and
+    `len`, for an exact resume), evaluating on `val_loader` if given.
+
+    loss_fn(model, batch) -> scalar loss Tensor (next-token cross-entropy by default);
+    tokens_fn(batch) -> tokens in a batch; tokenizer: for samples and saved with checkpoints;
+    on_step(trainer) after each step, on_eval(trainer, record) after each evaluation, before the record
+    is written (it may add keys, e.g. an accuracy); metadata: JSON-serializable, saved with each
+    checkpoint (the CLI keeps its data settings there); log: where messages go.
+    After `fit()`: `step_losses` (the training loss of each step this session), `records` (evaluations).
+    """
+
+    def __init__(self, model, train_loader, val_loader=None, config=None, *, optimizer=None,
+                 loss_fn=lm_loss, tokens_fn=batch_tokens, tokenizer=None, on_step=None, on_eval=None,
+                 metadata=None, log=tqdm.write):
+        self.model, self.train_loader, self.val_loader = model, train_loader, val_loader
+        self.config = cfg = config if config is not None else TrainConfig()
+        self.loss_fn, self.tokens_fn, self.tokenizer = loss_fn, tokens_fn, tokenizer
+        self.on_step, self.on_eval, self.metadata = on_step, on_eval, metadata or {}
+        self.log = log or (lambda message: None)
+        self.optimizer = optimizer or AdamW(
+            param_groups(model, cfg.weight_decay, cfg.decay_all), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+            weight_decay=cfg.weight_decay)
+        self.total_steps = self._total_steps()
+        min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+        if cfg.schedule == "constant":
+            lr_fn = lambda s: cfg.lr * min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        else:
+            lr_fn = lambda s: cosine_with_warmup(s + 1, max_lr=cfg.lr, total_steps=self.total_steps,
+                                                 warmup_steps=cfg.warmup_steps, min_lr=min_lr)
+        self.scheduler = LRScheduler(self.optimizer, lr_fn)
+        self.step, self.epoch, self.batch_index, self.tokens_seen, self.elapsed = 0, 0, 0, 0, 0.0
+        self.records, self.step_losses = [], []
+        self._pending = []  # device scalars: the losses of steps not yet read
+        self._stop = False
+        self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+
+    def _total_steps(self):
+        cfg = self.config
+        if cfg.max_steps is not None:
+            return cfg.max_steps
+        try:
+            return cfg.epochs * len(self.train_loader) // cfg.grad_accum_steps
+        except TypeError:
+            raise ValueError("a train loader without len() needs max_steps") from None
+
+    # ---- data ---------------------------------------------------------------------------------------
+
+    def _micro_batches(self):
+        """(batch, epoch and index of the batch after it) forever, from the current data position."""
+        epoch, index = self.epoch, self.batch_index
+        while True:
+            any_batch = False
+            for batch in _batches(self.train_loader, epoch, index):
+                any_batch = True
+                index += 1
+                yield batch, epoch, index
+            if not any_batch and index == 0:
+                raise ValueError("the train loader yields no batches")
+            epoch, index = epoch + 1, 0
+
+    # ---- one step -----------------------------------------------------------------------------------
+
+    def _train_step(self, stream):
+        """Accumulate gradients over grad_accum_steps micro-batches, clip, update. Returns the step's
+        mean loss as a device scalar, the tokens it saw and the data position after it."""
+        cfg, model = self.config, self.model
+        scale = 1.0 / cfg.grad_accum_steps
+        total, tokens = None, 0
+        for _ in range(cfg.grad_accum_steps):
+            batch, epoch, index = next(stream)
+            loss = self.loss_fn(model, batch)
+            (loss * scale if cfg.grad_accum_steps > 1 else loss).backward()
+            total = loss.data * scale if total is None else total + loss.data * scale
+            tokens += self.tokens_fn(batch)
+        if cfg.grad_clip > 0:
+            clip_grad_norm_(self.optimizer._params(), cfg.grad_clip)
+        self._updating = True
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.scheduler.step()
+        self._updating = False
+        return total, tokens, (epoch, index)
+
+    def _sync_losses(self):
+        """Read the pending losses from the device (the one sync between log points)."""
+        if self._pending:
+            self.step_losses.extend(float(x) for x in backend.to_host(backend.get_array_module(
+                self._pending[0]).stack(self._pending)))
+            self._pending = []
+
+    # ---- fit ----------------------------------------------------------------------------------------
+
+    def fit(self):
+        """Train until max_steps (or the epochs) are done. Returns the evaluation records."""
+        cfg = self.config
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.train()
+        restore_sigint = self._install_sigint()
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not cfg.progress,
+                   dynamic_ncols=True)
+        self._updating, saved, rng = False, False, None
+        try:
+            if self.step == 0 and not self.records:
+                if self.out_dir is not None:
+                    (self.out_dir / METRICS).write_text("", encoding="utf-8")  # a fresh run
+                self.evaluate_and_log()
+            stream = self._micro_batches()
+            t_log, tokens_log, start_elapsed, t0 = time.perf_counter(), 0, self.elapsed, time.perf_counter()
+            while self.step < self.total_steps:
+                rng = self.model.rng_states()  # restored if a second Ctrl-C cuts this step short
+                saved = False
+                loss, tokens, position = self._train_step(stream)
+                self.step += 1
+                self.epoch, self.batch_index = position
+                self.tokens_seen += tokens
+                tokens_log += tokens
+                self.elapsed = start_elapsed + time.perf_counter() - t0
+                self._pending.append(loss)
+                rng = None
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    self._sync_losses()
+                    now = time.perf_counter()
+                    bar.set_postfix(loss=f"{self.step_losses[-1]:.3f}",
+                                    tok_s=f"{tokens_log / max(now - t_log, 1e-9):,.0f}", refresh=False)
+                    t_log, tokens_log = now, 0
+                bar.update(1)
+                if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
+                    self.evaluate_and_log()
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                    saved = True
+                if self.on_step is not None:
+                    self.on_step(self)
+                if self._stop:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            bar.close()
+            if self._updating:
+                self.log("interrupted inside an optimizer update: no checkpoint written (the last one stands)")
+            else:
+                if rng is not None:  # the step was cut short: as if it never started
+                    self.model.set_rng_states(rng)
+                    self.optimizer.zero_grad()
+                if not saved:
+                    self.save_checkpoint()
+            raise
+        finally:
+            bar.close()
+            restore_sigint()
+        self._sync_losses()
+        if not saved:
+            self.save_checkpoint(final=True)
+        return self.records
+
+    def _install_sigint(self):
+        """The first Ctrl-C asks the loop to stop after the current step; a second one stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+            self.log("Ctrl-C: stopping after this step and saving a checkpoint (press again to stop now)")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+    # ---- evaluation ---------------------------------------------------------------------------------
+
+    def evaluate_and_log(self):
+        """Evaluate, sample, log, and append the record to metrics.jsonl (and the plot)."""
+        cfg = self.config
+        self._sync_losses()
+        train_loss = evaluate(self.model, self.train_loader, cfg.eval_batches, self.loss_fn)
+        val_loss = None
+        if self.val_loader is not None:
+            val_loss = evaluate(self.model, self.val_loader, cfg.eval_batches, self.loss_fn)
+        record = {
+            "step": self.step, "epoch": self.epoch, "tokens_seen": self.tokens_seen,
+            "train_loss": train_loss, "val_loss": val_loss,
+            "val_ppl": math.exp(min(val_loss, 700)) if val_loss is not None else None,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "tokens_per_sec": self.tokens_seen / self.elapsed if self.elapsed else None,
+            "elapsed": round(self.elapsed, 3),
+        }
+        sample = self.sample()
+        if sample is not None:
+            record["sample"] = sample
+        if self.on_eval is not None:
+            self.on_eval(self, record)
+        self.records.append(record)
+        val = f", val loss {val_loss:.3f} (ppl {record['val_ppl']:.1f})" if val_loss is not None else ""
+        self.log(f"step {self.step}/{self.total_steps} (epoch {self.epoch + 1}, {self.tokens_seen:,} tokens): "
+                 f"train loss {train_loss:.3f}{val}")
+        if sample is not None:
+            self.log(f"  sample: {sample!r}")
+        if self.out_dir is not None:
+            with open(self.out_dir / METRICS, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            plot_metrics(self.records, self.out_dir / "loss.png")
+        return record
+
+    def sample(self):
+        """`sample_tokens` tokens generated from `sample_prompt`, as text; None without a prompt or a
+        tokenizer."""
+        cfg = self.config
+        if not cfg.sample_prompt or self.tokenizer is None or cfg.sample_tokens <= 0:
+            return None
+        from tinygrad_llm.generate import generate
+
+        ids = self.tokenizer.encode(cfg.sample_prompt, allowed_special="all")
+        context = getattr(getattr(self.model, "config", None), "context_length", None)
+        keep = max(1, context - cfg.sample_tokens) if context else len(ids)
+        ids = ids[-keep:]
+        was_training = self.model.training
+        try:
+            out = generate(self.model, [ids], min(cfg.sample_tokens, (context or 1 << 30) - len(ids)),
+                           temperature=cfg.sample_temperature, top_k=cfg.sample_top_k,
+                           eos_id=getattr(self.tokenizer, "eot_token", None), seed=cfg.seed + self.step)
+        finally:
+            self.model.train(was_training)
+        return self.tokenizer.decode(out[0].tolist()).replace("\n", " ")
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+
+    def save_checkpoint(self, final=False):
+        """Write out_dir/checkpoint.safetensors (and the tokenizer; at the end, out_dir/model in Hugging
+        Face's layout). Returns the checkpoint's path, or None without an out_dir."""
+        if self.out_dir is None:
+            return None
+        self._sync_losses()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        record = tokenizer_record(self.tokenizer)
+        if record is not None and record["kind"] == "bpe":
+            self.tokenizer.save(self.out_dir / record["path"])
+        extra = {
+            "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
+            "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
+            "train_config": self.config.to_dict(),
+            "model_config": self.model.config.to_dict() if hasattr(self.model, "config") else None,
+            "tokenizer": record, "records": self.records, "metadata": self.metadata,
+        }
+        path = self.out_dir / CHECKPOINT
+        save_state(path, self.model, self.optimizer, self.scheduler, extra=extra)
+        if final and hasattr(self.model, "save_pretrained"):
+            self.model.save_pretrained(self.out_dir / "model")
+            if record is not None and record["kind"] == "bpe":
+                self.tokenizer.save(self.out_dir / "model")
+        return path
+
+    def resume(self, out_dir=None):
+        """Load out_dir's checkpoint (default: config.out_dir) into this trainer: model, optimizer,
+        schedule, dropout generators, data position, metrics; metrics.jsonl is cut back to match."""
+        out_dir = Path(out_dir) if out_dir is not None else self.out_dir
+        if out_dir is None:
+            raise ValueError("resume needs an out_dir")
+        path = out_dir / CHECKPOINT
+        extra = load_state(path, self.model, self.optimizer, self.scheduler)
+        try:
+            self.step, self.epoch, self.batch_index = extra["step"], extra["epoch"], extra["batch_index"]
+            self.tokens_seen, self.elapsed = extra["tokens_seen"], extra["elapsed"]
+            self.records = list(extra["records"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {path} holds no training state (missing {e})") from None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.out_dir / f"{METRICS}.tmp-{os.getpid()}"
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
+            os.replace(tmp, self.out_dir / METRICS)
+        return extra
+
+
+__all__ = [
+    "TrainConfig", "Trainer", "evaluate", "lm_loss", "batch_tokens", "param_groups", "plot_metrics",
+    "read_checkpoint_metadata", "tokenizer_record", "CHECKPOINT", "METRICS",
+]
