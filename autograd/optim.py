@@ -7,11 +7,16 @@ host sync (the step never turns a device value into a Python number). Hyperparam
 """
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from autograd import backend
 from autograd.tensor import Tensor
+
+
+_THREADS = min(2, os.cpu_count() or 1)
 
 
 class Optimizer:
@@ -153,11 +158,13 @@ class AdamW(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, block_size=65536):
         self.block_size = block_size  # host arrays are updated in cache-sized blocks; None: whole arrays
+        self._pool = None
         if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"AdamW: invalid hyperparameters lr={lr}, betas={betas}, eps={eps}, wd={weight_decay}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
 
     def step(self):
+        jobs = []
         for group in self.param_groups:
             lr, wd, eps = float(group["lr"]), float(group["weight_decay"]), float(group["eps"])
             b1, b2 = (float(b) for b in group["betas"])
@@ -174,9 +181,33 @@ class AdamW(Optimizer):
                 t = st["step"]
                 m, v = st["exp_avg"], st["exp_avg_sq"]
                 bc1, bc2_sqrt = 1.0 - b1**t, math.sqrt(1.0 - b2**t)
-                decay, c, step_size = 1.0 - lr * wd, eps * bc2_sqrt, lr * bc2_sqrt / bc1
-                for x, g_, m_, v_ in _blocks((p.data, g, m, v), self.block_size):
-                    _adamw_update(xp, x, g_, m_, v_, self._scratch_for(x), decay, b1, b2, c, step_size)
+                hyper = (1.0 - lr * wd, b1, b2, eps * bc2_sqrt, lr * bc2_sqrt / bc1)
+                jobs.extend((xp, arrays, hyper) for arrays in _blocks((p.data, g, m, v), self.block_size))
+        self._run(jobs)
+
+    def _run(self, jobs):
+        """Apply the update to every block. NumPy's ufuncs run on one core and release the GIL, so host
+        blocks are shared between two threads, each with its own scratch buffer: the update is memory
+        bound and the second core adds bandwidth. The result does not depend on the split."""
+        blocks = [j for j in jobs if j[0] is np and j[1][0].size <= (self.block_size or 0)]
+        rest = [j for j in jobs if not (j[0] is np and j[1][0].size <= (self.block_size or 0))]
+        for xp, (x, g, m, v), hyper in rest:
+            _adamw_update(xp, x, g, m, v, self._scratch_for(x), *hyper)
+        if len(blocks) < 2 * _THREADS:
+            for xp, (x, g, m, v), hyper in blocks:
+                _adamw_update(xp, x, g, m, v, self._scratch_for(x), *hyper)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="adamw")
+            self._thread_scratch = [np.empty(self.block_size, np.float64) for _ in range(_THREADS)]
+
+        def work(k):
+            scratch = self._thread_scratch[k]
+            for xp, (x, g, m, v), hyper in blocks[k::_THREADS]:
+                s = scratch.view(x.dtype)[: x.size].reshape(x.shape)  # float64 storage holds any float dtype
+                _adamw_update(xp, x, g, m, v, s, *hyper)
+
+        list(self._pool.map(work, range(_THREADS)))
 
 
 def _adamw_update(xp, x, g, m, v, s, decay, b1, b2, c, step_size):
