@@ -24,12 +24,17 @@ class GPTConfig:
     drop_rate: float = 0.0
     qkv_bias: bool = True
     tie_weights: bool = True  # the output head reuses the token embedding, as GPT-2 does
+    # "gpt2": N(0, 0.02) with scaled residual projections (GPT-2, nanoGPT); "torch": PyTorch's layer
+    # defaults, N(0, 1) embeddings and U(+-1/sqrt(fan_in)) linears, as the book's GPTModel has them
+    init: str = "gpt2"
 
     def __post_init__(self):
         if self.emb_dim % self.n_heads:
             raise ValueError(f"emb_dim {self.emb_dim} must be divisible by n_heads {self.n_heads}")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+        if self.init not in ("gpt2", "torch"):
+            raise ValueError(f"init must be 'gpt2' or 'torch', got {self.init!r}")
 
     @property
     def head_dim(self):
@@ -54,14 +59,14 @@ class GPTConfig:
         return cls(**d)
 
 
-_BOOK = dict(qkv_bias=False, tie_weights=False, drop_rate=0.1)
+_BOOK = dict(qkv_bias=False, tie_weights=False, drop_rate=0.1, init="torch")
 PRESETS = {
     # GPT-2 as published: qkv bias, tied head, 1024 context
     "gpt2-small": GPTConfig(emb_dim=768, n_layers=12, n_heads=12),
     "gpt2-medium": GPTConfig(emb_dim=1024, n_layers=24, n_heads=16),
     "gpt2-large": GPTConfig(emb_dim=1280, n_layers=36, n_heads=20),
     "gpt2-xl": GPTConfig(emb_dim=1600, n_layers=48, n_heads=25),
-    # the book's GPT_CONFIG_124M for pretraining: no qkv bias, untied head, dropout 0.1
+    # the book's GPT_CONFIG_124M for pretraining: no qkv bias, untied head, dropout 0.1, PyTorch's init
     "book-124m": GPTConfig(emb_dim=768, n_layers=12, n_heads=12, **_BOOK),
     # small models that train on a CPU in minutes, and a tiny one for tests
     "cpu-small": GPTConfig(context_length=128, emb_dim=192, n_layers=4, n_heads=6, drop_rate=0.1),
@@ -158,7 +163,8 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.emb_dim)
         if not cfg.tie_weights:
             self.lm_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False, rng=rng)
-        self._init_weights(rng)
+        if cfg.init == "gpt2":
+            self._init_weights(rng)  # otherwise the layers keep the PyTorch-style values they drew
 
     def _init_weights(self, rng):
         """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and residual projections scaled by
