@@ -86,6 +86,11 @@ def test_generate_accepts_lists_and_tensors_and_restores_modes():
     assert model.training and is_grad_enabled()  # eval mode and no_grad only while generating
     with pytest.raises(ValueError, match="non-empty integer"):
         generate(model, [], 3)
+    tokens = stream(model, [5, 6, 7], 10)
+    next(tokens)
+    assert is_grad_enabled()  # between tokens the caller's grad mode is its own
+    tokens.close()  # an abandoned stream gives the model its training mode back
+    assert model.training
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -49,15 +49,18 @@ def sample_next(logits, rng, temperature=0.0, top_k=None, top_p=None):
 
 
 @contextlib.contextmanager
-def _inference(model):
-    """no_grad and eval mode for one forward pass, the model's previous mode restored after."""
+def _eval_mode(model):
+    """Eval mode (no dropout) for the whole generation, the model's previous mode restored at the end,
+    also when a stream is abandoned (closing a generator runs its `finally`). Switching once instead of
+    around every forward pass saves a walk over every module twice per token (about 1 ms for GPT-2)."""
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     try:
-        with no_grad():
-            yield
+        yield
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
 
 
 def _steps(model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
@@ -72,21 +75,22 @@ def _steps(model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cach
     rng = np.random.default_rng(seed)
     weight = model.wte.weight
     cache = KVCache(model.config, len(ids), dtype=weight.dtype, device=weight.device) if use_cache else None
-    for _ in range(max_new_tokens):
-        start = max(0, ids.shape[1] - ctx)  # the book's crop: the last context_length tokens
-        if cache is None:
-            feed = ids[:, start:]
-        elif start == 0:
-            feed = ids[:, cache.length:]  # the tokens the cache has not seen yet
-        else:
-            cache.reset()  # the window slid: every position changed
-            feed = ids[:, start:]
-        with _inference(model):
-            logits = model(feed, cache)  # (B, T_feed) -> (B, T_feed, V)
-        last = backend.to_host(logits.data[:, -1, :])  # (B, V): the one copy from the device per step
-        nxt = sample_next(last, rng, temperature, top_k, top_p)
-        yield nxt
-        ids = np.concatenate([ids, nxt[:, None]], axis=1)
+    with _eval_mode(model):
+        for _ in range(max_new_tokens):
+            start = max(0, ids.shape[1] - ctx)  # the book's crop: the last context_length tokens
+            if cache is None:
+                feed = ids[:, start:]
+            elif start == 0:
+                feed = ids[:, cache.length:]  # the tokens the cache has not seen yet
+            else:
+                cache.reset()  # the window slid: every position changed
+                feed = ids[:, start:]
+            with no_grad():  # per forward pass: grad mode is global, and the caller runs between yields
+                logits = model(feed, cache)  # (B, T_feed) -> (B, T_feed, V)
+            last = backend.to_host(logits.data[:, -1, :])  # (B, V): the one copy from the device per step
+            nxt = sample_next(last, rng, temperature, top_k, top_p)
+            yield nxt
+            ids = np.concatenate([ids, nxt[:, None]], axis=1)
 
 
 def _as_batch(ids):
