@@ -147,9 +147,12 @@ class LayerNorm(Function):
 
     def forward(self, x, w=None, b=None, eps=1e-5):
         xp = backend.get_array_module(x)
-        mean = x.mean(axis=-1, keepdims=True)
+        inv_c = 1.0 / x.shape[-1]  # sum * (1/C) rather than .mean(): NumPy's mean wrapper costs ~10 us a call,
+        mean = x.sum(axis=-1, keepdims=True)  # a fifth of a layer norm on one token while decoding
+        mean *= inv_c
         xhat = x - mean
-        var = (xhat * xhat).mean(axis=-1, keepdims=True)
+        var = (xhat * xhat).sum(axis=-1, keepdims=True)
+        var *= inv_c
         rstd = 1.0 / xp.sqrt(var + eps)
         xhat *= rstd
         self.xhat, self.rstd, self.w = xhat, rstd, w
