@@ -86,14 +86,9 @@ class KVCache:
         self.values = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
         self.length = 0
 
-    def append(self, layer, k, v):
-        """Store this step's (B, H, T, D) keys and values for `layer`; return all keys and values so far."""
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+    def slot(self, layer):
+        """(keys, values, length) for `layer`: the buffers the attention op writes new positions into."""
+        return self.keys[layer], self.values[layer], self.length
 
     def reset(self):
         self.length = 0
@@ -108,20 +103,12 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(cfg.drop_rate, seed=int(rng.integers(2**31)))
 
     def forward(self, x, cache=None, layer=0):
-        B, T, C = x.shape
-        H = self.n_heads
         qkv = self.c_attn(x)  # (B, T, C) -> (B, T, 3C)
         generator = self.attn_dropout.generator_for(x.device)
-        if cache is None:
-            # training and full passes: one fused op splits the heads, attends, and merges them back
-            y = F.multi_head_attention(qkv, H, dropout_p=self.drop_rate, training=self.training, generator=generator)
-        else:
-            heads = qkv.reshape(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
-            k_all, v_all = cache.append(layer, heads[1].data, heads[2].data)  # (B, H, T_past + T, D)
-            y = F.scaled_dot_product_attention(
-                heads[0], Tensor(k_all), Tensor(v_all), dropout_p=self.drop_rate, training=self.training, generator=generator
-            )  # (B, H, T, D)
-            y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
+        y = F.multi_head_attention(
+            qkv, self.n_heads, dropout_p=self.drop_rate, training=self.training, generator=generator,
+            kv_cache=None if cache is None else cache.slot(layer),
+        )  # one fused op splits the heads, attends (to the cached positions too), merges them: (B, T, C)
         return self.c_proj(y)
 
 
