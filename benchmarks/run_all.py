@@ -72,7 +72,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small configs only, few repetitions (a smoke test)")
     p.add_argument("--repeat", type=int, default=None, help="timed training steps (default 5; 2 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="untimed training steps (default 2; 1 with --quick)")
-    p.add_argument("--gen-repeat", type=int, default=1, help="timed generation runs")
+    p.add_argument("--gen-repeat", type=int, default=3, help="timed generation runs (the median is reported; the first full-length run of a process is about 15%% slower)")
     p.add_argument("--new-tokens", type=int, default=None, help="new tokens per generation (200; 50 with --quick)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per measurement process")
     p.add_argument("--keep-openblas-env", action="store_true",
