@@ -104,6 +104,15 @@ def test_training_lowers_the_loss_and_writes_metrics(tok, ids, tmp_path):
     np.testing.assert_array_equal(again.wte.weight.data, model.wte.weight.data)
 
 
+def test_model_is_exported_when_the_last_step_is_a_periodic_checkpoint(tok, ids, tmp_path):
+    model, train, val = make(tok, ids, drop_rate=0.0)
+    cfg = TrainConfig(max_steps=4, checkpoint_every=2, eval_every=4, eval_batches=1, out_dir=str(tmp_path), **quiet())
+    Trainer(model, train, val, cfg, tokenizer=tok, log=None).fit()
+    assert read_checkpoint_metadata(tmp_path)["step"] == 4
+    again = GPT.from_pretrained(str(tmp_path / "model"))
+    np.testing.assert_array_equal(again.wte.weight.data, model.wte.weight.data)
+
+
 def test_schedule_warmup_then_cosine_and_constant(tok, ids):
     model, train, _ = make(tok, ids)
     cfg = TrainConfig(lr=1e-3, warmup_steps=4, max_steps=8, min_lr=1e-4, **quiet())

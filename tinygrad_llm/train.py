@@ -354,8 +354,9 @@ class Trainer:
             bar.close()
             restore_sigint()
         self._sync_losses()
-        if not saved:
-            self.save_checkpoint(final=True)
+        if not saved:  # the last step may have been a periodic checkpoint already
+            self.save_checkpoint()
+        self.export_model()
         return self.records
 
     def _install_sigint(self):
@@ -430,9 +431,20 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------------
 
-    def save_checkpoint(self, final=False):
-        """Write out_dir/checkpoint.safetensors (and the tokenizer; at the end, out_dir/model in Hugging
-        Face's layout). Returns the checkpoint's path, or None without an out_dir."""
+    def export_model(self):
+        """At the end of a run: out_dir/model in Hugging Face's GPT-2 layout, with the tokenizer's files
+        beside it when it is a BPE of ours, so examples/generate.py and other tools can load it."""
+        if self.out_dir is None or not hasattr(self.model, "save_pretrained"):
+            return None
+        self.model.save_pretrained(self.out_dir / "model")
+        record = tokenizer_record(self.tokenizer)
+        if record is not None and record["kind"] == "bpe":
+            self.tokenizer.save(self.out_dir / "model")
+        return self.out_dir / "model"
+
+    def save_checkpoint(self):
+        """Write out_dir/checkpoint.safetensors (and the tokenizer beside it). Returns the checkpoint's
+        path, or None without an out_dir."""
         if self.out_dir is None:
             return None
         self._sync_losses()
@@ -449,10 +461,6 @@ class Trainer:
         }
         path = self.out_dir / CHECKPOINT
         save_state(path, self.model, self.optimizer, self.scheduler, extra=extra)
-        if final and hasattr(self.model, "save_pretrained"):
-            self.model.save_pretrained(self.out_dir / "model")
-            if record is not None and record["kind"] == "bpe":
-                self.tokenizer.save(self.out_dir / "model")
         return path
 
     def resume(self, out_dir=None):
