@@ -142,7 +142,12 @@ def test_optimizer_state_dict_round_trip_continues_bit_for_bit():
     opt_b = AdamW(b, lr=0.5)
     opt_b.load_state_dict(snapshot)
     assert opt_b.param_groups[0]["lr"] == 0.01
-    for t in range(3, 6):
+    assert_lockstep(opt_a, opt_b, a, b, shapes, range(3, 6))
+
+
+def assert_lockstep(opt_a, opt_b, a, b, shapes, steps):
+    """Step two optimizers on the same gradients; their parameters must stay equal bit for bit."""
+    for t in steps:
         set_grads(a, grads_for(t, shapes))
         set_grads(b, grads_for(t, shapes))
         opt_a.step()
@@ -253,13 +258,7 @@ def test_blocked_and_whole_array_updates_agree_bit_for_bit():
     shapes = ((37, 5), (11,))
     a, b = make_params("cpu", shapes), make_params("cpu", shapes)
     opt_a, opt_b = AdamW(a, lr=0.01, block_size=16), AdamW(b, lr=0.01, block_size=None)
-    for t in range(3):
-        set_grads(a, grads_for(t, shapes))
-        set_grads(b, grads_for(t, shapes))
-        opt_a.step()
-        opt_b.step()
-    for p, q in zip(a, b):
-        assert p.data.tobytes() == q.data.tobytes()
+    assert_lockstep(opt_a, opt_b, a, b, shapes, range(3))
 
 
 def test_threaded_block_updates_match_one_pass_bit_for_bit():
