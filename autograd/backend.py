@@ -108,6 +108,8 @@ class StrictArray:
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         out = kwargs.get("out")
+        if ufunc is np.matmul and out is not None:
+            raise TypeError("matmul with out= is not supported on device 'strict' (CuPy's matmul takes no out)")
         kwargs = _unwrap(kwargs)
         result = getattr(ufunc, method)(*_unwrap(inputs), **kwargs)
         if out is not None:

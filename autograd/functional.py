@@ -236,7 +236,6 @@ class Dropout(Function):
     """Inverted dropout: y = x * m / (1 - p), m ~ Bernoulli(1 - p). dL/dx = g * m / (1 - p)."""
 
     def forward(self, x, p, generator):
-        xp = backend.get_array_module(x)
         keep = generator.random(x.shape, dtype=np.float32) >= p
         self.mask = keep.astype(x.dtype)
         self.mask *= 1.0 / (1.0 - p)
@@ -325,7 +324,7 @@ def linear(x, weight, bias=None):
     return Linear.apply(x, weight, bias)
 
 
-def _attention_forward(ctx, q, k, v, causal, dropout_p, generator, out=None):
+def _attention_forward(ctx, q, k, v, causal, dropout_p, generator):
     """softmax(q k^T / sqrt(d) + mask) v on (..., T, D) arrays; saves what `_attention_backward` needs on ctx."""
     xp = backend.get_array_module(q)
     tq, tk, d = q.shape[-2], k.shape[-2], q.shape[-1]
@@ -345,14 +344,13 @@ def _attention_forward(ctx, q, k, v, causal, dropout_p, generator, out=None):
         ctx.mask *= 1.0 / (1.0 - dropout_p)
         a_used = s * ctx.mask
     ctx.q, ctx.k, ctx.v, ctx.a, ctx.a_used = q, k, v, s, a_used
-    return xp.matmul(a_used, v, out=out)  # (B, H, Tq, Tk) @ (B, H, Tk, D) -> (B, H, Tq, D)
+    return a_used @ v  # (B, H, Tq, Tk) @ (B, H, Tk, D) -> (B, H, Tq, D)
 
 
-def _attention_backward(ctx, grad, dq=None, dk=None, dv=None):
-    """dq, dk, dv from the upstream gradient (written into the given arrays where there are some)."""
-    xp = backend.get_array_module(grad)
+def _attention_backward(ctx, grad):
+    """dq, dk, dv from the upstream gradient. (No matmul `out=`: CuPy's matmul does not take one.)"""
     q, k, v, a = ctx.q, ctx.k, ctx.v, ctx.a
-    dv = xp.matmul(ctx.a_used.swapaxes(-1, -2), grad, out=dv)
+    dv = ctx.a_used.swapaxes(-1, -2) @ grad
     da = grad @ v.swapaxes(-1, -2)
     if ctx.mask is not None:
         da *= ctx.mask
@@ -360,8 +358,8 @@ def _attention_backward(ctx, grad, dq=None, dk=None, dv=None):
     ds *= a
     ds -= a * ds.sum(axis=-1, keepdims=True)
     ds *= ctx.scale
-    dq = xp.matmul(ds, k, out=dq)
-    dk = xp.matmul(ds.swapaxes(-1, -2), q, out=dk)
+    dq = ds @ k
+    dk = ds.swapaxes(-1, -2) @ q
     return dq, dk, dv
 
 
@@ -409,7 +407,6 @@ class MultiHeadAttention(Function):
     """
 
     def forward(self, qkv, n_heads, causal=True, dropout_p=0.0, generator=None, kv_cache=None):
-        xp = backend.get_array_module(qkv)
         B, T, C3 = qkv.shape
         C = C3 // 3
         heads = qkv.reshape(B, T, 3, n_heads, C // n_heads).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
@@ -419,9 +416,8 @@ class MultiHeadAttention(Function):
             k_buf[:, :, start : start + T] = k
             v_buf[:, :, start : start + T] = v
             k, v = k_buf[:, :, : start + T], v_buf[:, :, : start + T]  # (B, H, start + T, D)
-        y = xp.empty((B, T, n_heads, C // n_heads), dtype=qkv.dtype)
-        _attention_forward(self, q, k, v, causal, dropout_p, generator, out=y.transpose(0, 2, 1, 3))
-        return y.reshape(B, T, C)  # (B, T, H, D) -> (B, T, C), no copy
+        y = _attention_forward(self, q, k, v, causal, dropout_p, generator)  # (B, H, T, D)
+        return y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, H, D) -> (B, T, C), one copy
 
     def backward(self, grad):
         xp = backend.get_array_module(grad)
@@ -430,7 +426,7 @@ class MultiHeadAttention(Function):
         g = grad.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)  # (B, H, T, D) view
         dqkv = xp.empty((B, T, 3, H, C // H), dtype=grad.dtype)
         d = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
-        _attention_backward(self, g, d[0], d[1], d[2])
+        d[0], d[1], d[2] = _attention_backward(self, g)
         return (dqkv.reshape(B, T, 3 * C),)
 
 
