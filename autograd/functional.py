@@ -89,10 +89,11 @@ class CrossEntropy(Function):
     """Mean over the counted rows of -log softmax(x)[target]; rows whose target is `ignore_index` are
     left out of both the sum and the count (a batch of only ignored rows gives 0, not NaN).
 
-    With p = softmax(x) and n the number of counted rows:
+    With p = softmax(x) = e / s (e = exp(x - max x), s its row sum) and n the number of counted rows:
     dL/dx_i = (p_i - onehot(target_i)) / n on counted rows, 0 on ignored ones.
-    Only p is kept for the backward, and the backward turns it into the gradient in place:
-    the (N, V) logits of a language model are the step's largest arrays.
+    Only e and s are kept, and the backward turns e into the gradient in place, scaling each row by
+    1 / (n s) in the same pass: the (N, V) logits of a language model are the step's largest arrays,
+    and normalising e in the forward would be one more pass over them.
     """
 
     def forward(self, logits, targets, ignore_index=-100):
@@ -105,17 +106,17 @@ class CrossEntropy(Function):
         picked = p[rows, safe]  # shifted logit of each target
         xp.exp(p, out=p)
         total = p.sum(axis=1)
-        p /= total[:, None]
-        self.p, self.rows, self.safe, self.valid = p, rows, safe, valid
+        self.e, self.total, self.rows, self.safe, self.valid = p, total, rows, safe, valid
         self.count = xp.maximum(valid.sum(), 1).astype(logits.dtype)
         nll = (xp.log(total) - picked) * valid
         return (nll.sum() / self.count).astype(logits.dtype)
 
     def backward(self, grad):
-        p = self.p
-        p[self.rows, self.safe] -= 1.0
-        p *= (self.valid * (grad / self.count)).astype(p.dtype)[:, None]
-        return p, None
+        e = self.e
+        scale = (self.valid * (grad / self.count)).astype(e.dtype)  # (N,): 1/n on counted rows, else 0
+        e *= (scale / self.total)[:, None]  # e / s / n = p / n, one pass
+        e[self.rows, self.safe] -= scale
+        return e, None
 
 
 def cross_entropy(logits, targets, ignore_index=-100):
