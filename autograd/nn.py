@@ -132,7 +132,9 @@ class Module:
         return self.forward(*args, **kwargs)
 
     def forward(self, *args, **kwargs):
-        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+        # a Module with no computation of its own is a usage error, not a missing feature
+        raise TypeError(f"{type(self).__name__} does not define forward(): a Module subclass computes its "
+                        "output in forward(self, ...)")
 
     def children(self):
         return (m for m in self._modules.values() if m is not None)

@@ -356,3 +356,11 @@ def test_a_small_network_learns_sine():
         opt.step()
     assert first > 0.1
     assert loss.item() < 1e-3
+
+
+def test_a_module_without_forward_says_so():
+    class Empty(nn.Module):
+        pass
+
+    with pytest.raises(TypeError, match=r"Empty does not define forward\(\)"):
+        Empty()(1)
