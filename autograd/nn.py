@@ -49,6 +49,15 @@ def _data(value):
     return value.data if isinstance(value, Tensor) else value
 
 
+def zero_grad_(parameters, set_to_none=True):
+    """Drop each parameter's gradient (set_to_none) or zero it in place, keeping the buffer."""
+    for p in parameters:
+        if set_to_none or p.grad is None:
+            p.grad = None
+        else:
+            p.grad[...] = 0
+
+
 class Module:
     """The base of every layer and model.
 
@@ -259,11 +268,7 @@ class Module:
         return self
 
     def zero_grad(self, set_to_none=True):
-        for p in self.parameters():
-            if set_to_none or p.grad is None:
-                p.grad = None
-            else:
-                p.grad[...] = 0
+        zero_grad_(self.parameters(), set_to_none)
 
     def to(self, device):
         """Move every parameter and buffer to `device` in place (the Parameter objects stay the same, so

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from autograd import backend
+from autograd.nn import zero_grad_
 from autograd.tensor import Tensor
 
 
@@ -53,11 +54,7 @@ class Optimizer:
         return [p for g in self.param_groups for p in g["params"]]
 
     def zero_grad(self, set_to_none=True):
-        for p in self._params():
-            if set_to_none or p.grad is None:
-                p.grad = None
-            else:
-                p.grad[...] = 0
+        zero_grad_(self._params(), set_to_none)
 
     def _scratch_for(self, x):
         """A view with x's shape of a reusable buffer (one per device and dtype, grown on demand)."""
