@@ -143,12 +143,7 @@ SETUPS = {"ours": setup_ours, "book": setup_book, "hf": setup_hf}
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--impl", choices=sorted(SETUPS), default="ours")
-    p.add_argument("--config", default="book-124m")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--context", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--dropout", type=float, default=0.0)
+    common.add_step_args(p, warmup=2, repeat=5)
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
 

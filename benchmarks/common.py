@@ -56,6 +56,16 @@ def default_shape(config):
 # Timing and memory
 
 
+def add_step_args(parser, warmup, repeat):
+    """The flags every training-step measurement takes: config, shape, warm-up, repeats, dropout."""
+    parser.add_argument("--config", default="book-124m")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--context", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--repeat", type=int, default=repeat)
+    parser.add_argument("--dropout", type=float, default=0.0)
+
+
 def time_runs(fn, warmup=2, repeat=5):
     """Run fn() `warmup` times untimed, then `repeat` times timed; a dict of median, min and all times."""
     for _ in range(warmup):

@@ -130,12 +130,7 @@ class OpProfiler:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="book-124m")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--context", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--dropout", type=float, default=0.0)
+    common.add_step_args(p, warmup=1, repeat=3)
     args = p.parse_args(argv)
 
     import autograd.functional as F
