@@ -223,3 +223,24 @@ def test_tokenize_tinyshakespeare_in_chunks(gpt2, tmp_path):
     path = shared("tinyshakespeare.txt")
     ids = tokenize_corpus(path, gpt2, cache_dir=tmp_path, chunk_bytes=1 << 16)
     assert ids.dtype == np.uint16 and ids.tolist() == gpt2.encode(read_text(path))
+
+
+def test_loader_collates_any_indexable_dataset():
+    items = [(np.arange(k), k % 2) for k in range(1, 6)]  # variable-length sequences with a label
+    pad = lambda batch: (np.stack([np.pad(x, (0, 5 - len(x)), constant_values=-1) for x, _ in batch]),  # noqa: E731
+                         np.array([y for _, y in batch]))
+    loader = DataLoader(items, batch_size=2, shuffle=False, drop_last=False, collate_fn=pad)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 3
+    np.testing.assert_array_equal(batches[0][0], [[0, -1, -1, -1, -1], [0, 1, -1, -1, -1]])
+    np.testing.assert_array_equal(batches[2][1], [1])  # the last, short batch is kept
+    stacked = next(iter(DataLoader([(np.ones(2), 3), (np.zeros(2), 4)], batch_size=2, shuffle=False)))
+    np.testing.assert_array_equal(stacked[0], [[1, 1], [0, 0]])
+    np.testing.assert_array_equal(stacked[1], [3, 4])
+
+
+def test_loader_shuffles_by_seed_and_epoch():
+    loader = DataLoader(list(range(10)), batch_size=10, shuffle=True, seed=3)
+    first, second = next(iter(loader)), next(iter(loader))
+    assert sorted(first.tolist()) == list(range(10)) and first.tolist() != second.tolist()
+    np.testing.assert_array_equal(next(loader.iter_from(0)), first)  # epoch 0 again: the same order

@@ -3,7 +3,8 @@
 A language model learns to predict each next token, so a training example is a window of
 `max_length` tokens (the input) and the same window moved one token on (the target). `GPTDataset`
 slides that window over a token array in steps of `stride`; `DataLoader` gathers shuffled windows
-into (batch, max_length) arrays, in an order fixed by its seed and the epoch.
+into (batch, max_length) arrays, in an order fixed by its seed and the epoch. The same `DataLoader`
+batches any indexable dataset through a `collate_fn` (the fine-tuning steps pad their examples there).
 
 Corpora come from text files. `tokenize_corpus` tokenizes them once into a memory-mapped file of
 uint16 (uint32 for vocabularies over 65,536 tokens) kept in a cache folder, so the next run, and a
@@ -65,23 +66,39 @@ class GPTDataset:
         return rows[:, :-1], rows[:, 1:]
 
 
+def default_collate(items):
+    """Stack a list of dataset items into one batch: arrays (or numbers) into one array with a leading
+    batch axis; tuples field by field. [(x0, y0), (x1, y1)] -> (stack([x0, x1]), stack([y0, y1]))."""
+    first = items[0]
+    if isinstance(first, (tuple, list)):
+        return tuple(default_collate([item[k] for item in items]) for k in range(len(first)))
+    return np.stack([np.asarray(item) for item in items])
+
+
 class DataLoader:
-    """Batches of (inputs, targets), int64 arrays of shape (batch_size, max_length).
+    """Batches of a dataset, in an order fixed by seed and epoch, as torch.utils.data.DataLoader.
+
+    `dataset` is anything with `len()` and integer indexing. A batch is `collate_fn([dataset[i] for i
+    in indices])`; without a collate_fn the items are stacked (`default_collate`), or, when the dataset
+    has a `get_batch(indices)` method (`GPTDataset`), that gathers the whole batch at once: the fast
+    path for token windows, one fancy index instead of a Python loop over windows.
 
     The order of an epoch is a permutation drawn from seed and epoch number alone, so a run that
     stops at batch k of epoch e resumes with `iter_from(e, k)`. Each `for` loop over the loader is
     the next epoch (starting from 0, or from `set_epoch`).
     """
 
-    def __init__(self, dataset: GPTDataset, batch_size: int, shuffle: bool = True,
-                 drop_last: bool = True, seed: int = 0):
+    def __init__(self, dataset, batch_size: int, shuffle: bool = True, drop_last: bool = True,
+                 seed: int = 0, collate_fn=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive; got {batch_size}")
         self.dataset, self.batch_size = dataset, batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.collate_fn = collate_fn
         self.epoch = 0
         if len(self) == 0:
-            raise ValueError(f"the dataset has {len(dataset)} windows, fewer than batch_size={batch_size}, "
+            noun = "windows" if isinstance(dataset, GPTDataset) else "items"
+            raise ValueError(f"the dataset has {len(dataset)} {noun}, fewer than batch_size={batch_size}, "
                              f"so drop_last=True leaves no batch. Use a smaller batch_size or "
                              f"max_length, a longer text, or drop_last=False.")
 
@@ -90,7 +107,7 @@ class DataLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
-        """The window indices of `epoch` in the order they are served."""
+        """The item indices of `epoch` in the order they are served."""
         n = len(self.dataset)
         if not self.shuffle:
             return np.arange(n)
@@ -99,11 +116,18 @@ class DataLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def batch(self, indices):
+        """The batch of the items at `indices`."""
+        if self.collate_fn is None and hasattr(self.dataset, "get_batch"):
+            return self.dataset.get_batch(indices)
+        items = [self.dataset[int(i)] for i in indices]
+        return (self.collate_fn or default_collate)(items)
+
     def iter_from(self, epoch: int, batch_index: int = 0):
         """Batches of `epoch` from `batch_index` on."""
         order = self.order(epoch)
         for k in range(batch_index, len(self)):
-            yield self.dataset.get_batch(order[k * self.batch_size:(k + 1) * self.batch_size])
+            yield self.batch(order[k * self.batch_size:(k + 1) * self.batch_size])
 
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1

@@ -170,6 +170,13 @@ class GPT(nn.Module):
 
     def forward(self, ids, cache=None):
         """Logits (B, T, vocab) for integer ids (B, T); with a KV cache, ids continue the cached sequence."""
+        x = self.hidden_states(ids, cache)
+        head = self.wte.weight if self.config.tie_weights else self.lm_head.weight
+        return F.linear(x, head)  # (B, T, C) -> (B, T, vocab)
+
+    def hidden_states(self, ids, cache=None):
+        """The last block's output after the final LayerNorm, (B, T, C): what the language-model head reads,
+        and what a classifier head reads instead (`tinygrad_llm.classifier`)."""
         ids = ids.data if isinstance(ids, Tensor) else ids
         B, T = ids.shape
         start = cache.length if cache is not None else 0
@@ -186,9 +193,7 @@ class GPT(nn.Module):
             x = block(x, cache, i)
         if cache is not None:
             cache.length += T
-        x = self.ln_f(x)
-        head = self.wte.weight if self.config.tie_weights else self.lm_head.weight
-        return F.linear(x, head)  # (B, T, C) -> (B, T, vocab)
+        return self.ln_f(x)
 
     def summary(self, batch_size=1, seq_len=None):
         """A table for learners: each layer, its output shape and parameter count, and the total."""
