@@ -1,0 +1,169 @@
+"""Fine-tune a GPT to classify SMS messages as spam or ham (book chapter 6).
+
+    python examples/pretrain.py --out runs/pretrain                      # a small GPT, a few minutes
+    python examples/finetune_classifier.py --data SMSSpamCollection.tsv  # from runs/pretrain/model
+    python examples/classify.py "You have won a prize! Call 0800 now"    # spam 0.99 ...
+
+The data (label<TAB>text per line; without --data the UCI archive is downloaded once) is balanced by
+sampling ham down to the number of spam messages, split 70/10/20, tokenized and padded with
+<|endoftext|>. A head of two outputs replaces the vocabulary head and reads the last real token of each
+message (--pool last-position reads the last position, a pad for short messages, as the book does).
+Only the last block, the final LayerNorm and the head train by default (--trainable).
+
+Outputs in --out: model/ (the classifier: config.json, model.safetensors and its tokenizer's files, which
+examples/classify.py loads), metrics.jsonl (losses and accuracies), checkpoint.safetensors, results.json.
+Bad input prints one line, `error: ...`, and exits with status 2.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from autograd import DeviceError, backend
+from autograd.checkpoint import CheckpointError
+from tinygrad_llm.classifier import (POOLS, TRAINABLE, GPTClassifier, accuracy, accuracy_hook, batch_examples,
+                                     classification_loader, classification_loss, set_trainable)
+from tinygrad_llm.classify_data import describe_lines, download_sms_spam, read_labeled_tsv, classification_splits
+from tinygrad_llm.model import GPT, PRESETS, GPTConfig
+from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
+from tinygrad_llm.train import TrainConfig, Trainer
+from tinygrad_llm.weights import WeightsUnavailableError
+
+DEFAULT_INIT = "runs/pretrain/model"
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as every other bad input
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser():
+    p = Parser(description=__doc__.split("\n\n")[0])
+    a = p.add_argument
+    a("--data", default=None, metavar="PATH", help="label<TAB>text file; default: download the UCI SMS Spam Collection")
+    a("--init-from", default=DEFAULT_INIT, metavar="DIR|gpt2|none",
+      help=f"a pretrained model directory (examples/pretrain.py's model/, tokenizer files beside it; default "
+           f"{DEFAULT_INIT}), gpt2 (the published weights, downloaded) or none (from scratch, --config)")
+    a("--tokenizer", default=None, metavar="gpt2|DIR", help="tokenizer for --init-from none or gpt2 (default gpt2), "
+      "or instead of the one beside --init-from DIR")
+    a("--config", default="cpu-small", help=f"model preset with --init-from none: {', '.join(PRESETS)}")
+    a("--epochs", type=positive(int), default=5)
+    a("--lr", type=positive(float), default=5e-5)
+    a("--batch-size", type=positive(int), default=8)
+    a("--max-length", type=positive(int), default=None, help="tokens kept per message; default: the longest "
+      "training message, at most the context length")
+    a("--device", default="cpu", choices=["cpu", "cuda"])
+    a("--trainable", default="last-block", choices=TRAINABLE, help="the part that trains")
+    a("--pool", default="last-token", choices=POOLS, help="the position the head reads")
+    a("--lora-rank", type=positive(int), default=16)
+    a("--lora-alpha", type=positive(float), default=16.0)
+    a("--eval-every", type=positive(int), default=50)
+    a("--eval-batches", type=positive(int), default=5, help="batches per split in each evaluation")
+    a("--out", default="runs/classify", help="output folder")
+    a("--seed", type=int, default=123, help="balancing, split, head and data order")
+    a("--on-bad", default="skip", choices=["skip", "error"], help="malformed lines: skip them (listed) or stop")
+    return p
+
+
+def one_line(error):
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def load_model(args):
+    """(GPT, tokenizer) from --init-from and --tokenizer."""
+    if args.init_from == "none":
+        if args.config not in PRESETS:
+            raise ValueError(f"unknown preset {args.config!r}; choose one of: {', '.join(PRESETS)}")
+        tok = get_tokenizer(args.tokenizer or "gpt2")
+        return GPT(GPTConfig.preset(args.config, vocab_size=tok.n_vocab), seed=args.seed), tok
+    if args.init_from == "gpt2":
+        return GPT.from_pretrained("gpt2"), get_tokenizer(args.tokenizer or "gpt2")
+    directory = Path(args.init_from)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"--init-from {directory}: no such directory (a pretrained model directory, "
+                                "gpt2 or none)")
+    gpt = GPT.from_pretrained(directory)
+    if args.tokenizer is not None:
+        tok = get_tokenizer(args.tokenizer)
+    elif (directory / "encoder.json").is_file() and (directory / "vocab.bpe").is_file():
+        tok = BPETokenizer.load(directory)
+    else:
+        raise FileNotFoundError(f"{directory} holds no tokenizer (encoder.json + vocab.bpe); pass --tokenizer")
+    if tok.n_vocab > gpt.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.n_vocab} tokens, the model only {gpt.config.vocab_size}")
+    return gpt, tok
+
+
+def run(argv):
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda":
+        backend.xp_for("cuda")  # DeviceError now, not after loading everything
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".write-test").write_text("")
+    (out / ".write-test").unlink()
+
+    data = read_labeled_tsv(args.data, on_bad=args.on_bad) if args.data else read_labeled_tsv(
+        download_sms_spam(), on_bad=args.on_bad)
+    gpt, tok = load_model(args)
+    if tok.eot_token is None:
+        raise ValueError("the tokenizer has no <|endoftext|> token to pad with")
+    context = gpt.config.context_length
+    note = lambda n, limit: print(f"note: the longest training message is {n} tokens; cut at the context length {limit}")
+    train_set, val_set, test_set = classification_splits(data, tok, args.seed, args.max_length, context, on_long=note)
+    if data.skipped:  # after every check on the data, so that an error stays the one line on stderr
+        print(f"warning: skipped {len(data.skipped)} malformed lines: {describe_lines(data.skipped)}", file=sys.stderr)
+    print(f"{len(data):,} messages ({', '.join(f'{n:,} {k}' for k, n in data.counts().items())}); balanced and "
+          f"split: {len(train_set)} train, {len(val_set)} val, {len(test_set)} test; max length {train_set.max_length}")
+
+    model = GPTClassifier(gpt, len(data.label_names), labels=data.label_names, pool=args.pool, pad_id=tok.eot_token,
+                          max_length=train_set.max_length, tokenizer=tok, seed=args.seed)
+    print(set_trainable(model, args.trainable, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha))
+    model.to(args.device)
+    loader = lambda ds, train: classification_loader(ds, args.batch_size, args.pool, tok.eot_token,
+                                                     shuffle=train, drop_last=train, seed=args.seed)
+    train, val, test = loader(train_set, True), loader(val_set, False), loader(test_set, False)
+    config = TrainConfig(lr=args.lr, schedule="constant", weight_decay=0.1, epochs=args.epochs,
+                         eval_every=args.eval_every, eval_batches=args.eval_batches, out_dir=str(out), seed=args.seed)
+    trainer = Trainer(model, train, val, config, loss_fn=classification_loss, tokens_fn=batch_examples,
+                      on_eval=accuracy_hook(train, val, args.eval_batches), metadata={"args": vars(args)})
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}", file=sys.stderr)
+        return 130
+    results = {"train_acc": accuracy(model, loader(train_set, False)), "val_acc": accuracy(model, val), "test_acc": accuracy(model, test),
+               "train_seconds": round(trainer.elapsed, 1), "steps": trainer.step, "pool": args.pool,
+               "trainable": args.trainable, "args": vars(args)}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; accuracy: train {100 * results['train_acc']:.2f}%, "
+          f"val {100 * results['val_acc']:.2f}%, test {100 * results['test_acc']:.2f}%")
+    print(f"classifier saved in {out / 'model'}; try: python examples/classify.py --model {out / 'model'} \"some text\"")
+    return 0
+
+
+def main(argv=None):
+    try:
+        return run(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, DeviceError, CheckpointError, WeightsUnavailableError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

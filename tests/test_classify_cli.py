@@ -1,0 +1,172 @@
+"""examples/finetune_classifier.py and examples/classify.py: bad input gives one line `error: ...` and
+exit code 2; a short run fine-tunes a pretrained directory and classify.py reads what it saved.
+
+Most cases call the scripts' main() in this process (a subprocess costs seconds of imports each); a few
+run them as a user does, in a subprocess."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinygrad_llm.model import GPT, GPTConfig
+from tinygrad_llm.tokenizer import BPETokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+FINETUNE, CLASSIFY = ROOT / "examples" / "finetune_classifier.py", ROOT / "examples" / "classify.py"
+HAM = ["see you at home tonight", "ok lar on my way", "call me when you are free", "dinner at six then"]
+SPAM = ["win a free prize now txt WIN", "urgent claim your cash award", "free entry text CLAIM now", "you won 1000 call"]
+
+
+def load_script(path):
+    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+finetune_classifier, classify = load_script(FINETUNE), load_script(CLASSIFY)
+
+
+def cli(script, *args, stdin=None, timeout=120):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(script), *map(str, args)], check=False, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env, input=stdin)
+
+
+def assert_clean_error(result, *words):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [s for s in result.stderr.splitlines() if s.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture
+def run_main(capsys):
+    """main(args) of a script in this process, as a CompletedProcess (returncode, stdout, stderr)."""
+
+    def run(module, *args):
+        try:
+            code = module.main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            code = e.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A small well-formed label<TAB>text file: 12 ham, 12 spam."""
+    path = tmp_path / "sms.tsv"
+    path.write_text("".join(f"ham\t{t} {k}\n" for k in range(3) for t in HAM)
+                    + "".join(f"spam\t{t} {k}\n" for k in range(3) for t in SPAM), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny 'pretrained' model directory as examples/pretrain.py writes it: weights and tokenizer files."""
+    directory = tmp_path_factory.mktemp("pretrain") / "model"
+    tok = BPETokenizer.train(" ".join(HAM + SPAM) * 3, 300)
+    GPT(GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=32), seed=0).save_pretrained(directory)
+    tok.save(directory)
+    return directory
+
+
+@pytest.fixture
+def finetune(run_main):
+    return lambda data, out, *extra: run_main(finetune_classifier, "--data", data, "--out", out, *extra)
+
+
+def test_missing_data_file(tmp_path, pretrained):
+    # as a user runs it, in a subprocess: no traceback, one line
+    assert_clean_error(cli(FINETUNE, "--data", tmp_path / "nope.tsv", "--out", tmp_path / "o", "--init-from", pretrained),
+                       "nope.tsv")
+
+
+def test_non_utf8_data(finetune, tmp_path, pretrained):
+    (tmp_path / "latin1.tsv").write_bytes("ham\tok\nham\tcaf\xe9\n".encode("latin-1"))
+    assert_clean_error(finetune(tmp_path / "latin1.tsv", tmp_path / "o", "--init-from", pretrained), "UTF-8", "line 2")
+
+
+def test_all_lines_malformed(finetune, tmp_path, pretrained):
+    (tmp_path / "bad.tsv").write_text("just text\nspamm\tlabel typo\n")
+    assert_clean_error(finetune(tmp_path / "bad.tsv", tmp_path / "o", "--init-from", pretrained),
+                       "line 1 (no tab)", "line 2 (unknown label 'spamm')")
+
+
+def test_malformed_lines_rejected_with_on_bad_error(finetune, data, tmp_path, pretrained):
+    with open(data, "a") as f:
+        f.write("no tab on line 25\n")
+    assert_clean_error(finetune(data, tmp_path / "o", "--init-from", pretrained, "--on-bad", "error"),
+                       "line 25 (no tab)")
+
+
+def test_too_few_examples_per_class(finetune, tmp_path, pretrained):
+    (tmp_path / "few.tsv").write_text("".join(f"ham\t{t}\n" for t in HAM * 3) + "spam\tfree cash\n")
+    assert_clean_error(finetune(tmp_path / "few.tsv", tmp_path / "o", "--init-from", pretrained),
+                       "too few examples per class", "1 spam")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--lr", "0"], ["--lr", "positive"]),
+    (["--trainable", "everything"], ["--trainable", "everything"]),
+    (["--pool", "first"], ["--pool"]),
+    (["--epochs", "many"], ["--epochs"]),
+    (["--init-from", "none", "--config", "gpt5"], ["gpt5"]),
+])
+def test_bad_flags(finetune, data, tmp_path, pretrained, flags, words):
+    assert_clean_error(finetune(data, tmp_path / "o", "--init-from", pretrained, *flags), *words)
+
+
+def test_unwritable_output_directory(finetune, data, tmp_path, pretrained):
+    (tmp_path / "file").write_text("not a folder")
+    assert_clean_error(finetune(data, tmp_path / "file" / "out", "--init-from", pretrained))
+
+
+def test_init_from_a_directory_without_a_model(finetune, data, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_clean_error(finetune(data, tmp_path / "o", "--init-from", tmp_path / "empty"), "config.json")
+    assert_clean_error(finetune(data, tmp_path / "o", "--init-from", tmp_path / "missing"), "no such directory")
+
+
+def test_classify_without_a_classifier(tmp_path, run_main):
+    assert_clean_error(run_main(classify, "--model", tmp_path / "missing", "hello"), "no classifier")
+
+
+def test_no_data_offline_says_where_to_get_it(tmp_path, monkeypatch, run_main, pretrained):
+    import tinygrad_llm.classify_data as classify_data
+
+    monkeypatch.setenv("TINYGRAD_LLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(classify_data, "SMS_SPAM_URL", "http://127.0.0.1:9/sms+spam+collection.zip")
+    result = run_main(finetune_classifier, "--out", tmp_path / "o", "--init-from", pretrained)
+    assert_clean_error(result, "could not get the SMS Spam Collection", "127.0.0.1:9", "--data PATH")
+
+
+def test_fine_tune_a_pretrained_directory_then_classify(finetune, run_main, data, tmp_path, pretrained):
+    with open(data, "a") as f:
+        f.write("spam\n")  # a malformed line: skipped, and said so
+    out = tmp_path / "run"
+    result = finetune(data, out, "--init-from", pretrained, "--epochs", "2", "--batch-size", "4", "--lr", "1e-3",
+                      "--trainable", "all", "--eval-every", "2")
+    assert result.returncode == 0, result.stderr
+    assert "warning: skipped 1 malformed lines: line 25 (no tab)" in result.stderr
+    assert "24 messages (12 ham, 12 spam); balanced and split: 16 train, 2 val, 6 test" in result.stdout
+    assert "accuracy: train" in result.stdout and (out / "results.json").is_file()
+    assert sorted(p.name for p in (out / "model").iterdir()) == [
+        "config.json", "encoder.json", "model.safetensors", "vocab.bpe"]
+    texts = [SPAM[0], HAM[0]]
+    by_args = run_main(classify, "--model", out / "model", *texts)
+    by_stdin = cli(CLASSIFY, "--model", out / "model", stdin="\n".join(texts) + "\n\n")  # a user's pipe
+    assert by_args.returncode == 0 and by_stdin.returncode == 0, by_stdin.stderr
+    assert by_args.stdout == by_stdin.stdout
+    lines = [line.split("\t") for line in by_args.stdout.splitlines()]
+    assert [line[2] for line in lines] == texts
+    assert all(label in ("ham", "spam") and 0.5 <= float(p) <= 1.0 for label, p, _ in lines)
