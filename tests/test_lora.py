@@ -52,6 +52,30 @@ def test_lora_linear_gradients(device, batch, n_in, n_out, rank, alpha, seed, bi
                     device=device)
 
 
+@pytest.mark.parametrize("device", ["cpu", "strict"])
+@given(n_in=dims, n_out=dims, rank=st.integers(1, 3), seed=st.integers(0, 2**16), bias=st.booleans(),
+       frozen=st.booleans())
+def test_fused_op_equals_the_reference_path(device, n_in, n_out, rank, seed, bias, frozen):
+    """The fast path (one fused op) and the Tensor-op formula give the same output and gradients."""
+    rng = np.random.default_rng(seed)
+    layer = LoRALinear(nn.Linear(n_in, n_out, bias=bias, rng=rng), rank, 4.0, rng=rng).to(device)
+    layer.lora_B.data[...] = backend.to_device(rng.standard_normal((rank, n_out)).astype(np.float32), device)
+    if not frozen:  # the base layer trainable too: every gradient of the op is exercised
+        layer.requires_grad_(True)
+    x_host = rng.standard_normal((2, 3, n_in)).astype(np.float32)
+    results = []
+    for forward in (layer.forward, layer.forward_reference):
+        x = Tensor(x_host, requires_grad=True, device=device)
+        y = forward(x)
+        (y * y).sum().backward()
+        results.append([y.numpy(), Tensor(x.grad).numpy()] +
+                       [Tensor(p.grad).numpy() for p in layer.parameters() if p.requires_grad])
+        layer.zero_grad()
+    assert len(results[0]) == (2 + 3 + bias if not frozen else 2 + 2)  # y, x.grad, each trainable parameter
+    for fused, reference in zip(*results):
+        np.testing.assert_allclose(fused, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_lora_linear_is_the_formula_and_starts_as_the_base():
     rng = np.random.default_rng(0)
     base = nn.Linear(5, 3, rng=rng)
