@@ -11,7 +11,8 @@ message (--pool last-position reads the last position, a pad for short messages,
 Only the last block, the final LayerNorm and the head train by default (--trainable).
 
 Outputs in --out: model/ (the classifier: config.json, model.safetensors and its tokenizer's files, which
-examples/classify.py loads), metrics.jsonl (losses and accuracies), checkpoint.safetensors, results.json.
+examples/classify.py loads; with --trainable lora the adapters merged in), metrics.jsonl (losses and
+accuracies), checkpoint.safetensors, results.json, and with LoRA lora_adapter.safetensors (A and B alone).
 Bad input prints one line, `error: ...`, and exits with status 2.
 """
 
@@ -24,7 +25,8 @@ from autograd import DeviceError, backend
 from autograd.checkpoint import CheckpointError
 from tinygrad_llm.classifier import (POOLS, TRAINABLE, GPTClassifier, accuracy, accuracy_hook, batch_examples,
                                      classification_loader, classification_loss, set_trainable)
-from tinygrad_llm.classify_data import describe_lines, download_sms_spam, read_labeled_tsv, classification_splits
+from tinygrad_llm.classify_data import classification_splits, describe_lines, download_sms_spam, read_labeled_tsv
+from tinygrad_llm.lora import merge_lora, save_adapter
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
 from tinygrad_llm.train import TrainConfig, Trainer
@@ -130,7 +132,7 @@ def run(argv):
 
     model = GPTClassifier(gpt, len(data.label_names), labels=data.label_names, pool=args.pool, pad_id=tok.eot_token,
                           max_length=train_set.max_length, tokenizer=tok, seed=args.seed)
-    print(set_trainable(model, args.trainable, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha))
+    print(set_trainable(model, args.trainable, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, seed=args.seed))
     model.to(args.device)
     loader = lambda ds, train: classification_loader(ds, args.batch_size, args.pool, tok.eot_token,
                                                      shuffle=train, drop_last=train, seed=args.seed)
@@ -144,6 +146,9 @@ def run(argv):
     except KeyboardInterrupt:
         print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}", file=sys.stderr)
         return 130
+    if args.trainable == "lora":  # model/ holds the merged weights already; the adapter alone is small
+        save_adapter(model, out / "lora_adapter.safetensors")
+        merge_lora(model)
     results = {"train_acc": accuracy(model, loader(train_set, False)), "val_acc": accuracy(model, val), "test_acc": accuracy(model, test),
                "train_seconds": round(trainer.elapsed, 1), "steps": trainer.step, "pool": args.pool,
                "trainable": args.trainable, "args": vars(args)}

@@ -191,7 +191,7 @@ def trained_parameters(model):
     return with_grad, changed
 
 
-@pytest.mark.parametrize("which", ["all", "last-block", "head"])
+@pytest.mark.parametrize("which", ["all", "last-block", "head", "lora"])
 def test_exactly_the_chosen_part_trains(which):
     cfg = GPTConfig.preset("cpu-tiny", vocab_size=300, context_length=16, emb_dim=32, n_heads=2, n_layers=3)
     model = GPTClassifier(cfg, 2, seed=0)
@@ -201,9 +201,15 @@ def test_exactly_the_chosen_part_trains(which):
         "all": set(names),
         "last-block": {n for n in names if n.startswith(("transformer.h.2.", "transformer.ln_f.", "score."))},
         "head": {"score.weight", "score.bias"},
+        # the adapters of every Linear, the head's included, and the head itself (B starts at zero, so A's
+        # first gradient is zero: it changes through weight decay alone)
+        "lora": {n for n in names if ".lora_" in n} | {"score.weight", "score.bias"},
     }[which]
     with_grad, changed = trained_parameters(model)
     assert with_grad == changed == expected
+    if which == "lora":
+        assert {n.rpartition(".lora_")[0] for n in names if ".lora_" in n} == {
+            n for n, m in model.named_modules() if type(m).__name__ == "LoRALinear"} and "score.lora_A" in names
     assert f"{sum(p.size for n, p in model.named_parameters() if n in expected):,} of" in summary
 
 
@@ -230,6 +236,21 @@ def test_saved_classifier_round_trip(tmp_path, tok, tie):
         np.testing.assert_array_equal(loaded(ids, lengths).numpy(), model(ids, lengths).numpy())
     assert loaded.tokenizer.encode(SPAM[0]) == tok.encode(SPAM[0])
     assert [label for label, _ in loaded.classify(HAM[:2])] == [label for label, _ in model.classify(HAM[:2])]
+
+
+def test_a_lora_classifier_is_saved_merged(tmp_path, tok):
+    model = GPTClassifier(GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=16), 2,
+                          pad_id=tok.eot_token, tokenizer=tok, seed=0).eval()
+    set_trainable(model, "lora", lora_rank=4, lora_alpha=8)
+    for name, p in model.named_parameters():
+        if name.endswith("lora_B"):
+            p.data[...] = np.random.default_rng(len(name)).normal(0, 0.1, p.shape)  # a trained-looking update
+    ids, lengths, _ = pad_batch([(tok.encode(t), 0) for t in HAM[:2]], tok.eot_token)
+    model.save_pretrained(tmp_path / "clf")
+    loaded = GPTClassifier.from_pretrained(tmp_path / "clf")
+    assert not any(".lora_" in n for n, _ in loaded.named_parameters())
+    with no_grad():
+        np.testing.assert_allclose(loaded(ids, lengths).numpy(), model(ids, lengths).numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_loading_a_directory_without_a_classifier(tmp_path):

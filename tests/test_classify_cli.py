@@ -150,13 +150,15 @@ def test_no_data_offline_says_where_to_get_it(tmp_path, monkeypatch, run_main, p
     assert_clean_error(result, "could not get the SMS Spam Collection", "127.0.0.1:9", "--data PATH")
 
 
-def test_fine_tune_a_pretrained_directory_then_classify(finetune, run_main, data, tmp_path, pretrained):
+@pytest.mark.parametrize("trainable", ["all", "lora"])
+def test_fine_tune_a_pretrained_directory_then_classify(finetune, run_main, data, tmp_path, pretrained, trainable):
     with open(data, "a") as f:
         f.write("spam\n")  # a malformed line: skipped, and said so
     out = tmp_path / "run"
     result = finetune(data, out, "--init-from", pretrained, "--epochs", "2", "--batch-size", "4", "--lr", "1e-3",
-                      "--trainable", "all", "--eval-every", "2")
+                      "--trainable", trainable, "--lora-rank", "4", "--eval-every", "2")
     assert result.returncode == 0, result.stderr
+    assert (out / "lora_adapter.safetensors").is_file() == (trainable == "lora")
     assert "warning: skipped 1 malformed lines: line 25 (no tab)" in result.stderr
     assert "24 messages (12 ham, 12 spam); balanced and split: 16 train, 2 val, 6 test" in result.stdout
     assert "accuracy: train" in result.stdout and (out / "results.json").is_file()

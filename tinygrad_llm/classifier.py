@@ -146,16 +146,18 @@ class GPTClassifier(nn.Module):
     def save_pretrained(self, directory):
         """Write `directory`/config.json, model.safetensors and, for a BPE of ours, its encoder.json and
         vocab.bpe. Each file is written in a temporary folder inside `directory`, then moved into place
-        with os.replace (the config last), so a reader never sees a half-written file."""
-        if _has_lora(self):
-            raise ValueError("merge the LoRA adapters first (tinygrad_llm.lora.merge_lora) to save a plain classifier")
+        with os.replace (the config last), so a reader never sees a half-written file. A LoRA layer is
+        written as the plain Linear it amounts to (its merged weight, no adapter tensors), as
+        weights.save_pretrained does: the saved classifier loads without LoRA."""
+        merged = {f"{n}.weight": m.merged_weight() for n, m in self.named_modules() if hasattr(m, "merged_weight")}
+        tensors = {k: merged.get(k, v) for k, v in self.state_dict().items() if ".lora_" not in k}
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-"))
         try:
             if self.config.tokenizer == {"kind": "bpe"}:
                 self.tokenizer.save(tmp)
-            save_checkpoint(tmp / WEIGHTS, self.state_dict(), {"format": "tinygrad_llm.GPTClassifier"})
+            save_checkpoint(tmp / WEIGHTS, tensors, {"format": "tinygrad_llm.GPTClassifier"})
             (tmp / CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
             for path in sorted(tmp.iterdir(), key=lambda p: p.name == CONFIG):
                 os.replace(path, directory / path.name)
@@ -211,25 +213,26 @@ def _tokenizer_record(tokenizer):
     return {"kind": "tiktoken", "name": tokenizer.name}
 
 
-def _has_lora(model):
-    return any(type(m).__name__ == "LoRALinear" for m in model.modules())
-
-
 # ---------------------------------------------------------------------------------------------------
 # Which parameters train
 
 
-def set_trainable(model, which, *, lora_rank=8, lora_alpha=16):
-    """Freeze `model` (a GPTClassifier) except the part that trains:
+def set_trainable(model, which, *, lora_rank=16, lora_alpha=16.0, seed=0):
+    """Freeze `model` (a GPTClassifier) except the part that trains, and return a one-line summary:
     "all": every parameter; "last-block": the last transformer block, the final LayerNorm and the head
-    (the book's choice); "head": the head alone; "lora": LoRA adapters on every Linear (the book's
-    appendix E; see tinygrad_llm.lora). Returns a one-line summary."""
+    (the book's choice); "head": the head alone; "lora": LoRA adapters (rank, alpha) on every Linear, the
+    head's included, as the book's appendix E does, plus the head's own weight and bias.
+
+    subtle: the book freezes the head under LoRA too, leaving its randomly initialised weight and bias
+    fixed and training only its adapter. The head is new, has nothing pretrained to preserve, and is
+    smaller than its own adapter (emb_dim * num_classes numbers, against rank * (emb_dim + num_classes)),
+    so here it trains in full."""
     if which not in TRAINABLE:
         raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}; got {which!r}")
     if which == "lora":
         from tinygrad_llm.lora import apply_lora
 
-        return str(apply_lora(model, lora_rank, lora_alpha, targets="all", trainable=()))
+        return str(apply_lora(model, lora_rank, lora_alpha, targets="all", trainable=("score.*",), seed=seed))
     model.requires_grad_(which == "all")
     if which == "last-block":
         model.transformer.h[-1].requires_grad_(True)
