@@ -31,6 +31,8 @@ def run(argv):
     args = p.parse_args(argv)
     model = GPTClassifier.from_pretrained(args.model, device=args.device)
     texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise ValueError("no texts to classify: give them as arguments, or on stdin one per line")
     for text, (label, prob) in zip(texts, model.classify(texts, args.batch_size)):
         print(f"{label}\t{prob:.4f}\t{text}")
     return 0

@@ -123,7 +123,8 @@ def run(argv):
     if tok.eot_token is None:
         raise ValueError("the tokenizer has no <|endoftext|> token to pad with")
     context = gpt.config.context_length
-    note = lambda n, limit: print(f"note: the longest training message is {n} tokens; cut at the context length {limit}")
+    note = lambda n, limit: print(f"note: the longest training message is {n} tokens; cut at the context length "
+                                  f"{limit}")
     train_set, val_set, test_set = classification_splits(data, tok, args.seed, args.max_length, context, on_long=note)
     if data.skipped:  # after every check on the data, so that an error stays the one line on stderr
         print(f"warning: skipped {len(data.skipped)} malformed lines: {describe_lines(data.skipped)}", file=sys.stderr)
@@ -149,13 +150,15 @@ def run(argv):
     if args.trainable == "lora":  # model/ holds the merged weights already; the adapter alone is small
         save_adapter(model, out / "lora_adapter.safetensors")
         merge_lora(model)
-    results = {"train_acc": accuracy(model, loader(train_set, False)), "val_acc": accuracy(model, val), "test_acc": accuracy(model, test),
+    results = {"train_acc": accuracy(model, loader(train_set, False)), "val_acc": accuracy(model, val),
+               "test_acc": accuracy(model, test),
                "train_seconds": round(trainer.elapsed, 1), "steps": trainer.step, "pool": args.pool,
                "trainable": args.trainable, "args": vars(args)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; accuracy: train {100 * results['train_acc']:.2f}%, "
           f"val {100 * results['val_acc']:.2f}%, test {100 * results['test_acc']:.2f}%")
-    print(f"classifier saved in {out / 'model'}; try: python examples/classify.py --model {out / 'model'} \"some text\"")
+    print(f"classifier saved in {out / 'model'}; try: python examples/classify.py --model {out / 'model'} "
+          "\"some text\"")
     return 0
 
 

@@ -341,7 +341,8 @@ def test_download_unzips_and_checks_the_archive_once(server, tmp_path):
     assert download_sms_spam(tmp_path, url=f"{base}/sms.zip", progress=False) == path  # from the cache
 
 
-@pytest.mark.parametrize("body", [b"<html>not a zip</html>", zipped({"other.txt": "x"}), zipped({"SMSSpamCollection": "a\nb\n"})])
+@pytest.mark.parametrize("body", [b"<html>not a zip</html>", zipped({"other.txt": "x"}),
+                                  zipped({"SMSSpamCollection": "a\nb\n"})])
 def test_a_bad_download_is_removed_and_reported(server, tmp_path, body):
     base, files = server
     files["/sms.zip"] = body

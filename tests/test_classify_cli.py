@@ -5,6 +5,7 @@ Most cases call the scripts' main() in this process (a subprocess costs seconds 
 run them as a user does, in a subprocess."""
 
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from tinygrad_llm.tokenizer import BPETokenizer
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE, CLASSIFY = ROOT / "examples" / "finetune_classifier.py", ROOT / "examples" / "classify.py"
 HAM = ["see you at home tonight", "ok lar on my way", "call me when you are free", "dinner at six then"]
-SPAM = ["win a free prize now txt WIN", "urgent claim your cash award", "free entry text CLAIM now", "you won 1000 call"]
+SPAM = ["win a free prize now txt WIN", "urgent claim your cash award", "free entry text CLAIM now",
+        "you won 1000 call"]
 
 
 def load_script(path):
@@ -87,8 +89,8 @@ def finetune(run_main):
 
 def test_missing_data_file(tmp_path, pretrained):
     # as a user runs it, in a subprocess: no traceback, one line
-    assert_clean_error(cli(FINETUNE, "--data", tmp_path / "nope.tsv", "--out", tmp_path / "o", "--init-from", pretrained),
-                       "nope.tsv")
+    result = cli(FINETUNE, "--data", tmp_path / "nope.tsv", "--out", tmp_path / "o", "--init-from", pretrained)
+    assert_clean_error(result, "nope.tsv")
 
 
 def test_non_utf8_data(finetune, tmp_path, pretrained):
@@ -151,7 +153,8 @@ def test_no_data_offline_says_where_to_get_it(tmp_path, monkeypatch, run_main, p
 
 
 @pytest.mark.parametrize("trainable", ["all", "lora"])
-def test_fine_tune_a_pretrained_directory_then_classify(finetune, run_main, data, tmp_path, pretrained, trainable):
+def test_fine_tune_a_pretrained_directory_then_classify(finetune, run_main, data, tmp_path, pretrained, trainable,
+                                                       monkeypatch):
     with open(data, "a") as f:
         f.write("spam\n")  # a malformed line: skipped, and said so
     out = tmp_path / "run"
@@ -172,3 +175,5 @@ def test_fine_tune_a_pretrained_directory_then_classify(finetune, run_main, data
     lines = [line.split("\t") for line in by_args.stdout.splitlines()]
     assert [line[2] for line in lines] == texts
     assert all(label in ("ham", "spam") and 0.5 <= float(p) <= 1.0 for label, p, _ in lines)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    assert_clean_error(run_main(classify, "--model", out / "model"), "no texts")

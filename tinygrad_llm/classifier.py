@@ -51,7 +51,7 @@ class ClassifierConfig:
     pool: str = "last-token"
     pad_id: int | None = None
     max_length: int | None = None
-    tokenizer: dict | None = None  # {"kind": "bpe"} (encoder.json + vocab.bpe beside) or {"kind": "tiktoken", "name"}
+    tokenizer: dict | None = None  # {"kind": "bpe"}: encoder.json + vocab.bpe beside; or {"kind": "tiktoken", "name"}
 
     def __post_init__(self):
         if self.pool not in POOLS:
@@ -59,7 +59,7 @@ class ClassifierConfig:
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
             raise ValueError(f"a classifier needs at least two distinct labels, got {list(self.labels)}")
         if self.max_length is not None and not 0 < self.max_length <= self.gpt.context_length:
-            raise ValueError(f"max_length {self.max_length} must be in 1..{self.gpt.context_length} (the context length)")
+            raise ValueError(f"max_length {self.max_length} must be in 1..{self.gpt.context_length} (context length)")
 
     @property
     def num_classes(self):
@@ -179,7 +179,10 @@ class GPTClassifier(nn.Module):
         if not isinstance(d, dict) or "gpt" not in d or "labels" not in d:
             raise ValueError(f"{directory / CONFIG} is not a classifier's config (no 'gpt' and 'labels'); "
                              "a language model loads with GPT.from_pretrained")
-        config = ClassifierConfig.from_dict(d)
+        try:
+            config = ClassifierConfig.from_dict(d)
+        except TypeError as e:  # a key this version does not know
+            raise ValueError(f"{directory / CONFIG}: {e}") from None
         record = config.tokenizer
         tokenizer = None
         if record == {"kind": "bpe"}:
@@ -302,6 +305,7 @@ def accuracy_hook(train_loader, val_loader=None, max_batches=None):
 
 
 __all__ = [
-    "POOLS", "TRAINABLE", "ClassifierConfig", "GPTClassifier", "classified_positions", "set_trainable", "classification_loader",
+    "POOLS", "TRAINABLE", "ClassifierConfig", "GPTClassifier", "classified_positions", "set_trainable",
+    "classification_loader",
     "classification_loss", "batch_examples", "accuracy", "accuracy_hook",
 ]

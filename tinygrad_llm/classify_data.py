@@ -214,9 +214,9 @@ def classification_splits(data, tokenizer, seed=123, max_length=None, context_le
 
 def download_sms_spam(cache_dir=None, url=None, progress=True, timeout=30.0):
     """The path of the SMS Spam Collection file, downloaded once from the UCI archive into
-    `cache_dir` (default ~/.cache/tinygrad_llm/data) and unzipped (`url` default: SMS_SPAM_URL). The archive is checked: a zip that
-    holds SMSSpamCollection, whose lines are `label<TAB>text` with ham/spam labels. Offline, an
-    OSError says where to get the file and to pass it with --data."""
+    `cache_dir` (default ~/.cache/tinygrad_llm/data) and unzipped (`url` default: SMS_SPAM_URL). The
+    archive is checked: a zip that holds SMSSpamCollection, whose lines are `label<TAB>text` with
+    ham/spam labels. Offline, an OSError says where to get the file and to pass it with --data."""
     from tinygrad_llm.weights import WeightsUnavailableError, default_cache_dir, download_file
 
     url = url or SMS_SPAM_URL
