@@ -25,7 +25,8 @@ from autograd import DeviceError, backend
 from autograd.checkpoint import CheckpointError
 from tinygrad_llm.classifier import (POOLS, TRAINABLE, GPTClassifier, accuracy, accuracy_hook, batch_examples,
                                      classification_loader, classification_loss, set_trainable)
-from tinygrad_llm.classify_data import classification_splits, describe_lines, download_sms_spam, read_labeled_tsv
+from tinygrad_llm.classify_data import (balanced_split, classification_splits, describe_lines, download_sms_spam,
+                                       read_labeled_tsv)
 from tinygrad_llm.lora import merge_lora, save_adapter
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
@@ -58,8 +59,10 @@ def build_parser():
     a("--init-from", default=DEFAULT_INIT, metavar="DIR|gpt2|none",
       help=f"a pretrained model directory (examples/pretrain.py's model/, tokenizer files beside it; default "
            f"{DEFAULT_INIT}), gpt2 (the published weights, downloaded) or none (from scratch, --config)")
-    a("--tokenizer", default=None, metavar="gpt2|DIR", help="tokenizer for --init-from none or gpt2 (default gpt2), "
-      "or instead of the one beside --init-from DIR")
+    a("--tokenizer", default=None, metavar="gpt2|DIR", help="'gpt2' (tiktoken) or a directory with encoder.json + "
+      "vocab.bpe; default: the one beside --init-from DIR, GPT-2's for gpt2, and for none a BPE trained on the "
+      "training messages")
+    a("--vocab-size", type=positive(int), default=2048, help="vocabulary of the BPE trained with --init-from none")
     a("--config", default="cpu-small", help=f"model preset with --init-from none: {', '.join(PRESETS)}")
     a("--epochs", type=positive(int), default=5)
     a("--lr", type=positive(float), default=5e-5)
@@ -83,12 +86,16 @@ def one_line(error):
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def load_model(args):
+def load_model(args, train_texts):
     """(GPT, tokenizer) from --init-from and --tokenizer."""
     if args.init_from == "none":
         if args.config not in PRESETS:
             raise ValueError(f"unknown preset {args.config!r}; choose one of: {', '.join(PRESETS)}")
-        tok = get_tokenizer(args.tokenizer or "gpt2")
+        if args.tokenizer is not None:
+            tok = get_tokenizer(args.tokenizer)
+        else:
+            print(f"training a {args.vocab_size}-token BPE on the {len(train_texts):,} training messages")
+            tok = BPETokenizer.train("\n".join(train_texts), args.vocab_size)
         return GPT(GPTConfig.preset(args.config, vocab_size=tok.n_vocab), seed=args.seed), tok
     if args.init_from == "gpt2":
         return GPT.from_pretrained("gpt2"), get_tokenizer(args.tokenizer or "gpt2")
@@ -119,7 +126,7 @@ def run(argv):
 
     data = read_labeled_tsv(args.data, on_bad=args.on_bad) if args.data else read_labeled_tsv(
         download_sms_spam(), on_bad=args.on_bad)
-    gpt, tok = load_model(args)
+    gpt, tok = load_model(args, [data.texts[i] for i in balanced_split(data, args.seed)[0]])
     if tok.eot_token is None:
         raise ValueError("the tokenizer has no <|endoftext|> token to pad with")
     context = gpt.config.context_length

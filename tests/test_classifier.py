@@ -26,6 +26,7 @@ from tinygrad_llm.classifier import (
 from tinygrad_llm.classify_data import (
     ClassificationDataset,
     balance_classes,
+    balanced_split,
     classification_splits,
     download_sms_spam,
     pad_batch,
@@ -111,10 +112,13 @@ def test_the_sms_spam_collection_balanced_and_split(shared_data):
     assert data.counts() == {"ham": 4827, "spam": 747} and data.skipped == []
     keep = balance_classes(data.labels, seed=123)
     assert np.bincount(data.labels[keep]).tolist() == [747, 747]
+    parts = balanced_split(data, seed=123)
+    assert sorted(np.concatenate(parts).tolist()) == keep.tolist()
     tok = BPETokenizer.load(shared_data / "gpt2")
     train, val, test = classification_splits(data, tok, seed=123)
     assert (len(train), len(val), len(test)) == (1045, 149, 300)
     assert sum(np.bincount(d.labels).tolist()[1] for d in (train, val, test)) == 747
+    assert [d.labels.tolist() for d in (train, val, test)] == [data.labels[p].tolist() for p in parts]
     assert train.max_length == train.lengths.max() == val.max_length == test.max_length
 
 

@@ -139,6 +139,14 @@ def test_init_from_a_directory_without_a_model(finetune, data, tmp_path):
     assert_clean_error(finetune(data, tmp_path / "o", "--init-from", tmp_path / "missing"), "no such directory")
 
 
+def test_from_scratch_with_a_bpe_trained_on_the_training_messages(finetune, data, tmp_path):
+    result = finetune(data, tmp_path / "o", "--init-from", "none", "--config", "cpu-tiny", "--vocab-size", "300",
+                      "--epochs", "1", "--batch-size", "4")
+    assert result.returncode == 0, result.stderr
+    assert "training a 300-token BPE on the 16 training messages" in result.stdout
+    assert BPETokenizer.load(tmp_path / "o" / "model").n_vocab == 300
+
+
 def test_classify_without_a_classifier(tmp_path, run_main):
     assert_clean_error(run_main(classify, "--model", tmp_path / "missing", "hello"), "no classifier")
 

@@ -186,6 +186,14 @@ def pad_batch(items, pad_id, pad_to=None):
     return ids, lengths, labels
 
 
+def balanced_split(data, seed=123):
+    """(train, val, test) indices into `data`'s examples: classes balanced (`balance_classes`), then split
+    70/10/20 (`split_indices`), both with `seed`. A class with too few examples is a ValueError."""
+    check_class_counts(data)
+    keep = balance_classes(data.labels, seed)
+    return tuple(keep[part] for part in split_indices(len(keep), seed))
+
+
 def classification_splits(data, tokenizer, seed=123, max_length=None, context_length=None, on_long=None):
     """(train, val, test) ClassificationDatasets of `data`: classes balanced, split 70/10/20, tokenized.
 
@@ -193,20 +201,17 @@ def classification_splits(data, tokenizer, seed=123, max_length=None, context_le
     capped at `context_length`. Validation and test examples are cut at the same length. `on_long(n,
     limit)` is called when the longest training example (n tokens) is cut at a context length.
     """
-    check_class_counts(data)
-    keep = balance_classes(data.labels, seed)
-    parts = split_indices(len(keep), seed)
-    tokens = encode_texts(tokenizer, [data.texts[i] for i in keep])
-    labels = data.labels[keep]
+    parts = balanced_split(data, seed)
+    tokens = [encode_texts(tokenizer, [data.texts[i] for i in part]) for part in parts]
     if max_length is None:
-        max_length = max(len(tokens[i]) for i in parts[0])
+        max_length = max(len(ids) for ids in tokens[0])
         if context_length is not None and max_length > context_length:
             if on_long is not None:
                 on_long(max_length, context_length)
             max_length = context_length
     elif context_length is not None and max_length > context_length:
         raise ValueError(f"max_length {max_length} is longer than the model's context length {context_length}")
-    return tuple(ClassificationDataset([tokens[i] for i in part], labels[part], max_length) for part in parts)
+    return tuple(ClassificationDataset(ids, data.labels[part], max_length) for ids, part in zip(tokens, parts))
 
 
 # ---- the UCI archive ------------------------------------------------------------------------------
@@ -265,6 +270,6 @@ def _extract_checked(archive, dest):
 
 __all__ = [
     "SPAM_LABELS", "SMS_SPAM_URL", "MIN_PER_CLASS", "LabeledTexts", "parse_labeled_lines", "read_labeled_tsv",
-    "describe_lines", "balance_classes", "split_indices", "check_class_counts", "ClassificationDataset",
+    "describe_lines", "balance_classes", "split_indices", "check_class_counts", "balanced_split", "ClassificationDataset",
     "encode_texts", "pad_batch", "classification_splits", "download_sms_spam",
 ]
