@@ -1,14 +1,19 @@
 """Fine-tune a GPT to classify SMS messages as spam or ham (book chapter 6).
 
-    python examples/pretrain.py --out runs/pretrain                      # a small GPT, a few minutes
-    python examples/finetune_classifier.py --data SMSSpamCollection.tsv  # from runs/pretrain/model
-    python examples/classify.py "You have won a prize! Call 0800 now"    # spam 0.99 ...
+    python examples/finetune_classifier.py --data SMSSpamCollection.tsv   # from scratch, a few minutes
+    python examples/classify.py "You have won a prize! Call 0800 now"     # spam  0.99...  You have won...
+    python examples/finetune_classifier.py --data SMSSpamCollection.tsv --init-from runs/pretrain/model
 
 The data (label<TAB>text per line; without --data the UCI archive is downloaded once) is balanced by
 sampling ham down to the number of spam messages, split 70/10/20, tokenized and padded with
 <|endoftext|>. A head of two outputs replaces the vocabulary head and reads the last real token of each
 message (--pool last-position reads the last position, a pad for short messages, as the book does).
-Only the last block, the final LayerNorm and the head train by default (--trainable).
+
+From pretrained weights (--init-from DIR, as examples/pretrain.py writes them, or gpt2) the book's
+settings are the default: the last block, the final LayerNorm and the head train, at lr 5e-5. From
+scratch (--init-from none, the default: a small GPT pretrained on Python's documentation classifies
+spam worse than a new one) every parameter trains, at lr 3e-4, with a BPE trained on the training
+messages unless --tokenizer names one.
 
 Outputs in --out: model/ (the classifier: config.json, model.safetensors and its tokenizer's files, which
 examples/classify.py loads; with --trainable lora the adapters merged in), metrics.jsonl (losses and
@@ -33,7 +38,8 @@ from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
 from tinygrad_llm.train import TrainConfig, Trainer
 from tinygrad_llm.weights import WeightsUnavailableError
 
-DEFAULT_INIT = "runs/pretrain/model"
+# (trainable, lr) when the flags are not given: from scratch, and from pretrained weights (the book's)
+SCRATCH_DEFAULTS, PRETRAINED_DEFAULTS = ("all", 3e-4), ("last-block", 5e-5)
 
 
 class Parser(argparse.ArgumentParser):
@@ -56,21 +62,23 @@ def build_parser():
     p = Parser(description=__doc__.split("\n\n")[0])
     a = p.add_argument
     a("--data", default=None, metavar="PATH", help="label<TAB>text file; default: download the UCI SMS Spam Collection")
-    a("--init-from", default=DEFAULT_INIT, metavar="DIR|gpt2|none",
-      help=f"a pretrained model directory (examples/pretrain.py's model/, tokenizer files beside it; default "
-           f"{DEFAULT_INIT}), gpt2 (the published weights, downloaded) or none (from scratch, --config)")
+    a("--init-from", default="none", metavar="DIR|gpt2|none",
+      help="a pretrained model directory (as examples/pretrain.py writes runs/pretrain/model, tokenizer files "
+           "beside it), gpt2 (the published weights, downloaded once) or none (from scratch, --config; default)")
     a("--tokenizer", default=None, metavar="gpt2|DIR", help="'gpt2' (tiktoken) or a directory with encoder.json + "
       "vocab.bpe; default: the one beside --init-from DIR, GPT-2's for gpt2, and for none a BPE trained on the "
       "training messages")
     a("--vocab-size", type=positive(int), default=2048, help="vocabulary of the BPE trained with --init-from none")
     a("--config", default="cpu-small", help=f"model preset with --init-from none: {', '.join(PRESETS)}")
     a("--epochs", type=positive(int), default=5)
-    a("--lr", type=positive(float), default=5e-5)
+    a("--lr", type=positive(float), default=None, help="default: 3e-4 from scratch, 5e-5 (the book's) from "
+      "pretrained weights")
     a("--batch-size", type=positive(int), default=8)
     a("--max-length", type=positive(int), default=None, help="tokens kept per message; default: the longest "
       "training message, at most the context length")
     a("--device", default="cpu", choices=["cpu", "cuda"])
-    a("--trainable", default="last-block", choices=TRAINABLE, help="the part that trains")
+    a("--trainable", default=None, choices=TRAINABLE, help="the part that trains; default: all from scratch, "
+      "last-block (the book's: last block, final LayerNorm, head) from pretrained weights")
     a("--pool", default="last-token", choices=POOLS, help="the position the head reads")
     a("--lora-rank", type=positive(int), default=16)
     a("--lora-alpha", type=positive(float), default=16.0)
@@ -117,6 +125,8 @@ def load_model(args, train_texts):
 
 def run(argv):
     args = build_parser().parse_args(argv)
+    trainable, lr = SCRATCH_DEFAULTS if args.init_from == "none" else PRETRAINED_DEFAULTS
+    args.trainable, args.lr = args.trainable or trainable, args.lr or lr
     if args.device == "cuda":
         backend.xp_for("cuda")  # DeviceError now, not after loading everything
     out = Path(args.out)
@@ -140,7 +150,8 @@ def run(argv):
 
     model = GPTClassifier(gpt, len(data.label_names), labels=data.label_names, pool=args.pool, pad_id=tok.eot_token,
                           max_length=train_set.max_length, tokenizer=tok, seed=args.seed)
-    print(set_trainable(model, args.trainable, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, seed=args.seed))
+    summary = set_trainable(model, args.trainable, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, seed=args.seed)
+    print(f"{summary}; lr {args.lr:g}, epochs {args.epochs}")
     model.to(args.device)
     loader = lambda ds, train: classification_loader(ds, args.batch_size, args.pool, tok.eot_token,
                                                      shuffle=train, drop_last=train, seed=args.seed)

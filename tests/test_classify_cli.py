@@ -144,6 +144,7 @@ def test_from_scratch_with_a_bpe_trained_on_the_training_messages(finetune, data
                       "--epochs", "1", "--batch-size", "4")
     assert result.returncode == 0, result.stderr
     assert "training a 300-token BPE on the 16 training messages" in result.stdout
+    assert "trainable: all" in result.stdout and "; lr 0.0003, epochs 1" in result.stdout
     assert BPETokenizer.load(tmp_path / "o" / "model").n_vocab == 300
 
 
@@ -160,15 +161,18 @@ def test_no_data_offline_says_where_to_get_it(tmp_path, monkeypatch, run_main, p
     assert_clean_error(result, "could not get the SMS Spam Collection", "127.0.0.1:9", "--data PATH")
 
 
-@pytest.mark.parametrize("trainable", ["all", "lora"])
+@pytest.mark.parametrize("trainable", [None, "lora"])
 def test_fine_tune_a_pretrained_directory_then_classify(finetune, run_main, data, tmp_path, pretrained, trainable,
                                                        monkeypatch):
     with open(data, "a") as f:
         f.write("spam\n")  # a malformed line: skipped, and said so
     out = tmp_path / "run"
-    result = finetune(data, out, "--init-from", pretrained, "--epochs", "2", "--batch-size", "4", "--lr", "1e-3",
-                      "--trainable", trainable, "--lora-rank", "4", "--eval-every", "2")
+    flags = ["--trainable", trainable, "--lora-rank", "4", "--lr", "1e-3"] if trainable else []
+    result = finetune(data, out, "--init-from", pretrained, "--epochs", "2", "--batch-size", "4", "--eval-every", "2",
+                      *flags)
     assert result.returncode == 0, result.stderr
+    if trainable is None:  # the book's settings for pretrained weights
+        assert "trainable: last-block" in result.stdout and "; lr 5e-05, epochs 2" in result.stdout
     assert (out / "lora_adapter.safetensors").is_file() == (trainable == "lora")
     assert "warning: skipped 1 malformed lines: line 25 (no tab)" in result.stderr
     assert "24 messages (12 ham, 12 spam); balanced and split: 16 train, 2 val, 6 test" in result.stdout

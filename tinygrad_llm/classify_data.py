@@ -270,6 +270,6 @@ def _extract_checked(archive, dest):
 
 __all__ = [
     "SPAM_LABELS", "SMS_SPAM_URL", "MIN_PER_CLASS", "LabeledTexts", "parse_labeled_lines", "read_labeled_tsv",
-    "describe_lines", "balance_classes", "split_indices", "check_class_counts", "balanced_split", "ClassificationDataset",
-    "encode_texts", "pad_batch", "classification_splits", "download_sms_spam",
+    "describe_lines", "balance_classes", "split_indices", "check_class_counts", "balanced_split",
+    "ClassificationDataset", "encode_texts", "pad_batch", "classification_splits", "download_sms_spam",
 ]
