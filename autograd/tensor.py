@@ -315,8 +315,12 @@ class Tensor:
 
     view = reshape
 
-    def flatten(self, start=0):
-        return self.reshape(self.shape[:start] + (-1,))
+    def flatten(self, start=0, end=-1):
+        """Axes `start` to `end` (inclusive) merged into one, as torch.flatten: (2, 3, V).flatten(0, 1) -> (6, V)."""
+        if self.ndim == 0:
+            return self.reshape(1)
+        start, end = start % self.ndim, end % self.ndim
+        return self.reshape(self.shape[:start] + (-1,) + self.shape[end + 1:])
 
     def unsqueeze(self, axis):
         """A view with a new axis of length 1 at `axis` (-ndim-1 <= axis <= ndim): (2, 3).unsqueeze(0) -> (1, 2, 3)."""

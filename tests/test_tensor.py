@@ -233,6 +233,8 @@ def test_unsqueeze_squeeze_numel():
     assert x.unsqueeze(0).squeeze(0).shape == (2, 3)
     assert x.squeeze(0).shape == (2, 3)  # an axis whose length is not 1 is left alone, as torch.squeeze
     assert x.numel() == 6 and Tensor(1.0).numel() == 1
+    logits = Tensor(np.zeros((2, 3, 5), dtype=np.float32))
+    assert logits.flatten(0, 1).shape == (6, 5) and logits.flatten().shape == (30,) and logits.flatten(1).shape == (2, 15)
     with pytest.raises(ValueError, match="unsqueeze: axis 3 is out of range for a tensor of 2 axes"):
         x.unsqueeze(3)
 
