@@ -181,7 +181,7 @@ class Tanh(Function):
 class Relu(Function):
     def forward(self, a):
         self.mask = a > 0
-        return a * self.mask
+        return get_array_module(a).maximum(a, 0)  # not a * mask, which keeps the sign of -0.0 (printed "-0.")
 
     def backward(self, grad):
         return (grad * self.mask,)
