@@ -292,7 +292,7 @@ class Tensor:
         """(values, indices) of the k largest entries along `axis`, largest first, as torch.topk. The values
         carry the gradient (back to where they came from); the indices are an int64 Tensor.
 
-            Tensor([4.51, 0.89, -1.90, 6.75, 1.63]).topk(3)  # (tensor([6.7500, 4.5100, 1.6300]), tensor([3, 0, 4]))
+            Tensor([4.51, 0.89, -1.90, 6.75, 1.63]).topk(3)  # values [6.75, 4.51, 1.63], indices [3, 0, 4]
         """
         if self.ndim == 0:
             raise ValueError("topk needs a tensor with at least one axis, this one is a scalar")
