@@ -139,6 +139,19 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """GPT-2: token and position embeddings, `n_layers` blocks, a final LayerNorm and the output head.
+
+    The head: with `tie_weights` (GPT-2's layout) the logits are x @ wte.weight^T and there is no
+    `lm_head`; otherwise `lm_head` is an `nn.Linear(emb_dim, vocab_size, bias=False)` and forward calls it.
+
+    Replacing the head, as the book's chapter 6 does with `model.out_head = nn.Linear(768, 2)`: assign any
+    module to `model.lm_head` and forward returns `model.lm_head(x)` (its bias, and a LoRA wrapper, are
+    used). On a tied model the assignment unties it: `model.config` becomes a copy with
+    `tie_weights=False`, `wte` keeps its weights and stops serving as the head, and `lm_head` is part of
+    the parameters, the state dict and the saved checkpoint from then on. `config.vocab_size` still sizes
+    `wte`; a head of another width (2 classes) gives logits of that width.
+    """
+
     def __init__(self, config, seed=0):
         super().__init__()
         self.config = cfg = config
@@ -168,11 +181,17 @@ class GPT(nn.Module):
                 rng.standard_normal(dtype=np.float32, out=p.data)  # in place: no full-size temporaries
                 p.data *= std
 
+    def __setattr__(self, name, value):
+        if name == "lm_head" and isinstance(value, nn.Module) and "config" in self.__dict__ and self.config.tie_weights:
+            self.config = replace(self.config, tie_weights=False)  # a replaced head unties (see the class docstring)
+        super().__setattr__(name, value)
+
     def forward(self, ids, cache=None):
         """Logits (B, T, vocab) for integer ids (B, T); with a KV cache, ids continue the cached sequence."""
         x = self.hidden_states(ids, cache)
-        head = self.wte.weight if self.config.tie_weights else self.lm_head.weight
-        return F.linear(x, head)  # (B, T, C) -> (B, T, vocab)
+        if self.config.tie_weights:
+            return F.linear(x, self.wte.weight)  # (B, T, C) -> (B, T, vocab)
+        return self.lm_head(x)  # (B, T, C) -> (B, T, vocab), or the width of a replaced head
 
     def hidden_states(self, ids, cache=None):
         """The last block's output after the final LayerNorm, (B, T, C): what the language-model head reads,
@@ -206,7 +225,9 @@ class GPT(nn.Module):
             rows += [(f"h.{i}.attn (causal self-attention, {cfg.n_heads} heads)", (B, T, C), count(block.ln_1) + count(block.attn)),
                      (f"h.{i}.mlp (feed-forward {C} -> {4 * C} -> {C})", (B, T, C), count(block.ln_2) + count(block.mlp))]
         rows.append(("ln_f (final layer norm)", (B, T, C), count(self.ln_f)))
-        rows.append(("lm_head" + (" (tied to wte)" if cfg.tie_weights else ""), (B, T, V), 0 if cfg.tie_weights else count(self.lm_head)))
+        head_width = V if cfg.tie_weights else getattr(self.lm_head, "out_features", V)
+        rows.append(("lm_head" + (" (tied to wte)" if cfg.tie_weights else ""), (B, T, head_width),
+                     0 if cfg.tie_weights else count(self.lm_head)))
         width = max(len(r[0]) for r in rows) + 2
         lines = [f"{'layer':<{width}}{'output shape':<22}{'parameters':>14}", "-" * (width + 36)]
         lines += [f"{name:<{width}}{str(shape):<22}{n:>14,}" for name, shape, n in rows]
