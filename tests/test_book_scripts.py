@@ -121,3 +121,18 @@ def test_a_missing_data_folder_is_one_line_saying_where_to_get_it(tmp_path):
 def test_each_script_says_which_library_file_to_read(script):
     doc = " ".join((BOOK / script).read_text(encoding="utf-8").split('"""')[1].split())
     assert "Read " in doc and ".py" in doc.split("Read ", 1)[1]
+
+
+def test_ch03_attention_weights():
+    out = run("ch03.py").stdout
+    same(out, "attention scores of 'journey'", "[0.9544, 1.4950, 1.4754, 0.8434, 0.7070, 1.0865]")
+    same(out, "attention weights (softmax)", "[0.1385, 0.2379, 0.2333, 0.1240, 0.1082, 0.1581]")
+    same(out, "context vector of 'journey'", "[0.4419, 0.6515, 0.5683]")
+    same(out, "all context vectors, row 2", "[0.4419, 0.6515, 0.5683]")
+    same(out, "keys.shape", (6, 2))
+    lines = out.splitlines()
+    assert lines[lines.index("attention weights:") + 7] == "book: same"  # the whole 6 x 6 matrix of 3.3.2
+    causal = lines[lines.index("causal attention weights:") + 1:][:6]
+    assert causal[0] == "[[1.0000, 0.0000, 0.0000, 0.0000, 0.0000, 0.0000],"  # the first token sees itself only
+    assert sum(line.count("0.0000") for line in causal) == 15  # the 15 future positions, masked
+    assert sum(1 for line in lines if line.startswith("head ") and "attention weights" in line) == 3
