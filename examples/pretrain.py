@@ -28,7 +28,7 @@ from tinygrad_llm.data import DataLoader, GPTDataset, load_text, train_val_split
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
 from tinygrad_llm.train import TrainConfig, Trainer, read_checkpoint_metadata
-from tinygrad_llm.weights import WeightsUnavailableError, default_cache_dir, download_file
+from tinygrad_llm.download import DownloadError, default_cache_dir, download_file
 
 DEFAULT_CORPUS = "pydoc"  # Python's help topics, from the standard library
 # flags that a resumed run may change; the rest (model, data, tokenizer) come from the checkpoint
@@ -222,7 +222,7 @@ def main(argv=None):
     except KeyboardInterrupt:  # during setup, before there is anything to save
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, DeviceError, CheckpointError, WeightsUnavailableError) as e:
+    except (ValueError, OSError, DeviceError, CheckpointError, DownloadError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 

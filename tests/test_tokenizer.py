@@ -1,11 +1,9 @@
 """Byte-level BPE: GPT-2 parity with tiktoken, round trips, training, GPT-2's file format."""
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import pytest
-import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

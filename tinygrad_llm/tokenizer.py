@@ -23,6 +23,8 @@ from pathlib import Path
 
 import regex
 
+from autograd.checkpoint import write_text
+
 # GPT-2's pattern in tiktoken's form. OpenAI's release wrote it as
 #   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 # which cuts every text the same way; the possessive form runs faster.
@@ -252,8 +254,9 @@ class BPETokenizer:
         encoder.update(self.special_tokens)
         lines = ["#version: 0.2"] + [f"{to_text(self.vocab[a])} {to_text(self.vocab[b])}"
                                      for a, b in self.merges]
-        (directory / "encoder.json").write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
-        (directory / "vocab.bpe").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # each file whole or not at all: a run killed mid-save must not leave a truncated encoder.json
+        write_text(directory / "encoder.json", json.dumps(encoder, ensure_ascii=False))
+        write_text(directory / "vocab.bpe", "\n".join(lines) + "\n")
 
     @classmethod
     def load(cls, directory) -> BPETokenizer:

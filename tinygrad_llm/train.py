@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -30,12 +29,11 @@ from dataclasses import asdict, dataclass, fields
 from itertools import islice
 from pathlib import Path
 
-import safetensors
 from tqdm.auto import tqdm
 
 import autograd.functional as F
 from autograd import backend, no_grad
-from autograd.checkpoint import META_KEY, CheckpointError, load_state, save_state
+from autograd.checkpoint import CheckpointError, atomic_write, load_state, read_metadata, save_state, write_text
 from autograd.optim import AdamW, LRScheduler, clip_grad_norm_, cosine_with_warmup
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -168,11 +166,7 @@ def read_checkpoint_metadata(out_dir):
     path = Path(out_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path} not found")
-    try:
-        with safetensors.safe_open(path, framework="numpy") as f:
-            meta = json.loads((f.metadata() or {})[META_KEY])
-    except Exception as e:  # a bad header, a short file, JSON errors, a file of another tool
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e!r}") from None
+    meta = read_metadata(path)
     extra = meta.get("extra") if isinstance(meta, dict) else None
     if not isinstance(extra, dict) or "step" not in extra:
         raise CheckpointError(f"checkpoint {path} holds no training state (was it written by Trainer?)")
@@ -198,10 +192,9 @@ def plot_metrics(records, path):
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -510,9 +503,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} holds no training state (missing {e})") from None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.out_dir / f"{METRICS}.tmp-{os.getpid()}"
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
-            os.replace(tmp, self.out_dir / METRICS)
+            write_text(self.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in self.records))
         return extra
 
 

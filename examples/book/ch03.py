@@ -67,7 +67,7 @@ def main(argv=None):
     rng = np.random.default_rng(123)
     d_in, d_out = 3, 2
     W_query, W_key, W_value = (nn.Linear(d_in, d_out, bias=False, rng=rng) for _ in range(3))
-    queries, keys, values = W_query(inputs), W_key(inputs), W_value(inputs)  # (6, 3) -> (6, 2) each
+    queries, keys = W_query(inputs), W_key(inputs)  # (6, 3) -> (6, 2) each (W_value(inputs): the values)
     show("keys.shape", keys.shape, (6, 2))
     with no_grad():
         scores = queries @ keys.T  # (6, 2) @ (2, 6) -> (6, 6)
