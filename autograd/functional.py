@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from autograd import backend
-from autograd.function import Function, is_grad_enabled
+from autograd.function import Function
 from autograd.tensor import Tensor
 
 
@@ -492,21 +492,15 @@ class MultiHeadAttention(Function):
     (B, T, 3C) gradient. Splitting with three index ops instead would cost three zero-filled (B, T, 3C)
     gradients, their sum, and two layout copies per layer.
 
-    With `kv_cache=(k_buf, v_buf, start)` (preallocated (B, H, max_len, D) arrays and the number of
-    positions already in them) the new keys and values are written at `start` and the queries attend
-    to all `start + T` positions: decoding one token at a time without recomputing the past.
+    (Generation with a KV cache goes through `scaled_dot_product_attention` on the cached keys and
+    values: tinygrad_llm/model.py, `CausalSelfAttention.attend_cached`.)
     """
 
-    def forward(self, qkv, n_heads, causal=True, dropout_p=0.0, generator=None, kv_cache=None):
+    def forward(self, qkv, n_heads, causal=True, dropout_p=0.0, generator=None):
         B, T, C3 = qkv.shape
         C = C3 // 3
         heads = qkv.reshape(B, T, 3, n_heads, C // n_heads).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
         q, k, v = heads[0], heads[1], heads[2]
-        if kv_cache is not None:
-            k_buf, v_buf, start = kv_cache
-            k_buf[:, :, start : start + T] = k
-            v_buf[:, :, start : start + T] = v
-            k, v = k_buf[:, :, : start + T], v_buf[:, :, : start + T]  # (B, H, start + T, D)
         y = _attention_forward(self, q, k, v, causal, dropout_p, generator)  # (B, H, T, D)
         return y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, H, D) -> (B, T, C), one copy
 
@@ -521,21 +515,12 @@ class MultiHeadAttention(Function):
         return (dqkv.reshape(B, T, 3 * C),)
 
 
-def multi_head_attention(qkv, n_heads, causal=True, dropout_p=0.0, training=True, generator=None, kv_cache=None):
-    """Attention on the output of a fused q/k/v projection, (B, T, 3C) -> (B, T, C); see MultiHeadAttention
-    for `kv_cache`, which is for inference only."""
+def multi_head_attention(qkv, n_heads, causal=True, dropout_p=0.0, training=True, generator=None):
+    """Attention on the output of a fused q/k/v projection, (B, T, 3C) -> (B, T, C)."""
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_heads):
         raise ValueError(f"multi_head_attention: qkv of shape {qkv.shape} is not (B, T, 3C) with C divisible by {n_heads} heads")
-    if kv_cache is not None:
-        if qkv.requires_grad and is_grad_enabled():
-            raise RuntimeError("multi_head_attention: a KV cache is for inference; run it under no_grad()")
-        k_buf, _, start = kv_cache
-        if start + qkv.shape[1] > k_buf.shape[2]:
-            raise ValueError(f"KV cache holds {k_buf.shape[2]} positions; {start + qkv.shape[1]} were asked for")
     if not training:
         dropout_p = 0.0
     if dropout_p > 0.0 and generator is None:
         generator = backend.xp_for(qkv.device).random.default_rng()
-    return MultiHeadAttention.apply(
-        qkv, n_heads=n_heads, causal=causal, dropout_p=float(dropout_p), generator=generator, kv_cache=kv_cache
-    )
+    return MultiHeadAttention.apply(qkv, n_heads=n_heads, causal=causal, dropout_p=float(dropout_p), generator=generator)

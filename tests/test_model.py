@@ -152,3 +152,28 @@ def test_a_wrapped_head_of_an_untied_model_is_called():
         np.testing.assert_array_equal(model(ids).numpy(), plain)  # B starts at zero
         model.lm_head.lora_B.data[...] = 0.1
         assert not np.allclose(model(ids).numpy(), plain)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_with_a_kv_cache_equals_the_full_pass(fused):
+    """The cache lives in the attention module: a 4-token prefill and two 1-token steps give the
+    outputs of one pass over all 6 tokens, on the fused path and on the reference path."""
+    from autograd import Tensor, no_grad
+    from tinygrad_llm.model import CausalSelfAttention, KVCache
+
+    cfg = GPTConfig(vocab_size=10, context_length=8, emb_dim=6, n_heads=2, n_layers=1, drop_rate=0.0, fused=fused)
+    attn = CausalSelfAttention(cfg, np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 6, 6)).astype(np.float32)
+    full = attn(Tensor(x)).numpy()
+    cache = KVCache(cfg, batch_size=2)
+    with no_grad():
+        parts = []
+        for a, b in ((0, 4), (4, 5), (5, 6)):
+            parts.append(attn(Tensor(x[:, a:b]), cache, 0).numpy())
+            cache.length += b - a
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-5, atol=1e-6)
+    if fused:
+        with pytest.raises(RuntimeError, match="KV cache is for inference; run the model under no_grad"):
+            attn(Tensor(x, requires_grad=True), cache, 0)
+    with no_grad(), pytest.raises(ValueError, match="KV cache holds 8 positions; 9 were asked for"):
+        attn(Tensor(x[:, :3]), cache, 0)

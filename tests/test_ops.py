@@ -367,22 +367,6 @@ def test_multi_head_attention(device, data, b, t, h, d, dropout):
     check_gradients(fn, qkv, device=device)
 
 
-def test_multi_head_attention_with_kv_cache_equals_full_pass():
-    rng = np.random.default_rng(0)
-    b, t, h, d = 2, 6, 2, 3
-    qkv = rng.standard_normal((b, t, 3 * h * d)).astype(np.float32)
-    full = F.multi_head_attention(autograd.Tensor(qkv), h).numpy()
-    k_buf, v_buf = np.zeros((b, h, 8, d), np.float32), np.zeros((b, h, 8, d), np.float32)
-    with autograd.no_grad():
-        first = F.multi_head_attention(autograd.Tensor(qkv[:, :4]), h, kv_cache=(k_buf, v_buf, 0)).numpy()
-        rest = [F.multi_head_attention(autograd.Tensor(qkv[:, i : i + 1]), h, kv_cache=(k_buf, v_buf, i)).numpy() for i in (4, 5)]
-    np.testing.assert_allclose(np.concatenate([first] + rest, axis=1), full, rtol=1e-5, atol=1e-6)
-    with pytest.raises(RuntimeError, match="KV cache is for inference; run it under no_grad"):
-        F.multi_head_attention(autograd.Tensor(qkv, requires_grad=True), h, kv_cache=(k_buf, v_buf, 0))
-    with autograd.no_grad(), pytest.raises(ValueError, match="KV cache holds 8 positions; 12 were asked for"):
-        F.multi_head_attention(autograd.Tensor(qkv), h, kv_cache=(k_buf, v_buf, 6))
-
-
 # ---------------------------------------------------------------------------------------------------
 # Fused ops: against the same computation composed of basic ops
 

@@ -92,9 +92,16 @@ class KVCache:
         self.values = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
         self.length = 0
 
-    def slot(self, layer):
-        """(keys, values, length) for `layer`: the buffers the attention op writes new positions into."""
-        return self.keys[layer], self.values[layer], self.length
+    def update(self, layer, k, v):
+        """Store `layer`'s keys and values of the new tokens, k and v (B, H, T, D) arrays, after the
+        `length` positions already cached, and return every position's, (B, H, length + T, D) views.
+        (The model advances `length` once all its layers have stored theirs.)"""
+        start, T = self.length, k.shape[2]
+        if start + T > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {start + T} were asked for")
+        self.keys[layer][:, :, start:start + T] = k
+        self.values[layer][:, :, start:start + T] = v
+        return self.keys[layer][:, :, :start + T], self.values[layer][:, :, :start + T]
 
     def reset(self):
         self.length = 0
@@ -105,8 +112,11 @@ class CausalSelfAttention(nn.Module):
 
     `attend_reference` is the book's `MultiHeadAttention.forward` step by step; `forward` runs it when
     the config says `fused=False`, and otherwise `F.multi_head_attention`, one op that does the same
-    without the split and merge copies. With `record_weights` set, the reference path keeps the last
-    attention weights, (B, n_heads, T, T), in `attn_weights` (see `GPT.attention_weights`).
+    without the split and merge copies. With a KV cache (generation), the new keys and values are stored
+    in it and the queries attend to everything cached (`attend_cached`; the cache lives here, in the
+    module, as in the book's kv_cache/gpt2.py, not inside an op). With `record_weights` set, the
+    reference path keeps the last attention weights, (B, n_heads, T, T), in `attn_weights` (see
+    `GPT.attention_weights`).
     """
 
     def __init__(self, cfg, rng):
@@ -119,17 +129,33 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cache=None, layer=0):
         qkv = self.c_attn(x)  # (B, T, C) -> (B, T, 3C)
-        if self.fused and not self.record_weights:
-            generator = self.attn_dropout.generator_for(x.device)
-            y = F.multi_head_attention(
-                qkv, self.n_heads, dropout_p=self.drop_rate, training=self.training, generator=generator,
-                kv_cache=None if cache is None else cache.slot(layer),
-            )  # one fused op splits the heads, attends (to the cached positions too), merges them: (B, T, C)
-        else:
-            y = self.attend_reference(qkv, None if cache is None else cache.slot(layer))
+        if not self.fused or self.record_weights:
+            y = self.attend_reference(qkv, cache, layer)
+        elif cache is not None:
+            y = self.attend_cached(qkv, cache, layer)
+        else:  # one fused op splits the heads, attends and merges them: (B, T, 3C) -> (B, T, C)
+            y = F.multi_head_attention(qkv, self.n_heads, dropout_p=self.drop_rate, training=self.training,
+                                       generator=self.attn_dropout.generator_for(x.device))
         return self.c_proj(y)
 
-    def attend_reference(self, qkv, kv_cache=None):
+    def _heads(self, qkv):
+        """q, k, v (B, H, T, D) as views of the fused projection's array (no copies)."""
+        B, T, C3 = qkv.shape
+        heads = qkv.data.reshape(B, T, 3, self.n_heads, C3 // (3 * self.n_heads)).transpose(2, 0, 3, 1, 4)
+        return heads[0], heads[1], heads[2]
+
+    def attend_cached(self, qkv, cache, layer):
+        """Inference with a KV cache: the new tokens' keys and values join the cached ones, and the new
+        queries attend to all of them (causal: each sees the cache and the new tokens up to itself)."""
+        if qkv.requires_grad:
+            raise RuntimeError("a KV cache is for inference; run the model under no_grad()")
+        B, T, C3 = qkv.shape
+        q, k, v = self._heads(qkv)  # (B, H, T, D) each
+        keys, values = cache.update(layer, k, v)  # (B, H, cached + T, D)
+        y = F.scaled_dot_product_attention(Tensor(q), Tensor(keys), Tensor(values), causal=True)
+        return y.transpose(1, 2).reshape(B, T, C3 // 3)  # merge the heads: (B, T, H, D) -> (B, T, C)
+
+    def attend_reference(self, qkv, cache=None, layer=0):
         """The book's multi-head attention on the fused projection: (B, T, 3C) -> (B, T, C)."""
         B, T, C3 = qkv.shape
         C, H = C3 // 3, self.n_heads
@@ -140,12 +166,10 @@ class CausalSelfAttention(nn.Module):
         k = k.reshape(B, T, H, D).transpose(1, 2)
         v = v.reshape(B, T, H, D).transpose(1, 2)
         start = 0
-        if kv_cache is not None:  # decoding: attend to the cached positions too (constants: no gradient)
-            keys, values, start = kv_cache
-            keys[:, :, start:start + T] = k.data
-            values[:, :, start:start + T] = v.data
-            k = Tensor(keys[:, :, :start + T])  # (B, H, start + T, D)
-            v = Tensor(values[:, :, :start + T])
+        if cache is not None:  # decoding: attend to the cached positions too (constants: no gradient)
+            start = cache.length
+            keys, values = cache.update(layer, k.data, v.data)
+            k, v = Tensor(keys), Tensor(values)  # (B, H, start + T, D)
         scores = q @ k.transpose(2, 3)  # (B, H, T, D) @ (B, H, D, Tk) -> (B, H, T, Tk)
         # causal mask: query i (at position start + i) sees keys 0 .. start + i, not the ones after it
         xp = backend.xp_for(qkv.device)
