@@ -162,11 +162,10 @@ class Tensor:
             )
         _backprop([self], [_seed_grad(self, grad, "backward()")], retain_graph)
 
-    def _accumulate(self, g, handed):
+    def _accumulate(self, g):
+        """Add `g` to `.grad`: the first gradient is kept as it is, later ones are summed into a buffer
+        of this tensor's own (so a gradient array handed in is never written to)."""
         if self.grad is None:
-            if id(g) in handed:
-                g = g.copy()
-            handed.add(id(g))
             self.grad, self._grad_owned = g, False
         elif self._grad_owned:
             self.grad += g
@@ -417,28 +416,57 @@ def _topological_order(roots):
     return order
 
 
+class _GradientSums:
+    """d(loss)/d(t) for the tensors a backward walk has reached, summed where paths meet.
+
+    The bookkeeping that keeps the walk cheap lives here and only here. An op's backward may hand out
+    arrays it also keeps or gives to another input (x + x hands both inputs one array), so a sum is
+    done in place only into a buffer this walk allocated itself (`owned`); and a leaf's `.grad` gets its
+    own copy of an array another leaf already holds (`handed`), so one never changes under the other.
+    """
+
+    def __init__(self):
+        self.grads, self.owned, self.handed = {}, set(), set()
+
+    def add(self, t, g):
+        key, prev = id(t), self.grads.get(id(t))
+        if prev is None:
+            self.grads[key] = g
+        elif key in self.owned:
+            prev += g
+        else:
+            self.grads[key] = prev + g  # a new buffer, ours to add into from now on
+            self.owned.add(key)
+
+    def pop(self, t):
+        return self.grads.pop(id(t), None)
+
+    def give_to_leaf(self, leaf, g):
+        if id(g) in self.handed:
+            g = g.copy()
+        self.handed.add(id(g))
+        leaf._accumulate(g)
+
+
 def _backprop(roots, seeds, retain_graph, wanted=None):
     """Walk the graph from `roots` (gradients `seeds`) to the leaves, freeing it unless `retain_graph`.
 
     Without `wanted`, every leaf's gradient is added to its `.grad`. With `wanted` (a set of tensor ids),
     no `.grad` is touched: the summed gradients of those tensors are returned as {id: array}.
     """
-    grads = {}
-    owned = set()  # ids whose summed gradient buffer we allocated, so it may be added to in place
-    handed = set()  # ids of arrays already given to a leaf: a second leaf gets its own copy
+    sums, found = _GradientSums(), {}
     for r, g in zip(roots, seeds):
-        grads[id(r)] = grads[id(r)] + g if id(r) in grads else g
-    found = {}
-    for t in reversed(_topological_order(roots)):
-        g = grads.pop(id(t), None)
+        sums.add(r, g)
+    for t in reversed(_topological_order(roots)):  # each tensor before the ones it was computed from
+        g = sums.pop(t)  # d(loss)/d(t), complete: everything computed from t is done
         if g is None:
             continue
         if wanted is not None and id(t) in wanted:
             found[id(t)] = g
         ctx = t._ctx
-        if ctx is None:
+        if ctx is None:  # a leaf: a parameter or an input
             if wanted is None:
-                t._accumulate(g, handed)
+                sums.give_to_leaf(t, g)
             continue
         if ctx is _FREED:
             raise RuntimeError(
@@ -446,21 +474,9 @@ def _backprop(roots, seeds, retain_graph, wanted=None):
                 "run the forward pass again, or pass retain_graph=True to the first backward"
             )
         ctx.retain_graph = retain_graph  # an op may reuse its saved buffers only on the graph's last walk
-        in_grads = ctx.backward(g)
-        for parent, pg in zip(ctx.inputs, in_grads):
-            if pg is None or not parent.requires_grad:
-                continue
-            if tuple(pg.shape) != parent.shape:
-                pg = unbroadcast(pg, parent.shape)
-            key = id(parent)
-            prev = grads.get(key)
-            if prev is None:
-                grads[key] = pg
-            elif key in owned:
-                prev += pg
-            else:
-                grads[key] = prev + pg
-                owned.add(key)
+        for parent, pg in zip(ctx.inputs, ctx.backward(g)):  # the chain rule through one op
+            if pg is not None and parent.requires_grad:
+                sums.add(parent, pg if tuple(pg.shape) == parent.shape else unbroadcast(pg, parent.shape))
         if not retain_graph:
             t._ctx = _FREED
     return found
