@@ -48,6 +48,7 @@ def atomic_write(path, mode="wb", encoding=None):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's file is private (0600); give it a new file's usual mode
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
@@ -58,6 +59,12 @@ def atomic_write(path, mode="wb", encoding=None):
             os.unlink(tmp)
         raise
     _fsync_dir(folder)
+
+
+def _umask():
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory):

@@ -255,3 +255,9 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["encoder.json"]
     write_text(path, "new")
     assert path.read_text() == "new" and os.listdir(tmp_path) == ["encoder.json"]
+    mask = os.umask(0o022)
+    try:
+        write_text(path, "shared")  # a new file's usual mode, not the temporary file's private 0600
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)

@@ -97,10 +97,11 @@ class DataLoader:
         self.collate_fn = collate_fn
         self.epoch = 0
         if len(self) == 0:
+            hint = "max_length, a longer text, " if isinstance(dataset, GPTDataset) else "more data, "
             noun = "windows" if isinstance(dataset, GPTDataset) else "items"
             raise ValueError(f"the dataset has {len(dataset)} {noun}, fewer than batch_size={batch_size}, "
-                             f"so drop_last=True leaves no batch. Use a smaller batch_size or "
-                             f"max_length, a longer text, or drop_last=False.")
+                             f"so drop_last=True leaves no batch. Use a smaller batch_size or {hint}or "
+                             f"drop_last=False.")
 
     def __len__(self) -> int:
         n = len(self.dataset)
