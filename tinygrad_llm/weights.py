@@ -274,7 +274,11 @@ def save_pretrained(model, directory):
     but Hugging Face's GPT2LMHeadModel, which always has that bias, would fill it with random values."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = [(name, p.data, transposed) for name, (p, transposed) in _expected(model).items()]
+    # a LoRA-wrapped layer (tinygrad_llm/lora.py) is exported as the plain Linear it amounts to: its merged
+    # weight, and no adapter tensors, so the file stays a GPT-2 checkpoint that any GPT-2 loader reads
+    merged = {f"{n}.weight": m.merged_weight() for n, m in model.named_modules() if hasattr(m, "merged_weight")}
+    tensors = [(name, merged.get(name, p.data), transposed) for name, (p, transposed) in _expected(model).items()
+               if ".lora_" not in name]
     write_safetensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
     tmp = directory / f"config.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n", encoding="utf-8")
