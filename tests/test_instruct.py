@@ -220,6 +220,18 @@ def test_a_short_run_learns_the_format(small_tok, tmp_path):
     assert evaluate(model, train) == pytest.approx(records[-1]["train_loss"])
 
 
+def test_training_and_responses_on_each_device(small_tok, device):
+    entries = toy_entries(8)
+    model = tiny_model(small_tok).to(device)
+    train = instruction_loader(entries, small_tok, 4, train=True, mask_prompt=True)
+    config = TrainConfig(lr=1e-3, max_steps=2, eval_every=2, eval_batches=1, progress=False)
+    records = Trainer(model, train, None, config, log=None).fit()
+    assert np.isfinite(records[-1]["train_loss"])
+    responses = instruct.generate_responses(model, small_tok, entries[:2], max_new_tokens=3, progress=False)
+    host = model.to("cpu")  # the same weights, on the host
+    assert responses == instruct.generate_responses(host, small_tok, entries[:2], max_new_tokens=3, progress=False)
+
+
 def test_responses_file(small_tok, tmp_path):
     model = tiny_model(small_tok)
     entries = toy_entries(3)
