@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_instruct import free_port, toy_entries
+from tests.test_instruct import free_port, ollama_stub, toy_entries  # noqa: F401 (a fixture)
 from tinygrad_llm import instruct
 from tinygrad_llm.generate import generate
 from tinygrad_llm.lora import load_adapter, merge_lora
@@ -60,15 +60,16 @@ def cli(script, *args, stdin=None, timeout=120):
 # ---- a run and a chat ----------------------------------------------------------------------------
 
 
-def test_finetune_run_then_chat(base, tmp_path):
+def test_finetune_run_then_chat(base, tmp_path, ollama_stub):
     entries = toy_entries(40)
     entries.insert(3, {"instruction": "No output here.", "input": ""})  # skipped, with a warning
     data = tmp_path / "data.json"
     data.write_text(json.dumps(entries), encoding="utf-8")
     out = tmp_path / "run"
     result = cli(FINETUNE, "--data", data, "--init-from", base / "model", "--epochs", 2, "--batch-size", 4,
-                 "--lr", 3e-3, "--eval-every", 4, "--max-new-tokens", 6, "--out", out)
+                 "--lr", 3e-3, "--eval-every", 4, "--max-new-tokens", 6, "--out", out, "--judge-url", ollama_stub[0])
     assert result.returncode == 0, result.stderr
+    assert "judge llama3: average score 73.00 over 4 of 4 responses" in result.stdout
     assert "warning: skipped 1 of 41 entries: entry 3 (no 'output')" in result.stderr
     assert "34 train, 2 val, 4 test entries" in result.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -76,7 +77,8 @@ def test_finetune_run_then_chat(base, tmp_path):
     assert records[-1]["train_loss"] < records[0]["train_loss"] and records[-1]["val_loss"] < records[0]["val_loss"]
     responses = json.loads((out / instruct.RESPONSES_FILE).read_text(encoding="utf-8"))
     assert len(responses) == 4
-    assert all(set(r) == {"instruction", "input", "output", "model_response"} for r in responses)
+    assert all(set(r) == {"instruction", "input", "output", "model_response", "judge_score"} for r in responses)
+    assert [r["judge_score"] for r in responses] == [73] * 4
     assert {(out / "model" / f).is_file() for f in ("config.json", "model.safetensors", "encoder.json", "vocab.bpe")} == {True}
     assert_model_gives_the_responses(out)
 
@@ -97,7 +99,8 @@ def assert_model_gives_the_responses(out):
     responses = json.loads((out / instruct.RESPONSES_FILE).read_text(encoding="utf-8"))
     model, tok = instruct.load_model(out / "model")
     entries = [{k: r[k] for k in instruct.FIELDS} for r in responses]
-    assert instruct.generate_responses(model, tok, entries, max_new_tokens=6, progress=False) == responses
+    answers = instruct.generate_responses(model, tok, entries, max_new_tokens=6, progress=False)
+    assert [a["model_response"] for a in answers] == [r["model_response"] for r in responses]
 
 
 def test_lora_run_saves_an_adapter_and_exports_merged_weights(base, tmp_path):

@@ -22,7 +22,10 @@ prompts (greedy, up to the first end-of-text), and a larger local model can scor
 
 The prompt is `format_input(entry) + RESPONSE_HEADER`, built by `prompt_text` for training, for the test
 responses and for chat alike. It is tokenized apart from the output, so the ids a model is trained on
-start with exactly the ids it is given when asked.
+start with exactly the ids it is given when asked. Two small departures from the book follow: the model
+is asked with the "### Response:" header already written (the book lets it write the header and cuts it
+off), and `mask_prompt` masks the header too (the book's exercise 7.2 masks format_input's tokens only),
+so a masked loss is over exactly the tokens the model generates.
 """
 
 from __future__ import annotations
