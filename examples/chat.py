@@ -53,7 +53,8 @@ def main(argv=None):
             print("Type an instruction; an empty line or Ctrl-D ends the chat.")
         for line in lines(interactive):
             ids = instruct.encode_text(tok, instruct.prompt_text({"instruction": line, "input": ""}))
-            tokens = stream(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+            budget = instruct.response_budget(model, ids, args.max_new_tokens)
+            tokens = stream(model, ids, budget, temperature=args.temperature, top_k=args.top_k,
                             eos_id=instruct.end_of_text(tok), seed=args.seed)
             for piece in decode_stream(tok, tokens):
                 print(piece, end="", flush=True)

@@ -244,6 +244,14 @@ def test_responses_file(small_tok, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [instruct.RESPONSES_FILE]  # no temporary file left
 
 
+def test_answers_stop_where_the_context_is_full(small_tok):
+    model = tiny_model(small_tok)  # context 128
+    assert [instruct.response_budget(model, [0] * n, 20) for n in (10, 120, 128, 140)] == [20, 8, 0, 0]
+    long_entry = {"instruction": "Say hello. " * 60, "input": "", "output": ""}
+    assert len(small_tok.encode(prompt_text(long_entry))) > 128
+    assert instruct.generate_response(model, small_tok, long_entry) == ""
+
+
 # ---- the judge -----------------------------------------------------------------------------------
 
 

@@ -284,11 +284,22 @@ def load_model(source, device="cpu", tokenizer=None):
 # Responses
 
 
+def response_budget(model, prompt_ids, max_new_tokens) -> int:
+    """How many tokens an answer may have: `max_new_tokens`, but no more than the context has room for
+    after the prompt. Past that the model would stop seeing the start of the instruction (generate's
+    sliding window), and each token would cost a full forward pass; a prompt that fills the context
+    gets no answer (training cut such examples too)."""
+    return max(0, min(max_new_tokens, model.config.context_length - len(prompt_ids)))
+
+
 def generate_response(model, tokenizer, entry, max_new_tokens=256, **sampling) -> str:
     """The model's answer to `entry` (its output is not used): greedy by default, up to the first
-    end-of-text or `max_new_tokens`, with the KV cache; the text after the prompt, stripped."""
+    end-of-text, `max_new_tokens` or a full context, with the KV cache; the text after the prompt, stripped."""
     ids = encode_text(tokenizer, prompt_text(entry))
-    out = generate(model, ids, max_new_tokens, eos_id=end_of_text(tokenizer), **sampling)
+    budget = response_budget(model, ids, max_new_tokens)
+    if budget == 0:
+        return ""
+    out = generate(model, ids, budget, eos_id=end_of_text(tokenizer), **sampling)
     return tokenizer.decode(out[len(ids):].tolist()).strip()
 
 
@@ -316,5 +327,5 @@ __all__ = [
     "FIELDS", "PREAMBLE", "RESPONSE_HEADER", "IGNORE_INDEX", "RESPONSES_FILE", "load_entries", "entry_problem",
     "check_entries", "describe_bad", "Split", "split_entries", "format_input", "prompt_text", "encode_text",
     "end_of_text", "Example", "InstructionDataset", "custom_collate_fn", "instruction_loader", "load_model",
-    "generate_response", "generate_responses", "write_json",
+    "response_budget", "generate_response", "generate_responses", "write_json",
 ]
