@@ -33,7 +33,8 @@ from tinygrad_llm.weights import PRETRAINED, WeightsUnavailableError
 
 ADAPTER = "adapter.safetensors"
 BOOK_LR = 5e-5  # the book's, for GPT-2 medium's published weights
-SMALL_MODEL_LR = 3e-3  # examples/pretrain.py's cpu-small model, 2 epochs: val loss 1.93 at 1e-3, 1.76 at 3e-3, 1.85 at 6e-3
+# examples/pretrain.py's cpu-small model fine-tuned for 2 epochs: val loss 1.93 at 1e-3, 1.76 at 3e-3, 1.85 at 6e-3
+SMALL_MODEL_LR = 3e-3
 
 
 def build_parser():
@@ -61,9 +62,11 @@ def build_parser():
       help="entries with a missing or non-string field: leave them out with a warning, or stop")
     a("--lora", type=int, default=None, metavar="R", help="train rank-R LoRA adapters instead of every weight")
     a("--lora-alpha", type=float, default=16.0, help="LoRA's update is scaled by alpha / R")
-    a("--judge-url", default=None, metavar="URL", help=f"score the answers with Ollama at URL (e.g. {judge.DEFAULT_URL})")
+    a("--judge-url", default=None, metavar="URL",
+      help=f"score the answers with Ollama at URL (e.g. {judge.DEFAULT_URL})")
     a("--judge-model", default=judge.DEFAULT_MODEL)
-    a("--out", default="runs/instruct", help="output folder: checkpoint, metrics.jsonl, loss.png, model/, responses")
+    a("--out", default="runs/instruct",
+      help="output folder: checkpoint, metrics.jsonl, loss.png, model/, the test responses")
     a("--seed", type=int, default=123)
     return p
 
@@ -72,12 +75,14 @@ def check_flags(args):
     """Flags out of range, before anything is loaded."""
     problems = [(args.lr <= 0, f"--lr must be positive, got {args.lr}"),
                 (args.epochs < 1, f"--epochs must be at least 1, got {args.epochs}"),
-                (args.max_steps is not None and args.max_steps < 1, f"--max-steps must be at least 1, got {args.max_steps}"),
+                (args.max_steps is not None and args.max_steps < 1,
+                 f"--max-steps must be at least 1, got {args.max_steps}"),
                 (args.batch_size < 1, f"--batch-size must be at least 1, got {args.batch_size}"),
                 (args.max_length is not None and args.max_length < 2,
                  f"--max-length must be at least 2 (an input and its next token), got {args.max_length}"),
                 (args.weight_decay < 0 or args.warmup < 0, "--weight-decay and --warmup must not be negative"),
-                (args.eval_every < 1 or args.eval_batches < 0, "--eval-every must be at least 1, --eval-batches at least 0"),
+                (args.eval_every < 1 or args.eval_batches < 0,
+                 "--eval-every must be at least 1, --eval-batches at least 0"),
                 (args.max_new_tokens < 0, f"--max-new-tokens must not be negative, got {args.max_new_tokens}"),
                 (args.lora is not None and args.lora < 1, f"--lora must be a rank of at least 1, got {args.lora}"),
                 (args.lora_alpha <= 0, f"--lora-alpha must be positive, got {args.lora_alpha}")]

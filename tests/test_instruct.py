@@ -204,7 +204,8 @@ def test_loaders_train_shuffles_and_drops_last_eval_keeps_order(small_tok):
     val = instruction_loader(entries, small_tok, 4, train=False)
     assert (len(train), len(val)) == (2, 3)
     first = next(iter(val))[0]
-    assert first[0, :len(small_tok.encode(prompt_text(entries[0])))].tolist() == small_tok.encode(prompt_text(entries[0]))
+    prompt = small_tok.encode(prompt_text(entries[0]))
+    assert first[0, :len(prompt)].tolist() == prompt  # in order: entry 0 comes first
 
 
 # ---- training and responses ----------------------------------------------------------------------

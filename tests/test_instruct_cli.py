@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_instruct import free_port, ollama_stub, toy_entries  # noqa: F401 (a fixture)
+from tests import test_instruct
+from tests.test_instruct import free_port, toy_entries
 from tinygrad_llm import instruct
 from tinygrad_llm.generate import generate
 from tinygrad_llm.lora import load_adapter, merge_lora
@@ -22,6 +23,7 @@ from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+ollama_stub = test_instruct.ollama_stub  # the fixture, shared
 FINETUNE = ROOT / "examples" / "finetune_instructions.py"
 CHAT = ROOT / "examples" / "chat.py"
 
@@ -79,7 +81,8 @@ def test_finetune_run_then_chat(base, tmp_path, ollama_stub):
     assert len(responses) == 4
     assert all(set(r) == {"instruction", "input", "output", "model_response", "judge_score"} for r in responses)
     assert [r["judge_score"] for r in responses] == [73] * 4
-    assert {(out / "model" / f).is_file() for f in ("config.json", "model.safetensors", "encoder.json", "vocab.bpe")} == {True}
+    for name in ("config.json", "model.safetensors", "encoder.json", "vocab.bpe"):
+        assert (out / "model" / name).is_file()
     assert_model_gives_the_responses(out)
 
     # chat.py with piped stdin: each line is answered as generate() answers its prompt; an empty line ends it

@@ -17,8 +17,8 @@ The model is trained on that text with the ordinary next-token loss, one end-of-
 learns to stop. Batches are padded with end-of-text to their longest example; the padding after the first
 end-of-text is left out of the loss (target -100), and with `mask_prompt` the prompt is too, so the loss
 is over the response alone (the book's exercise 7.2). After training, the model answers the test split's
-prompts (greedy, up to the first end-of-text), and a larger local model can score the answers
-(`tinygrad_llm.judge`).
+prompts (greedy, up to the first end-of-text or a full context), and a larger local model can score the
+answers (`tinygrad_llm.judge`).
 
 The prompt is `format_input(entry) + RESPONSE_HEADER`, built by `prompt_text` for training, for the test
 responses and for chat alike. It is tokenized apart from the output, so the ids a model is trained on
