@@ -112,7 +112,7 @@ class CrossEntropy(Function):
         return (nll.sum() / self.count).astype(logits.dtype)
 
     def backward(self, grad):
-        e = self.e
+        e = self.e.copy() if self.retain_graph else self.e  # e becomes the gradient in place
         scale = (self.valid * (grad / self.count)).astype(e.dtype)  # (N,): 1/n on counted rows, else 0
         e *= (scale / self.total)[:, None]  # e / s / n = p / n, one pass
         e[self.rows, self.safe] -= scale
@@ -132,6 +132,96 @@ def cross_entropy(logits, targets, ignore_index=-100):
         logits = logits.reshape(-1, logits.shape[-1])
         targets = targets.reshape(-1)
     return CrossEntropy.apply(logits, Tensor._make(targets, logits.device, False), ignore_index=ignore_index)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), elementwise (also `Tensor.sigmoid()`)."""
+    return _tensor(x).sigmoid()
+
+
+def _targets_like(targets, x, name):
+    """Float targets as a Tensor beside `x`, of x's shape and dtype (0/1 labels or probabilities)."""
+    t = targets if isinstance(targets, Tensor) else Tensor(targets, dtype=x.dtype, device=x.device)
+    if t.shape != x.shape:
+        raise ValueError(f"{name}: targets of shape {t.shape} must have the input's shape {x.shape}")
+    return t.astype(x.dtype)
+
+
+def _reduce(loss, reduction, name):
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _clamped_log(x):
+    """max(log x, -100), without taking the log of 0."""
+    xp = backend.get_array_module(x)
+    positive = x > 0
+    return xp.maximum(xp.where(positive, xp.log(xp.where(positive, x, 1.0)), -100.0), -100.0)
+
+
+class BinaryCrossEntropy(Function):
+    """l = -(t log p + (1 - t) log(1 - p)) elementwise, each log clamped at -100 as PyTorch does (so p = 0
+    or 1 gives a finite loss).
+
+    dl/dp = (p - t) / max(p (1 - p), 1e-12),   dl/dt = log(1 - p) - log p.
+    """
+
+    def forward(self, p, t):
+        self.p, self.t = p, t
+        self.log_p, self.log_q = _clamped_log(p), _clamped_log(1.0 - p)
+        return -(t * self.log_p + (1.0 - t) * self.log_q)
+
+    def backward(self, grad):
+        xp = backend.get_array_module(grad)
+        p, t = self.p, self.t
+        gp = grad * (p - t) / xp.maximum(p * (1.0 - p), 1e-12) if self.needs_grad[0] else None
+        gt = grad * (self.log_q - self.log_p) if self.needs_grad[1] else None
+        return gp, gt
+
+
+def binary_cross_entropy(probs, targets, reduction="mean"):
+    """Binary cross-entropy of probabilities `probs` (after a sigmoid) against targets of the same shape,
+    as torch.nn.functional.binary_cross_entropy: the mean over entries by default.
+
+        binary_cross_entropy(Tensor([1.1 * 2.2]).sigmoid(), Tensor([1.0]))  # tensor(0.0852), appendix A
+    """
+    probs = _tensor(probs)
+    return _reduce(BinaryCrossEntropy.apply(probs, _targets_like(targets, probs, "binary_cross_entropy")),
+                   reduction, "binary_cross_entropy")
+
+
+class BinaryCrossEntropyWithLogits(Function):
+    """l = -(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))) from the logit x, in the stable form
+    l = max(x, 0) - x t + log(1 + exp(-|x|)) (no exp overflows, no log of 0).
+
+    dl/dx = sigmoid(x) - t,   dl/dt = -x.
+    """
+
+    def forward(self, x, t):
+        xp = backend.get_array_module(x)
+        self.x, self.t = x, t
+        e = xp.exp(-xp.abs(x))
+        self.sig = xp.where(x >= 0, 1.0, e) / (1.0 + e)  # sigmoid(x), as ops.Sigmoid computes it
+        return xp.maximum(x, 0.0) - x * t + xp.log1p(e)
+
+    def backward(self, grad):
+        gx = grad * (self.sig - self.t) if self.needs_grad[0] else None
+        gt = -grad * self.x if self.needs_grad[1] else None
+        return gx, gt
+
+
+def binary_cross_entropy_with_logits(logits, targets, reduction="mean"):
+    """Binary cross-entropy of sigmoid(logits) against targets, computed from the logits without forming
+    the sigmoid's log (stable for large |logits|), as torch.nn.functional.binary_cross_entropy_with_logits."""
+    logits = _tensor(logits)
+    return _reduce(BinaryCrossEntropyWithLogits.apply(
+        logits, _targets_like(targets, logits, "binary_cross_entropy_with_logits")),
+        reduction, "binary_cross_entropy_with_logits")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -217,8 +307,8 @@ class Gelu(Function):
 
     def backward(self, grad):
         x, x2, t = self.x, self.x2, self.t
-        # reuse the saved buffers: this op's graph node is freed after its backward runs once
-        dy = x2
+        # reuse the saved buffers on the graph's last walk (retain_graph=True keeps them for another)
+        dy = x2.copy() if self.retain_graph else x2
         dy *= 3.0 * 0.044715 * _GELU_C
         dy += _GELU_C
         dy *= x

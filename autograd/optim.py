@@ -20,6 +20,23 @@ from autograd.tensor import Tensor
 _THREADS = min(2, os.cpu_count() or 1)
 
 
+def _groups_mismatch(name, saved, groups):
+    """The error for a saved state whose parameter groups differ from this optimizer's: what each has,
+    and what to build instead."""
+    def describe(gs):
+        return "; ".join(f"group {i}: {len(g['params'])} parameters"
+                         + (f", weight_decay={g['weight_decay']}" if "weight_decay" in g else "")
+                         for i, g in enumerate(gs))
+
+    return (
+        f"optimizer state has groups of sizes {[len(g['params']) for g in saved]}, this optimizer has "
+        f"{[len(g['params']) for g in groups]}. A state loads only into an optimizer built with the same "
+        f"parameter groups, in the same order, as the one that saved it ({describe(saved)}): build this one "
+        f"that way, as `{name}(params, ...)` for one group or `{name}([{{'params': [...], ...}}, ...], ...)` "
+        "for several"
+    )
+
+
 class Optimizer:
     """The base: parameter groups, per-parameter state, zero_grad, state_dict.
 
@@ -91,10 +108,7 @@ class Optimizer:
         if len(groups) != len(self.param_groups) or any(
             len(s["params"]) != len(g["params"]) for s, g in zip(groups, self.param_groups)
         ):
-            raise ValueError(
-                f"optimizer state has groups of sizes {[len(s['params']) for s in groups]}, "
-                f"this optimizer has {[len(g['params']) for g in self.param_groups]}"
-            )
+            raise ValueError(_groups_mismatch(type(self).__name__, groups, self.param_groups))
         params = self._params()
         problems = []
         for i, s in state_dict["state"].items():
@@ -327,7 +341,10 @@ def cosine_with_warmup(step, *, max_lr, total_steps, warmup_steps, min_lr=0.0, i
         otherwise:      lr = min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2,
                         progress = (step - warmup_steps) / (total_steps - warmup_steps), at most 1
 
-    The book counts `global_step` from 1 (it increments before computing); pass that to match it.
+    Count `step` from 0, as appendix D does: its `global_step` starts at -1 and is incremented before the
+    lr is computed, so its first step gets `initial_lr`. The book's call, `initial_lr=1e-4, max_lr=0.01`
+    with 27 warmup steps of 135, gives 1e-4, 4.67e-4, 8.33e-4, ...; steps counted from 1 would shift the
+    whole sequence one step early (4.67e-4 first, and `min_lr` reached at the last step instead of after it).
     """
     if step < warmup_steps:
         return float(initial_lr + (max_lr - initial_lr) * step / warmup_steps)

@@ -18,7 +18,8 @@ from safetensors.numpy import save_file
 from autograd import no_grad
 from autograd.checkpoint import CheckpointError
 from tinygrad_llm.model import GPT, GPTConfig
-from tinygrad_llm.weights import (WeightsUnavailableError, download_file, download_pretrained, load_pretrained,
+from tinygrad_llm.download import DownloadError, download_file
+from tinygrad_llm.weights import (WeightsUnavailableError, download_pretrained, load_pretrained,
                                   load_weights, read_safetensors_header)
 
 V, CTX, C, L, H = 50, 16, 32, 2, 4
@@ -286,10 +287,10 @@ def test_download_rejects_corrupt_bytes(tmp_path, hub):
     dest = tmp_path / "model.safetensors"
     part = tmp_path / "model.safetensors.part"
     part.write_bytes(b"\0" * 1000)  # a partial file whose bytes are wrong: the sha256 cannot match
-    with pytest.raises(WeightsUnavailableError, match="sha256"):
+    with pytest.raises(DownloadError, match="sha256"):
         download_file(f"{hub}/gpt2/resolve/main/model.safetensors", dest, progress=False)
     assert not part.exists() and not dest.exists()  # removed, so the next try starts clean
     download_file(f"{hub}/gpt2/resolve/main/model.safetensors", dest, progress=False)
     read_safetensors_header(dest)
-    with pytest.raises(WeightsUnavailableError, match="sha256"):
+    with pytest.raises(DownloadError, match="sha256"):
         download_file(f"{hub}/gpt2/resolve/main/config.json", tmp_path / "config.json", sha256="0" * 64)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from autograd import backend, nn
+from autograd import Function, Tensor, backend, nn
 from autograd import functional as F
 from autograd.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -41,6 +41,53 @@ TARGET_GROUPS = {
     "mlp": ("*mlp.c_fc", "*mlp.c_proj"),
     "head": ("lm_head", "*.lm_head", "score", "*.score"),
 }
+
+
+class LoRALinearOp(Function):
+    """y = x W^T + b + s (x A) B in one op, s = alpha / rank, x flattened to (N, in).
+
+    Composed of Tensor ops (`LoRALinear.forward_reference`) the update costs two extra full-size arrays
+    each way: delta (N, out) and the sum y + delta forward; the two gradients of x and their sum backward.
+    Here the update is added into y in place and its input gradient into g W in place:
+
+        h = x A (N, rank), y = x W^T + b, y += (s h) B
+        dL/dB = (s h)^T g,  dL/dh = s g B^T,  dL/dA = x^T dL/dh,  dL/dx = g W + dL/dh A^T,
+        dL/dW = g^T x,  dL/db = sum of g over rows (each only when asked: W and b are usually frozen)
+    """
+
+    def forward(self, x, w, a, b_lora, bias=None, scaling=1.0):
+        lead, n_in = x.shape[:-1], x.shape[-1]
+        x2 = x.reshape(-1, n_in)
+        xp = backend.get_array_module(x)
+        hs = x2 @ a  # (N, in) @ (in, rank) -> (N, rank)
+        hs *= xp.asarray(scaling, dtype=hs.dtype)  # s h: scaled while it is small
+        y = x @ w.T  # (..., in) -> (..., out): the frozen layer, computed as F.linear computes it
+        if bias is not None:
+            y += bias
+        y += (hs @ b_lora).reshape(y.shape)  # (N, rank) @ (rank, out), added in place
+        self.x2, self.w, self.a, self.b_lora, self.hs, self.lead = x2, w, a, b_lora, hs, lead
+        self.scaling = scaling
+        return y
+
+    def backward(self, grad):
+        x2, w, a, b_lora, hs = self.x2, self.w, self.a, self.b_lora, self.hs
+        g = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        xp = backend.get_array_module(g)
+        gh = g @ b_lora.T  # (N, out) @ (out, rank) -> (N, rank)
+        gh *= xp.asarray(self.scaling, dtype=gh.dtype)
+        need = self.needs_grad
+        gx = None
+        if need[0]:
+            gx = g @ w  # (N, out) @ (out, in) -> (N, in)
+            gx += gh @ a.T  # the update's share, added in place
+            gx = gx.reshape(*self.lead, x2.shape[1])
+        gw = g.T @ x2 if need[1] else None
+        ga = x2.T @ gh if need[2] else None  # (in, N) @ (N, rank)
+        gb = hs.T @ g if need[3] else None  # (rank, N) @ (N, out)
+        grads = (gx, gw, ga, gb)
+        if len(need) > 4:
+            grads += (g.sum(axis=0) if need[4] else None,)
+        return grads
 
 
 class LoRALinear(nn.Module):
@@ -73,10 +120,23 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(backend.xp_for(device).zeros((self.rank, self.out_features), dtype=np.float32))
 
     def forward(self, x):
+        """The fast path: one fused op (`LoRALinearOp`) that computes what `forward_reference` does."""
+        return LoRALinearOp.apply(*self._inputs(x), scaling=self.scaling)
+
+    def forward_reference(self, x):
+        """The formula as Tensor ops, the engine deriving the gradients: the version to read."""
         y = F.linear(x, self.weight, self.bias)  # the frozen layer: (..., in) -> (..., out)
         h = x.reshape(-1, self.in_features) @ self.lora_A  # (N, in) @ (in, rank) -> (N, rank)
         delta = (h * self.scaling) @ self.lora_B  # (N, rank) @ (rank, out) -> (N, out); scaled while small
         return y + delta.reshape(*x.shape[:-1], self.out_features)
+
+    def _inputs(self, x):
+        x = x if isinstance(x, Tensor) else Tensor(x, device=self.weight.device)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"LoRALinear: input of shape {x.shape} has {x.shape[-1]} features, the layer takes "
+                             f"{self.in_features}")
+        params = (self.weight, self.lora_A, self.lora_B) + ((self.bias,) if self.bias is not None else ())
+        return (x,) + params
 
     def delta_weight(self):
         """The update as a change to W (out, in): (alpha / rank) (A B)^T, an array on the layer's device."""
@@ -232,5 +292,5 @@ def load_adapter(model, path):
                       total=model.num_parameters())
 
 
-__all__ = ["LoRALinear", "LoRAReport", "apply_lora", "merge_lora", "save_adapter", "load_adapter",
+__all__ = ["LoRALinear", "LoRALinearOp", "LoRAReport", "apply_lora", "merge_lora", "save_adapter", "load_adapter",
            "lora_layers", "TARGET_GROUPS"]
