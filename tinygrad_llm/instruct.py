@@ -31,7 +31,6 @@ so a masked loss is over exactly the tokens the model generates.
 from __future__ import annotations
 
 import json
-import os
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -39,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from autograd.checkpoint import write_text
 from tinygrad_llm.data import DataLoader
 from tinygrad_llm.generate import generate
 from tinygrad_llm.model import GPT
@@ -310,17 +310,9 @@ def generate_responses(model, tokenizer, entries, max_new_tokens=256, progress=T
 
 
 def write_json(path, data):
-    """Write `data` as indented JSON, atomically: a temporary file beside `path`, then a rename, so a
-    reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write `data` as indented JSON, atomically (a reader never sees half a file). Returns the path."""
+    write_text(path, json.dumps(data, indent=4, ensure_ascii=False) + "\n")
+    return Path(path)
 
 
 __all__ = [
