@@ -146,6 +146,9 @@ def main(argv=None):
     common.add_step_args(p, warmup=2, repeat=5)
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
+    from autograd import backend
+
+    backend.keep_freed_memory()  # reuse freed memory: fresh pages for each step's temporaries are slow
 
     config = resolve_config(args.impl, args.config)
     batch, context = common.default_shape(config)

@@ -132,6 +132,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_step_args(p, warmup=1, repeat=3)
     args = p.parse_args(argv)
+    from autograd import backend
+
+    backend.keep_freed_memory()  # reuse freed memory: fresh pages for each step's temporaries are slow
 
     import autograd.functional as F
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from autograd import DeviceError
+from autograd import DeviceError, backend
 from tinygrad_llm.generate import decode_stream, stream
 from tinygrad_llm.model import GPT
 from tinygrad_llm.tokenizer import ENDOFTEXT, get_tokenizer
@@ -41,6 +41,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    backend.keep_freed_memory()  # reuse freed memory: fresh pages for each step's temporaries are slow
     try:
         model = GPT.from_pretrained(args.model, cache_dir=args.cache_dir, device=args.device)
         tok_name = args.tokenizer

@@ -217,6 +217,7 @@ def run(argv):
 
 
 def main(argv=None):
+    backend.keep_freed_memory()  # reuse freed memory: fresh pages for each step's temporaries are slow
     try:
         return run(argv)
     except KeyboardInterrupt:  # during setup, before there is anything to save

@@ -13,6 +13,7 @@ import numpy as np
 import autograd.functional as F
 import autograd.reference as R
 from autograd import Tensor, backend, nn
+from tinygrad_llm import weights
 
 
 @dataclass(frozen=True)
@@ -304,13 +305,17 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, cache_dir=None, device="cpu"):
         """GPT-2's published weights ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", downloaded once and
-        cached) or a local Hugging Face checkpoint directory (config.json + model.safetensors)."""
-        from tinygrad_llm.weights import load_pretrained
-
-        return load_pretrained(name_or_path, cache_dir=cache_dir, device=device)
+        cached) or a local Hugging Face checkpoint directory (config.json + model.safetensors). The model
+        is built and loaded on the host, then moved to `device`."""
+        fields, path = weights.find_pretrained(name_or_path, cache_dir)
+        try:
+            config = GPTConfig.from_dict(fields)
+        except (TypeError, ValueError) as e:
+            raise weights.CheckpointError(f"{path.parent / 'config.json'}: {e}") from None
+        model = cls(config)
+        weights.load_weights(model, path)
+        return model.to(device)
 
     def save_pretrained(self, directory):
         """Write config.json + model.safetensors in Hugging Face's GPT-2 layout, readable by other tools."""
-        from tinygrad_llm.weights import save_pretrained
-
-        save_pretrained(self, directory)
+        weights.save_pretrained(self, directory)

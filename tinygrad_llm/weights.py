@@ -14,7 +14,7 @@ the same way. A safetensors file is an 8-byte little-endian header length, a JSO
 {name: {"dtype", "shape", "data_offsets"}}, then the raw little-endian arrays; the `safetensors` package
 reads and writes the files of both directions in the tests.
 
-`load_pretrained("gpt2")` (and -medium, -large, -xl) downloads the two files from the Hugging Face hub
+`GPT.from_pretrained("gpt2")` (and -medium, -large, -xl) downloads the two files from the Hugging Face hub
 once, with a progress bar, resuming a partial download and verifying its size and sha256.
 """
 
@@ -30,7 +30,6 @@ import numpy as np
 from autograd import backend
 from autograd.checkpoint import CheckpointError, write_safetensors, write_text
 from tinygrad_llm.download import DownloadError, default_cache_dir, download_file
-from tinygrad_llm.model import GPT, GPTConfig
 
 PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 FILES = ("config.json", "model.safetensors")
@@ -66,10 +65,11 @@ def config_to_hf(cfg):
 
 
 def config_from_hf(d, source="config.json"):
-    """A GPTConfig from GPT2Config keys. A config we wrote carries its exact GPTConfig; one from another
-    tool gets qkv_bias=True and drop_rate=0.0 (GPT-2 as published, for inference)."""
+    """GPTConfig's fields (a dict: `GPTConfig.from_dict` builds it) from GPT2Config keys. A config we wrote
+    carries its exact GPTConfig; one from another tool gets qkv_bias=True and drop_rate=0.0 (GPT-2 as
+    published, for inference)."""
     if "tinygrad_llm" in d:
-        return GPTConfig.from_dict(d["tinygrad_llm"])
+        return dict(d["tinygrad_llm"])
     if d.get("model_type", "gpt2") != "gpt2":
         raise CheckpointError(f"{source}: model_type {d['model_type']!r} is not GPT-2")
     n_embd = d["n_embd"]
@@ -83,7 +83,7 @@ def config_from_hf(d, source="config.json"):
     if problems:
         raise CheckpointError(f"{source}: unsupported GPT-2 variant: " + "; ".join(problems))
     try:
-        return GPTConfig(
+        return dict(
             vocab_size=d["vocab_size"], context_length=d.get("n_positions", d.get("n_ctx")), emb_dim=n_embd,
             n_heads=d["n_head"], n_layers=d["n_layer"], drop_rate=0.0, qkv_bias=True,
             tie_weights=d.get("tie_word_embeddings", True),
@@ -208,9 +208,10 @@ def load_weights(model, path):
     return model
 
 
-def load_pretrained(name_or_path, cache_dir=None, device="cpu"):
-    """A GPT from a Hugging Face GPT-2 checkpoint directory, or from one of PRETRAINED downloaded into
-    the cache (see `download_pretrained`). The model is built and loaded on the host, then moved."""
+def find_pretrained(name_or_path, cache_dir=None):
+    """(GPTConfig fields, path of model.safetensors) of a Hugging Face GPT-2 checkpoint directory, or of
+    one of PRETRAINED, downloaded into the cache first (see `download_pretrained`). `GPT.from_pretrained`
+    builds the model from them and loads it with `load_weights`."""
     directory = Path(name_or_path)
     if not directory.is_dir():
         if str(name_or_path) not in PRETRAINED:
@@ -231,9 +232,7 @@ def load_pretrained(name_or_path, cache_dir=None, device="cpu"):
         hf_config = json.loads(config_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{config_path} is not valid JSON ({e})") from None
-    model = GPT(config_from_hf(hf_config, str(config_path)))
-    load_weights(model, weights_path)
-    return model.to(device)
+    return config_from_hf(hf_config, str(config_path)), weights_path
 
 
 def save_pretrained(model, directory):
@@ -284,6 +283,6 @@ def download_pretrained(name, cache_dir=None, *, base_url=HF_BASE_URL, timeout=3
 
 
 __all__ = [
-    "PRETRAINED", "WeightsUnavailableError", "CheckpointError", "load_pretrained", "save_pretrained",
+    "PRETRAINED", "WeightsUnavailableError", "CheckpointError", "find_pretrained", "save_pretrained",
     "load_weights", "download_pretrained", "config_to_hf", "config_from_hf", "read_safetensors_header",
 ]
