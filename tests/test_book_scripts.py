@@ -136,3 +136,17 @@ def test_ch03_attention_weights():
     assert causal[0] == "[[1.0000, 0.0000, 0.0000, 0.0000, 0.0000, 0.0000],"  # the first token sees itself only
     assert sum(line.count("0.0000") for line in causal) == 15  # the 15 future positions, masked
     assert sum(1 for line in lines if line.startswith("head ") and "attention weights" in line) == 3
+
+
+def test_ch07_prompt_splits_and_collate(shared_data):
+    out = run("ch07.py", "--data-dir", shared_data).stdout
+    same(out, "Number of entries", 1100)
+    for label, value in (("Training set length", 935), ("Validation set length", 55), ("Test set length", 110)):
+        same(out, label, value)
+    assert "### Instruction:\nIdentify the correct spelling of the following word.\n\n### Input:\nOcassion\n\n" \
+           "### Response:\nThe correct spelling is 'Occasion.'" in out
+    same(out, "inputs", [[0, 1, 2, 3, 4], [5, 6, 50256, 50256, 50256], [7, 8, 9, 50256, 50256]])
+    same(out, "targets", [[1, 2, 3, 4, 50256], [6, 50256, -100, -100, -100], [8, 9, 50256, -100, -100]])
+    same(out, "loss_1", "1.1269")
+    same(out, "loss_3", "1.1269")
+    same(out, "loss_1 == loss_3", True)
