@@ -75,10 +75,9 @@ def keep_freed_memory():
     """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the kernel.
 
     By default glibc serves allocations over 128 KiB-32 MiB with fresh mmap'd pages and unmaps them on
-    free, so every step of a training loop faults its large temporaries (logits, gradients) in anew.
-    On these machines touching fresh pages costs about 2 ms per MB: measured on a (512, 50257)
-    cross-entropy-sized subtraction plus a (50257, 768) zeroed gradient, 48 ms a repetition with the
-    default and 25 ms with freed memory kept. Peak memory is unchanged; memory is reused, not added.
+    free, so every step of a training loop faults its large temporaries (logits, gradients) in anew,
+    and touching fresh pages is slow (docs/performance.md has the figures). Peak memory is unchanged;
+    memory is reused, not added.
     Not done on import: a program that wants it calls it once at its start (the examples and benchmarks
     do: `autograd.backend.keep_freed_memory()`). Returns whether it took effect (False where the C
     library is not glibc).
