@@ -24,10 +24,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file (python benchmarks/x.py) rather than as python -m benchmarks.x
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import common
+from benchmarks import common
 import numpy as np
 
 LR, WEIGHT_DECAY = 4e-4, 0.1
