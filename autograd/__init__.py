@@ -6,9 +6,9 @@ tensor (Tensor and backward) -> functional (fused ops) -> nn (modules) -> optim 
 
 from autograd.backend import DeviceError, cuda_available
 from autograd.function import Function, enable_grad, is_grad_enabled, no_grad
-from autograd.tensor import Tensor, cat, concatenate, split, stack, tensor, where
+from autograd.tensor import Tensor, cat, concatenate, grad, split, stack, tensor, tril, triu, where
 
 __all__ = [
     "Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled", "Function", "DeviceError",
-    "cuda_available", "cat", "concatenate", "stack", "split", "where",
+    "cuda_available", "cat", "concatenate", "stack", "split", "where", "tril", "triu", "grad",
 ]

@@ -2,8 +2,10 @@
 
 safetensors is the format the LLM world shares weights in; any tool that reads it can open these
 files. A file holds raw little-endian arrays under a JSON header, so loading is parsing, never
-unpickling. Writes are atomic: the file is written beside its destination under a temporary name,
-flushed to disk, then renamed over it, so a crash mid-save leaves the previous checkpoint intact.
+unpickling. This module is the project's one reader and writer of such files (model weights in
+tinygrad_llm/weights.py, classifiers, LoRA adapters and training checkpoints all go through it), and
+`atomic_write` is the one way the project writes any file: beside its destination under a temporary
+name, flushed to disk, then renamed over it, so a crash mid-save leaves the previous file intact.
 
 Layout of a `save_state` file:
 - tensors "model.<name>" (a tied parameter once, under its first name) and
@@ -12,12 +14,13 @@ Layout of a `save_state` file:
   "optimizer": {"param_groups", "steps"}, "rng": dropout generator states, "scheduler", "extra"}.
 """
 
+import contextlib
 import json
 import os
+import tempfile
 
 import numpy as np
 import safetensors
-import safetensors.numpy
 
 from autograd import backend
 from autograd.tensor import Tensor
@@ -30,31 +33,38 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read or does not fit what it is loaded into."""
 
 
-def _host(array):
-    array = array.data if isinstance(array, Tensor) else array
-    return np.ascontiguousarray(backend.to_host(array))
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", encoding=None):
+    """Write `path` all or nothing: yields a file open on a temporary name in the same folder; when the
+    block ends without error the file is flushed to disk, renamed over `path` and the folder synced, so
+    a crash, a kill or a full disk leaves either the old file or the new one, never half of one. On an
+    error the temporary file is removed and `path` is untouched. Every file the project writes goes
+    through here.
 
-
-def save_checkpoint(path, tensors, metadata=None):
-    """Write `tensors` ({name: array on any device}) and `metadata` (JSON-serializable) to `path`
-    atomically. Device arrays are copied to the host first."""
+        with atomic_write("out/config.json", "w", encoding="utf-8") as f:
+            f.write(text)
+    """
     path = os.fspath(path)
-    host = {k: _host(v) for k, v in tensors.items()}
-    meta = {META_KEY: json.dumps(metadata if metadata is not None else {})}
-    tmp = f"{path}.tmp-{os.getpid()}"
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
-        safetensors.numpy.save_file(host, tmp, metadata=meta)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's file is private (0600); give it a new file's usual mode
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    _fsync_dir(folder)
+
+
+def _umask():
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory):
@@ -70,21 +80,75 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
-def load_checkpoint(path, device="cpu"):
-    """(tensors on `device`, metadata) from a safetensors file. The metadata is the JSON written by
-    `save_checkpoint`; for a file written by another tool it is the file's own {str: str} header."""
+def write_text(path, text):
+    """`path.write_text(text)` in UTF-8, atomically."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Write [(name, array, transpose)] (arrays on any device; transpose: store array.T) as a float32 or
+    integer safetensors file, atomically, one tensor at a time: the package's own `save_file` first
+    copies every tensor into one bytes object, twice the model's memory for a checkpoint. `metadata` is
+    the file's {str: str} header metadata. Its files are read back with the package (`safe_open`)."""
+    header, offset = {}, 0
+    for name, array, transpose in tensors:
+        shape = tuple(array.shape[::-1]) if transpose else tuple(array.shape)
+        dtype = np.dtype(array.dtype)
+        if dtype.str[1:] not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"{name}: cannot store dtype {dtype} in a safetensors file")
+        nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype.str[1:]], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        header["__metadata__"] = metadata
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+    with atomic_write(path) as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for _, array, transpose in tensors:
+            host = backend.to_host(array.data if isinstance(array, Tensor) else array)
+            f.write(np.ascontiguousarray(host.T if transpose else host, dtype=host.dtype.newbyteorder("<")).data)
+
+
+_SAFETENSORS_DTYPES = {"f4": "F32", "f8": "F64", "f2": "F16", "i8": "I64", "i4": "I32", "i2": "I16", "i1": "I8",
+                       "u8": "U64", "u4": "U32", "u2": "U16", "u1": "U8", "b1": "BOOL"}
+
+
+def save_checkpoint(path, tensors, metadata=None):
+    """Write `tensors` ({name: array on any device}) and `metadata` (JSON-serializable) to `path`
+    atomically, one tensor at a time (device arrays are copied to the host one by one)."""
+    meta = {META_KEY: json.dumps(metadata if metadata is not None else {})}
+    write_safetensors(path, [(k, v, False) for k, v in tensors.items()], meta)
+
+
+def read_metadata(path):
+    """The JSON metadata `save_checkpoint` stored in `path`, without reading any tensor (a file of
+    another tool: its own {str: str} header metadata). Raises FileNotFoundError or CheckpointError."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
         with safetensors.safe_open(path, framework="numpy") as f:
-            raw_meta = f.metadata() or {}
-        tensors = safetensors.numpy.load_file(path)
-        metadata = json.loads(raw_meta[META_KEY]) if META_KEY in raw_meta else dict(raw_meta)
-    except (safetensors.SafetensorError, ValueError, TypeError, KeyError) as e:  # header, size, JSON, dtype
+            raw = f.metadata() or {}
+        return json.loads(raw[META_KEY]) if META_KEY in raw else dict(raw)
+    except (safetensors.SafetensorError, ValueError, TypeError, KeyError) as e:  # header, size, JSON
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from None
-    if device != "cpu":
-        tensors = {k: backend.to_device(v, device) for k, v in tensors.items()}
+
+
+def load_checkpoint(path, device="cpu"):
+    """(tensors on `device`, metadata) from a safetensors file, read tensor by tensor through the package
+    (which checks the header and every tensor's extent). The metadata is the JSON written by
+    `save_checkpoint`; for a file written by another tool it is the file's own {str: str} header."""
+    metadata = read_metadata(path)
+    path = os.fspath(path)
+    try:
+        with safetensors.safe_open(path, framework="numpy") as f:
+            tensors = {k: backend.to_device(f.get_tensor(k), device) for k in f.keys()}
+    except (safetensors.SafetensorError, ValueError, TypeError) as e:  # sizes, dtypes
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from None
     return tensors, metadata
 
 

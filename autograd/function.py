@@ -42,10 +42,16 @@ class enable_grad(contextlib.ContextDecorator):
 
 
 class Function:
-    """One differentiable op. Subclasses write `forward(*arrays, **options)` and `backward(grad)`."""
+    """One differentiable op. Subclasses write `forward(*arrays, **options)` and `backward(grad)`.
+
+    `retain_graph` is set by the backward walk before it calls `backward`: when False this is the graph's
+    last walk, and `backward` may reuse the arrays it saved as scratch space; when True (a walk with
+    `retain_graph=True`) it must leave them as they are for the next walk.
+    """
 
     inputs = ()
     needs_grad = ()
+    retain_graph = False
 
     @classmethod
     def apply(cls, *inputs, **options):

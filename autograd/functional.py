@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from autograd import backend
-from autograd.function import Function, is_grad_enabled
+from autograd.function import Function
 from autograd.tensor import Tensor
 
 
@@ -112,7 +112,7 @@ class CrossEntropy(Function):
         return (nll.sum() / self.count).astype(logits.dtype)
 
     def backward(self, grad):
-        e = self.e
+        e = self.e.copy() if self.retain_graph else self.e  # e becomes the gradient in place
         scale = (self.valid * (grad / self.count)).astype(e.dtype)  # (N,): 1/n on counted rows, else 0
         e *= (scale / self.total)[:, None]  # e / s / n = p / n, one pass
         e[self.rows, self.safe] -= scale
@@ -132,6 +132,96 @@ def cross_entropy(logits, targets, ignore_index=-100):
         logits = logits.reshape(-1, logits.shape[-1])
         targets = targets.reshape(-1)
     return CrossEntropy.apply(logits, Tensor._make(targets, logits.device, False), ignore_index=ignore_index)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), elementwise (also `Tensor.sigmoid()`)."""
+    return _tensor(x).sigmoid()
+
+
+def _targets_like(targets, x, name):
+    """Float targets as a Tensor beside `x`, of x's shape and dtype (0/1 labels or probabilities)."""
+    t = targets if isinstance(targets, Tensor) else Tensor(targets, dtype=x.dtype, device=x.device)
+    if t.shape != x.shape:
+        raise ValueError(f"{name}: targets of shape {t.shape} must have the input's shape {x.shape}")
+    return t.astype(x.dtype)
+
+
+def _reduce(loss, reduction, name):
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"{name}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _clamped_log(x):
+    """max(log x, -100), without taking the log of 0."""
+    xp = backend.get_array_module(x)
+    positive = x > 0
+    return xp.maximum(xp.where(positive, xp.log(xp.where(positive, x, 1.0)), -100.0), -100.0)
+
+
+class BinaryCrossEntropy(Function):
+    """l = -(t log p + (1 - t) log(1 - p)) elementwise, each log clamped at -100 as PyTorch does (so p = 0
+    or 1 gives a finite loss).
+
+    dl/dp = (p - t) / max(p (1 - p), 1e-12),   dl/dt = log(1 - p) - log p.
+    """
+
+    def forward(self, p, t):
+        self.p, self.t = p, t
+        self.log_p, self.log_q = _clamped_log(p), _clamped_log(1.0 - p)
+        return -(t * self.log_p + (1.0 - t) * self.log_q)
+
+    def backward(self, grad):
+        xp = backend.get_array_module(grad)
+        p, t = self.p, self.t
+        gp = grad * (p - t) / xp.maximum(p * (1.0 - p), 1e-12) if self.needs_grad[0] else None
+        gt = grad * (self.log_q - self.log_p) if self.needs_grad[1] else None
+        return gp, gt
+
+
+def binary_cross_entropy(probs, targets, reduction="mean"):
+    """Binary cross-entropy of probabilities `probs` (after a sigmoid) against targets of the same shape,
+    as torch.nn.functional.binary_cross_entropy: the mean over entries by default.
+
+        binary_cross_entropy(Tensor([1.1 * 2.2]).sigmoid(), Tensor([1.0]))  # tensor(0.0852), appendix A
+    """
+    probs = _tensor(probs)
+    return _reduce(BinaryCrossEntropy.apply(probs, _targets_like(targets, probs, "binary_cross_entropy")),
+                   reduction, "binary_cross_entropy")
+
+
+class BinaryCrossEntropyWithLogits(Function):
+    """l = -(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))) from the logit x, in the stable form
+    l = max(x, 0) - x t + log(1 + exp(-|x|)) (no exp overflows, no log of 0).
+
+    dl/dx = sigmoid(x) - t,   dl/dt = -x.
+    """
+
+    def forward(self, x, t):
+        xp = backend.get_array_module(x)
+        self.x, self.t = x, t
+        e = xp.exp(-xp.abs(x))
+        self.sig = xp.where(x >= 0, 1.0, e) / (1.0 + e)  # sigmoid(x), as ops.Sigmoid computes it
+        return xp.maximum(x, 0.0) - x * t + xp.log1p(e)
+
+    def backward(self, grad):
+        gx = grad * (self.sig - self.t) if self.needs_grad[0] else None
+        gt = -grad * self.x if self.needs_grad[1] else None
+        return gx, gt
+
+
+def binary_cross_entropy_with_logits(logits, targets, reduction="mean"):
+    """Binary cross-entropy of sigmoid(logits) against targets, computed from the logits without forming
+    the sigmoid's log (stable for large |logits|), as torch.nn.functional.binary_cross_entropy_with_logits."""
+    logits = _tensor(logits)
+    return _reduce(BinaryCrossEntropyWithLogits.apply(
+        logits, _targets_like(targets, logits, "binary_cross_entropy_with_logits")),
+        reduction, "binary_cross_entropy_with_logits")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -217,8 +307,8 @@ class Gelu(Function):
 
     def backward(self, grad):
         x, x2, t = self.x, self.x2, self.t
-        # reuse the saved buffers: this op's graph node is freed after its backward runs once
-        dy = x2
+        # reuse the saved buffers on the graph's last walk (retain_graph=True keeps them for another)
+        dy = x2.copy() if self.retain_graph else x2
         dy *= 3.0 * 0.044715 * _GELU_C
         dy += _GELU_C
         dy *= x
@@ -333,7 +423,7 @@ def _attention_forward(ctx, q, k, v, causal, dropout_p, generator):
     s = q @ k.swapaxes(-1, -2)  # (B, H, Tq, D) @ (B, H, D, Tk) -> (B, H, Tq, Tk)
     s *= ctx.scale
     if causal and tq > 1:
-        # an additive 0 / -inf mask: one broadcast add, about 10x faster than a boolean assignment
+        # an additive 0 / -inf mask: one broadcast add, much faster than a boolean assignment
         s += xp.triu(xp.full((tq, tk), -np.inf, dtype=s.dtype), k=tk - tq + 1)
     s -= s.max(axis=-1, keepdims=True)
     xp.exp(s, out=s)
@@ -402,21 +492,15 @@ class MultiHeadAttention(Function):
     (B, T, 3C) gradient. Splitting with three index ops instead would cost three zero-filled (B, T, 3C)
     gradients, their sum, and two layout copies per layer.
 
-    With `kv_cache=(k_buf, v_buf, start)` (preallocated (B, H, max_len, D) arrays and the number of
-    positions already in them) the new keys and values are written at `start` and the queries attend
-    to all `start + T` positions: decoding one token at a time without recomputing the past.
+    (Generation with a KV cache goes through `scaled_dot_product_attention` on the cached keys and
+    values: tinygrad_llm/model.py, `CausalSelfAttention.attend_cached`.)
     """
 
-    def forward(self, qkv, n_heads, causal=True, dropout_p=0.0, generator=None, kv_cache=None):
+    def forward(self, qkv, n_heads, causal=True, dropout_p=0.0, generator=None):
         B, T, C3 = qkv.shape
         C = C3 // 3
         heads = qkv.reshape(B, T, 3, n_heads, C // n_heads).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
         q, k, v = heads[0], heads[1], heads[2]
-        if kv_cache is not None:
-            k_buf, v_buf, start = kv_cache
-            k_buf[:, :, start : start + T] = k
-            v_buf[:, :, start : start + T] = v
-            k, v = k_buf[:, :, : start + T], v_buf[:, :, : start + T]  # (B, H, start + T, D)
         y = _attention_forward(self, q, k, v, causal, dropout_p, generator)  # (B, H, T, D)
         return y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, H, D) -> (B, T, C), one copy
 
@@ -431,21 +515,12 @@ class MultiHeadAttention(Function):
         return (dqkv.reshape(B, T, 3 * C),)
 
 
-def multi_head_attention(qkv, n_heads, causal=True, dropout_p=0.0, training=True, generator=None, kv_cache=None):
-    """Attention on the output of a fused q/k/v projection, (B, T, 3C) -> (B, T, C); see MultiHeadAttention
-    for `kv_cache`, which is for inference only."""
+def multi_head_attention(qkv, n_heads, causal=True, dropout_p=0.0, training=True, generator=None):
+    """Attention on the output of a fused q/k/v projection, (B, T, 3C) -> (B, T, C)."""
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_heads):
         raise ValueError(f"multi_head_attention: qkv of shape {qkv.shape} is not (B, T, 3C) with C divisible by {n_heads} heads")
-    if kv_cache is not None:
-        if qkv.requires_grad and is_grad_enabled():
-            raise RuntimeError("multi_head_attention: a KV cache is for inference; run it under no_grad()")
-        k_buf, _, start = kv_cache
-        if start + qkv.shape[1] > k_buf.shape[2]:
-            raise ValueError(f"KV cache holds {k_buf.shape[2]} positions; {start + qkv.shape[1]} were asked for")
     if not training:
         dropout_p = 0.0
     if dropout_p > 0.0 and generator is None:
         generator = backend.xp_for(qkv.device).random.default_rng()
-    return MultiHeadAttention.apply(
-        qkv, n_heads=n_heads, causal=causal, dropout_p=float(dropout_p), generator=generator, kv_cache=kv_cache
-    )
+    return MultiHeadAttention.apply(qkv, n_heads=n_heads, causal=causal, dropout_p=float(dropout_p), generator=generator)

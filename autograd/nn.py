@@ -15,6 +15,7 @@ import numpy as np
 
 from autograd import backend
 from autograd import functional as F
+from autograd import reference
 from autograd.tensor import Tensor
 
 
@@ -391,16 +392,18 @@ class Embedding(Module):
 
 
 class LayerNorm(Module):
-    """Normalize over the last axis, then scale by `weight` (ones) and shift by `bias` (zeros)."""
+    """Normalize over the last axis, then scale by `weight` (ones) and shift by `bias` (zeros).
+    `fused=False` computes it with the composed formula of `autograd/reference.py` instead of the fused op."""
 
-    def __init__(self, normalized_shape, eps=1e-5, bias=True):
+    def __init__(self, normalized_shape, eps=1e-5, bias=True, fused=True):
         super().__init__()
-        self.normalized_shape, self.eps = int(normalized_shape), eps
+        self.normalized_shape, self.eps, self.fused = int(normalized_shape), eps, fused
         self.weight = Parameter(np.ones(self.normalized_shape, dtype=np.float32))
         self.bias = Parameter(np.zeros(self.normalized_shape, dtype=np.float32)) if bias else None
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight, self.bias, self.eps)
+        layer_norm = F.layer_norm if self.fused else reference.layer_norm
+        return layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
         return f"({self.normalized_shape},), eps={self.eps}"

@@ -181,10 +181,24 @@ class Tanh(Function):
 class Relu(Function):
     def forward(self, a):
         self.mask = a > 0
-        return a * self.mask
+        return get_array_module(a).maximum(a, 0)  # not a * mask, which keeps the sign of -0.0 (printed "-0.")
 
     def backward(self, grad):
         return (grad * self.mask,)
+
+
+class Sigmoid(Function):
+    """y = 1 / (1 + exp(-x)), computed from e = exp(-|x|) so that neither branch overflows and tiny
+    outputs keep their digits: y = 1 / (1 + e) where x >= 0, e / (1 + e) elsewhere. dy/dx = y (1 - y)."""
+
+    def forward(self, a):
+        xp = get_array_module(a)
+        e = xp.exp(-xp.abs(a))
+        self.out = xp.where(a >= 0, 1.0, e) / (1.0 + e)
+        return self.out
+
+    def backward(self, grad):
+        return (grad * self.out * (1.0 - self.out),)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -303,6 +317,55 @@ class GetItem(Function):
         else:
             out[self.index] = grad
         return (out,)
+
+
+class Tril(Function):
+    """The lower triangle of the last two axes (entries above diagonal `k` zeroed); the gradient is masked
+    the same way."""
+
+    def forward(self, a, k=0):
+        self.k = k
+        return get_array_module(a).tril(a, k)
+
+    def backward(self, grad):
+        return (get_array_module(grad).tril(grad, self.k),)
+
+
+class Triu(Function):
+    """The upper triangle of the last two axes (entries below diagonal `k` zeroed); the gradient is masked
+    the same way."""
+
+    def forward(self, a, k=0):
+        self.k = k
+        return get_array_module(a).triu(a, k)
+
+    def backward(self, grad):
+        return (get_array_module(grad).triu(grad, self.k),)
+
+
+class TakeAlongAxis(Function):
+    """y = take_along_axis(a, indices, axis): entries picked along one axis (the values of topk).
+
+    The gradient is scattered back to the picked positions, zeros elsewhere; `add.at` makes an index
+    picked twice receive both gradients.
+    """
+
+    def forward(self, a, indices, axis):
+        self.shape, self.axis, self.indices = a.shape, axis % a.ndim, indices
+        return get_array_module(a).take_along_axis(a, indices, axis=self.axis)
+
+    def backward(self, grad):
+        xp = get_array_module(grad)
+        n = self.shape[self.axis]
+        # one row per position of the other axes, its picked gradients added at their indices
+        g = xp.moveaxis(grad, self.axis, -1)
+        rows_shape = g.shape
+        g = g.reshape(-1, rows_shape[-1])
+        idx = xp.moveaxis(self.indices, self.axis, -1).reshape(g.shape)
+        out = xp.zeros((g.shape[0], n), dtype=grad.dtype)
+        xp.add.at(out, (xp.arange(g.shape[0])[:, None], idx), g)
+        out = out.reshape(rows_shape[:-1] + (n,))
+        return (xp.ascontiguousarray(xp.moveaxis(out, -1, self.axis)),)
 
 
 class Concatenate(Function):

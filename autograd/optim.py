@@ -20,6 +20,23 @@ from autograd.tensor import Tensor
 _THREADS = min(2, os.cpu_count() or 1)
 
 
+def _groups_mismatch(name, saved, groups):
+    """The error for a saved state whose parameter groups differ from this optimizer's: what each has,
+    and what to build instead."""
+    def describe(gs):
+        return "; ".join(f"group {i}: {len(g['params'])} parameters"
+                         + (f", weight_decay={g['weight_decay']}" if "weight_decay" in g else "")
+                         for i, g in enumerate(gs))
+
+    return (
+        f"optimizer state has groups of sizes {[len(g['params']) for g in saved]}, this optimizer has "
+        f"{[len(g['params']) for g in groups]}. A state loads only into an optimizer built with the same "
+        f"parameter groups, in the same order, as the one that saved it ({describe(saved)}): build this one "
+        f"that way, as `{name}(params, ...)` for one group or `{name}([{{'params': [...], ...}}, ...], ...)` "
+        "for several"
+    )
+
+
 class Optimizer:
     """The base: parameter groups, per-parameter state, zero_grad, state_dict.
 
@@ -91,10 +108,7 @@ class Optimizer:
         if len(groups) != len(self.param_groups) or any(
             len(s["params"]) != len(g["params"]) for s, g in zip(groups, self.param_groups)
         ):
-            raise ValueError(
-                f"optimizer state has groups of sizes {[len(s['params']) for s in groups]}, "
-                f"this optimizer has {[len(g['params']) for g in self.param_groups]}"
-            )
+            raise ValueError(_groups_mismatch(type(self).__name__, groups, self.param_groups))
         params = self._params()
         problems = []
         for i, s in state_dict["state"].items():
@@ -227,8 +241,8 @@ def _adamw_update(xp, x, g, m, v, s, decay, b1, b2, c, step_size):
 
 def _blocks(arrays, size):
     """Equal-shaped arrays as matching flat pieces of `size` entries, so the dozen passes of an update
-    run over a piece that stays in the CPU's cache (2.5x faster than whole-array passes on a 38.6M
-    entry parameter, measured). Only host NumPy arrays that are contiguous are split: a GPU wants one
+    run over a piece that stays in the CPU's cache instead of streaming every pass through memory
+    (docs/performance.md has the measurement). Only host NumPy arrays that are contiguous are split: a GPU wants one
     kernel launch per whole array, and other arrays are yielded whole."""
     n = arrays[0].size
     if not size or n <= size or not all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays):
@@ -291,9 +305,8 @@ def clip_grad_norm_(parameters, max_norm):
     host): call `.item()` on it outside the hot loop to read it, since on a GPU that waits for the device.
 
     The scale min(1, max_norm / (norm + 1e-6)) is computed on the device. Each gradient's squared norm
-    is one `einsum("i,i->")`: no temporary, float32 accumulation. Measured on a 38.6M-entry float32
-    array (GPT-2's token embedding) with 2 cores: einsum 9 ms with relative error 1e-6 against float64;
-    `vdot` (BLAS sdot) 8-11 ms but 2.5e-4 to 4.7e-4 error; `(g * g).sum()` 34 ms (a full temporary).
+    is one `einsum("i,i->")`: no temporary, and more accurate than BLAS's `vdot` in float32, while
+    `(g * g).sum()` would allocate a gradient-sized temporary (docs/performance.md has the figures).
     """
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
@@ -327,7 +340,10 @@ def cosine_with_warmup(step, *, max_lr, total_steps, warmup_steps, min_lr=0.0, i
         otherwise:      lr = min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2,
                         progress = (step - warmup_steps) / (total_steps - warmup_steps), at most 1
 
-    The book counts `global_step` from 1 (it increments before computing); pass that to match it.
+    Count `step` from 0, as appendix D does: its `global_step` starts at -1 and is incremented before the
+    lr is computed, so its first step gets `initial_lr`. The book's call, `initial_lr=1e-4, max_lr=0.01`
+    with 27 warmup steps of 135, gives 1e-4, 4.67e-4, 8.33e-4, ...; steps counted from 1 would shift the
+    whole sequence one step early (4.67e-4 first, and `min_lr` reached at the last step instead of after it).
     """
     if step < warmup_steps:
         return float(initial_lr + (max_lr - initial_lr) * step / warmup_steps)

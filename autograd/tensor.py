@@ -17,6 +17,23 @@ def _is_float(dtype):
     return np.dtype(dtype).kind == "f"
 
 
+def _format_array(a):
+    """The body of a Tensor's repr, following PyTorch's print options: every entry of a tensor of up to
+    1,000 entries, else the first and last 3 along each axis around "..."; floats with 4 decimals
+    (integral floats as "1."), in scientific notation when the magnitudes span more than 1e3 or reach
+    1e8 or fall below 1e-4 (NumPy's rule, which is PyTorch's); rows wrapped at 80 characters.
+
+        [[0.3374, -0.1778], [0.9178, 1.5810]] -> [[ 0.3374, -0.1778],
+                                                   [ 0.9178,  1.5810]]
+    """
+    options = dict(separator=", ", threshold=1000, edgeitems=3, max_line_width=80, prefix="tensor(")
+    if a.dtype.kind == "f":
+        finite = a[np.isfinite(a)]
+        if finite.size and (finite != np.round(finite)).any():
+            options.update(precision=4, floatmode="fixed")
+    return np.array2string(a, **options)
+
+
 class Tensor:
     """An n-dimensional array on a device that can record the ops applied to it.
 
@@ -80,12 +97,18 @@ class Tensor:
     def __len__(self):
         return len(self.data)
 
+    def numel(self):
+        """How many entries the tensor holds (PyTorch's name for `size`)."""
+        return int(self.data.size)
+
     def __repr__(self):
-        body = np.array2string(self.numpy(), separator=", ", threshold=20, edgeitems=2, prefix="tensor(")
+        body = _format_array(self.numpy())
         extra = "" if self.device == "cpu" else f", device={self.device!r}"
         if self.data.dtype != np.float32:
             extra += f", dtype={self.data.dtype}"
-        if self.requires_grad:
+        if self._ctx is not None and self._ctx is not _FREED:
+            extra += f", grad_fn=<{type(self._ctx).__name__}>"
+        elif self.requires_grad:
             extra += ", requires_grad=True"
         return f"tensor({body}{extra})"
 
@@ -125,90 +148,29 @@ class Tensor:
     # ------------------------------------------------------------------------------------------------
     # Backward
 
-    def backward(self, grad=None):
-        """Accumulate d(self)/d(leaf) into every leaf's `.grad`; `grad` is d(loss)/d(self), 1 for a scalar."""
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into every leaf's `.grad`; `grad` is d(loss)/d(self), 1 for a scalar.
+
+        The walk frees the graph as it goes (a second backward through it is an error), unless
+        `retain_graph=True` keeps it for another walk (the book's appendix A calls `grad` twice on one
+        loss, then `backward`).
+        """
         if not self.requires_grad:
             raise RuntimeError(
                 "backward() on a tensor that does not require grad: no input of the computation had "
                 "requires_grad=True (or it ran under no_grad())"
             )
-        xp = backend.xp_for(self.device)
-        if grad is None:
-            if self.data.size != 1:
-                raise RuntimeError(
-                    f"backward() without a gradient needs a scalar, but this tensor has shape {self.shape}; "
-                    "reduce it first (e.g. .sum() or .mean()) or pass grad= with that shape"
-                )
-            grad = xp.ones_like(self.data)
-        else:
-            grad = grad.data if isinstance(grad, Tensor) else grad
-            if backend.device_of(grad) != self.device:
-                grad = backend.to_device(np.asarray(grad, dtype=self.dtype), self.device)
-            if tuple(grad.shape) != self.shape:
-                raise ValueError(f"backward(): grad has shape {tuple(grad.shape)} but the tensor has {self.shape}")
+        _backprop([self], [_seed_grad(self, grad, "backward()")], retain_graph)
 
-        grads = {id(self): grad}
-        owned = set()  # ids whose summed gradient buffer we allocated, so it may be added to in place
-        handed = set()  # ids of arrays already given to a leaf: a second leaf gets its own copy
-        for t in reversed(self._topological_order()):
-            g = grads.pop(id(t), None)
-            if g is None:
-                continue
-            ctx = t._ctx
-            if ctx is None:
-                t._accumulate(g, handed)
-                continue
-            if ctx is _FREED:
-                raise RuntimeError(
-                    "backward() through a graph a second time: the first backward freed it; "
-                    "run the forward pass again"
-                )
-            in_grads = ctx.backward(g)
-            for parent, pg in zip(ctx.inputs, in_grads):
-                if pg is None or not parent.requires_grad:
-                    continue
-                if tuple(pg.shape) != parent.shape:
-                    pg = unbroadcast(pg, parent.shape)
-                key = id(parent)
-                prev = grads.get(key)
-                if prev is None:
-                    grads[key] = pg
-                elif key in owned:
-                    prev += pg
-                else:
-                    grads[key] = prev + pg
-                    owned.add(key)
-            t._ctx = _FREED
-
-    def _accumulate(self, g, handed):
+    def _accumulate(self, g):
+        """Add `g` to `.grad`: the first gradient is kept as it is, later ones are summed into a buffer
+        of this tensor's own (so a gradient array handed in is never written to)."""
         if self.grad is None:
-            if id(g) in handed:
-                g = g.copy()
-            handed.add(id(g))
             self.grad, self._grad_owned = g, False
         elif self._grad_owned:
             self.grad += g
         else:
             self.grad, self._grad_owned = self.grad + g, True
-
-    def _topological_order(self):
-        """Tensors that need a gradient, each after every tensor it was computed from."""
-        order, visited, stack = [], set(), [(self, False)]
-        while stack:
-            t, expanded = stack.pop()
-            if expanded:
-                order.append(t)
-                continue
-            if id(t) in visited:
-                continue
-            visited.add(id(t))
-            stack.append((t, True))
-            ctx = t._ctx
-            if ctx is not None and ctx is not _FREED:
-                for p in ctx.inputs:
-                    if p.requires_grad and id(p) not in visited:
-                        stack.append((p, False))
-        return order
 
     # ------------------------------------------------------------------------------------------------
     # Ops
@@ -306,6 +268,9 @@ class Tensor:
     def relu(self):
         return ops.Relu.apply(self)
 
+    def sigmoid(self):
+        return ops.Sigmoid.apply(self)
+
     def sum(self, axis=None, keepdims=False):
         return ops.Sum.apply(self, axis=axis, keepdims=keepdims)
 
@@ -314,6 +279,30 @@ class Tensor:
 
     def max(self, axis=None, keepdims=False):
         return ops.Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def argmax(self, axis=None, keepdims=False):
+        """Index of the largest entry (of the flattened tensor when axis is None), an int64 Tensor with no
+        gradient; the first index on ties."""
+        xp = backend.xp_for(self.device)
+        out = self.data.argmax(axis=axis, keepdims=keepdims) if axis is not None else self.data.argmax()
+        return Tensor._make(xp.asarray(out, dtype=np.int64), self.device, False)
+
+    def topk(self, k, axis=-1):
+        """(values, indices) of the k largest entries along `axis`, largest first, as torch.topk. The values
+        carry the gradient (back to where they came from); the indices are an int64 Tensor.
+
+            Tensor([4.51, 0.89, -1.90, 6.75, 1.63]).topk(3)  # values [6.75, 4.51, 1.63], indices [3, 0, 4]
+        """
+        if self.ndim == 0:
+            raise ValueError("topk needs a tensor with at least one axis, this one is a scalar")
+        n = self.shape[axis]
+        if not 0 <= k <= n:
+            raise ValueError(f"topk: k={k} is out of range for axis {axis} of length {n} (shape {self.shape})")
+        xp = backend.xp_for(self.device)
+        order = xp.argsort(-self.data, axis=axis, kind="stable")  # descending; ties: the lower index first
+        indices = xp.take(order, xp.arange(k), axis=axis)  # (..., n, ...) -> (..., k, ...)
+        values = ops.TakeAlongAxis.apply(self, indices=indices, axis=axis)
+        return values, Tensor._make(indices, self.device, False)
 
     def var(self, axis=None, keepdims=False, correction=1):
         """Variance; correction=1 (PyTorch's default) divides by n - 1, correction=0 by n."""
@@ -325,8 +314,37 @@ class Tensor:
 
     view = reshape
 
-    def flatten(self, start=0):
-        return self.reshape(self.shape[:start] + (-1,))
+    def flatten(self, start=0, end=-1):
+        """Axes `start` to `end` (inclusive) merged into one, as torch.flatten: (2, 3, V).flatten(0, 1) -> (6, V)."""
+        if self.ndim == 0:
+            return self.reshape(1)
+        start, end = start % self.ndim, end % self.ndim
+        return self.reshape(self.shape[:start] + (-1,) + self.shape[end + 1:])
+
+    def unsqueeze(self, axis):
+        """A view with a new axis of length 1 at `axis` (-ndim-1 <= axis <= ndim): (2, 3).unsqueeze(0) -> (1, 2, 3)."""
+        if not -self.ndim - 1 <= axis <= self.ndim:
+            raise ValueError(f"unsqueeze: axis {axis} is out of range for a tensor of {self.ndim} axes")
+        axis = axis % (self.ndim + 1)
+        return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
+
+    def squeeze(self, axis=None):
+        """A view without the axes of length 1 (all of them, or only `axis`, which is left alone when its
+        length is not 1, as torch.squeeze does)."""
+        if axis is None:
+            return self.reshape(tuple(n for n in self.shape if n != 1))
+        if not -self.ndim <= axis < max(self.ndim, 1):
+            raise ValueError(f"squeeze: axis {axis} is out of range for a tensor of {self.ndim} axes")
+        if self.ndim == 0 or self.shape[axis] != 1:
+            return self
+        axis = axis % self.ndim
+        return self.reshape(self.shape[:axis] + self.shape[axis + 1:])
+
+    def tril(self, diagonal=0):
+        return tril(self, diagonal)
+
+    def triu(self, diagonal=0):
+        return triu(self, diagonal)
 
     def permute(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
@@ -355,6 +373,160 @@ class Tensor:
 
     def split(self, size_or_sizes, axis=0):
         return split(self, size_or_sizes, axis)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The backward walk
+
+
+def _seed_grad(t, grad, who):
+    """The gradient a walk starts from at `t`: ones for a scalar, else `grad` checked against t's shape."""
+    if grad is None:
+        if t.data.size != 1:
+            raise RuntimeError(
+                f"{who} without a gradient needs a scalar, but this tensor has shape {t.shape}; "
+                "reduce it first (e.g. .sum() or .mean()) or pass grad= with that shape"
+            )
+        return backend.xp_for(t.device).ones_like(t.data)
+    grad = grad.data if isinstance(grad, Tensor) else grad
+    if backend.device_of(grad) != t.device:
+        grad = backend.to_device(np.asarray(grad, dtype=t.dtype), t.device)
+    if tuple(grad.shape) != t.shape:
+        raise ValueError(f"{who}: grad has shape {tuple(grad.shape)} but the tensor has {t.shape}")
+    return grad
+
+
+def _topological_order(roots):
+    """Tensors that need a gradient, each after every tensor it was computed from."""
+    order, visited, stack = [], set(), [(r, False) for r in reversed(roots)]
+    while stack:
+        t, expanded = stack.pop()
+        if expanded:
+            order.append(t)
+            continue
+        if id(t) in visited:
+            continue
+        visited.add(id(t))
+        stack.append((t, True))
+        ctx = t._ctx
+        if ctx is not None and ctx is not _FREED:
+            for p in ctx.inputs:
+                if p.requires_grad and id(p) not in visited:
+                    stack.append((p, False))
+    return order
+
+
+class _GradientSums:
+    """d(loss)/d(t) for the tensors a backward walk has reached, summed where paths meet.
+
+    The bookkeeping that keeps the walk cheap lives here and only here. An op's backward may hand out
+    arrays it also keeps or gives to another input (x + x hands both inputs one array), so a sum is
+    done in place only into a buffer this walk allocated itself (`owned`); and a leaf's `.grad` gets its
+    own copy of an array another leaf already holds (`handed`), so one never changes under the other.
+    """
+
+    def __init__(self):
+        self.grads, self.owned, self.handed = {}, set(), set()
+
+    def add(self, t, g):
+        key, prev = id(t), self.grads.get(id(t))
+        if prev is None:
+            self.grads[key] = g
+        elif key in self.owned:
+            prev += g
+        else:
+            self.grads[key] = prev + g  # a new buffer, ours to add into from now on
+            self.owned.add(key)
+
+    def pop(self, t):
+        return self.grads.pop(id(t), None)
+
+    def give_to_leaf(self, leaf, g):
+        if id(g) in self.handed:
+            g = g.copy()
+        self.handed.add(id(g))
+        leaf._accumulate(g)
+
+
+def _backprop(roots, seeds, retain_graph, wanted=None):
+    """Walk the graph from `roots` (gradients `seeds`) to the leaves, freeing it unless `retain_graph`.
+
+    Without `wanted`, every leaf's gradient is added to its `.grad`. With `wanted` (a set of tensor ids),
+    no `.grad` is touched: the summed gradients of those tensors are returned as {id: array}.
+    """
+    sums, found = _GradientSums(), {}
+    for r, g in zip(roots, seeds):
+        sums.add(r, g)
+    for t in reversed(_topological_order(roots)):  # each tensor before the ones it was computed from
+        g = sums.pop(t)  # d(loss)/d(t), complete: everything computed from t is done
+        if g is None:
+            continue
+        if wanted is not None and id(t) in wanted:
+            found[id(t)] = g
+        ctx = t._ctx
+        if ctx is None:  # a leaf: a parameter or an input
+            if wanted is None:
+                sums.give_to_leaf(t, g)
+            continue
+        if ctx is _FREED:
+            raise RuntimeError(
+                "backward() through a graph a second time: the first backward freed it; "
+                "run the forward pass again, or pass retain_graph=True to the first backward"
+            )
+        ctx.retain_graph = retain_graph  # an op may reuse its saved buffers only on the graph's last walk
+        for parent, pg in zip(ctx.inputs, ctx.backward(g)):  # the chain rule through one op
+            if pg is not None and parent.requires_grad:
+                sums.add(parent, pg if tuple(pg.shape) == parent.shape else unbroadcast(pg, parent.shape))
+        if not retain_graph:
+            t._ctx = _FREED
+    return found
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=False, allow_unused=False):
+    """The gradients of `outputs` with respect to `inputs`, as a tuple of Tensors, one per input (as
+    torch.autograd.grad); no `.grad` is touched.
+
+    `outputs`: a Tensor or a list of them (a scalar needs no `grad_outputs`; otherwise pass one
+    gradient per output). `inputs`: a Tensor or a list, leaves or intermediate results. The graph is
+    freed unless `retain_graph=True`. An input the outputs do not depend on is an error, or None with
+    `allow_unused=True`.
+
+        w = Tensor([2.2], requires_grad=True)
+        loss = -(w * 1.1).sigmoid().log().sum()
+        grad(loss, w, retain_graph=True)   # (tensor([-0.0898]),); loss.backward() still works after it
+    """
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif isinstance(grad_outputs, Tensor) or hasattr(grad_outputs, "shape"):
+        grad_outputs = [grad_outputs]
+    if len(grad_outputs) != len(outputs):
+        raise ValueError(f"grad(): {len(outputs)} outputs but {len(grad_outputs)} grad_outputs")
+    for k, o in enumerate(outputs):
+        if not o.requires_grad:
+            raise RuntimeError(f"grad(): output {k} does not require grad: no input of its computation had "
+                               "requires_grad=True (or it ran under no_grad())")
+    for k, t in enumerate(inputs):
+        if not t.requires_grad:
+            raise RuntimeError(f"grad(): input {k} of shape {t.shape} does not require grad; "
+                               "create it with requires_grad=True")
+    seeds = [_seed_grad(o, g, "grad()") for o, g in zip(outputs, grad_outputs)]
+    found = _backprop(outputs, seeds, retain_graph, wanted={id(t) for t in inputs})
+    result, given = [], set()
+    for k, t in enumerate(inputs):
+        g = found.get(id(t))
+        if g is None:
+            if not allow_unused:
+                raise RuntimeError(f"grad(): input {k} of shape {t.shape} was not used to compute the outputs; "
+                                   "pass allow_unused=True to get None for it")
+            result.append(None)
+            continue
+        if id(g) in given:  # one array reached two inputs (x + y hands both the same gradient)
+            g = g.copy()
+        given.add(id(g))
+        result.append(Tensor._make(g, t.device, False))
+    return tuple(result)
 
 
 def _index_arrays(index, device):
@@ -431,8 +603,29 @@ def where(cond, a, b):
     return ops.Where.apply(ref._lift(a), ref._lift(b), cond=cond)
 
 
+def tril(x, diagonal=0):
+    """The lower triangle of the last two axes: entries above `diagonal` set to zero (and their gradient).
+
+        tril(Tensor(np.ones((3, 3))))  # [[1, 0, 0], [1, 1, 0], [1, 1, 1]]: the causal mask of chapter 3
+    """
+    if x.ndim < 2:
+        raise ValueError(f"tril needs at least 2 axes, got shape {x.shape}")
+    return ops.Tril.apply(x, k=diagonal)
+
+
+def triu(x, diagonal=0):
+    """The upper triangle of the last two axes: entries below `diagonal` set to zero (and their gradient).
+    triu(ones, diagonal=1) marks the future positions a causal mask hides."""
+    if x.ndim < 2:
+        raise ValueError(f"triu needs at least 2 axes, got shape {x.shape}")
+    return ops.Triu.apply(x, k=diagonal)
+
+
 def is_tensor(x):
     return isinstance(x, Tensor)
 
 
-__all__ = ["Tensor", "Function", "tensor", "concatenate", "cat", "stack", "split", "where", "is_grad_enabled"]
+__all__ = [
+    "Tensor", "Function", "tensor", "concatenate", "cat", "stack", "split", "where", "tril", "triu", "grad",
+    "is_grad_enabled",
+]

@@ -24,10 +24,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file (python benchmarks/x.py) rather than as python -m benchmarks.x
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import common
+from benchmarks import common
 import numpy as np
 
 LR, WEIGHT_DECAY = 4e-4, 0.1
@@ -146,6 +146,9 @@ def main(argv=None):
     common.add_step_args(p, warmup=2, repeat=5)
     p.add_argument("--json", action="store_true", help="print one JSON line")
     args = p.parse_args(argv)
+    from autograd import backend
+
+    backend.keep_freed_memory()  # reuse freed memory: fresh pages for each step's temporaries are slow
 
     config = resolve_config(args.impl, args.config)
     batch, context = common.default_shape(config)

@@ -27,12 +27,22 @@ OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # ---------------------------------------------------------------------------------------------------
 # Model configurations shared by every implementation
 
+def _dims(preset, **overrides):
+    """The sizes of one of the library's presets (tinygrad_llm.model.PRESETS), as the peers take them."""
+    from tinygrad_llm.model import GPTConfig
+
+    cfg = GPTConfig.preset(preset, **overrides)
+    return {"vocab_size": cfg.vocab_size, "context_length": cfg.context_length, "emb_dim": cfg.emb_dim,
+            "n_heads": cfg.n_heads, "n_layers": cfg.n_layers}
+
+
 VOCAB = 50257
-# The "small" model: Python overhead and the vocabulary projection dominate its step.
-SMALL = {"vocab_size": VOCAB, "context_length": 128, "emb_dim": 256, "n_heads": 4, "n_layers": 4}
+# The "small" model: Python overhead and the vocabulary projection dominate its step. cpu-small's depth
+# and context at width 256 with GPT-2's vocabulary.
+SMALL = _dims("cpu-small", emb_dim=256, n_heads=4)
 SMALL_BATCH = 8
 # Big configs: the book's GPT_CONFIG_124M and GPT-2 small (same sizes; they differ in qkv bias and tying).
-BIG = {"vocab_size": VOCAB, "emb_dim": 768, "n_heads": 12, "n_layers": 12}
+BIG = {k: v for k, v in _dims("gpt2-small").items() if k != "context_length"}
 BIG_BATCH, BIG_CONTEXT = 2, 256
 
 # name -> (dims, qkv_bias, tie_weights). "book" style: no qkv bias, untied head (llms_from_scratch's
@@ -152,7 +162,7 @@ def emit(result, as_json):
 def run_json(script, args, env=None, timeout=None):
     """Run `python benchmarks/<script> <args> --json` in a fresh process (the same interpreter, from
     the repository root) and return its last JSON line as a dict, or {"error": ...} when it failed."""
-    cmd = [sys.executable, str(BENCH_DIR / script), *map(str, args), "--json"]
+    cmd = [sys.executable, "-m", f"benchmarks.{Path(script).stem}", *map(str, args), "--json"]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:

@@ -26,11 +26,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file (python benchmarks/x.py) rather than as python -m benchmarks.x
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import common
-from bench_train_step import build_ours, resolve_config
+from benchmarks import common
+from benchmarks.bench_train_step import build_ours, resolve_config
 
 CATEGORY = {
     "Linear": "matmul", "MatMul": "matmul",
@@ -132,6 +132,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_step_args(p, warmup=1, repeat=3)
     args = p.parse_args(argv)
+    from autograd import backend
+
+    backend.keep_freed_memory()  # reuse freed memory: fresh pages for each step's temporaries are slow
 
     import autograd.functional as F
 

@@ -22,9 +22,10 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if not __package__:  # run as a file (python benchmarks/run_all.py) rather than as python -m benchmarks.run_all
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import common
+from benchmarks import common
 
 TRAIN, GEN = "bench_train_step.py", "bench_generate.py"
 PEER_MODULES = {"book": ("torch", "llms_from_scratch"), "book-kv": ("torch", "llms_from_scratch"),

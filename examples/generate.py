@@ -1,7 +1,7 @@
 """Generate text from GPT-2's weights or a model of ours, printing tokens as they come.
 
-    python examples/generate.py --model gpt2 --prompt "Every effort moves you" --max-new-tokens 40
-    python examples/generate.py --model out/my-run --temperature 0.8 --top-k 50 --top-p 0.95 --seed 1
+    .venv/bin/python examples/generate.py --model gpt2 --prompt "Every effort moves you" --max-new-tokens 40
+    .venv/bin/python examples/generate.py --model out/my-run --temperature 0.8 --top-k 50 --top-p 0.95 --seed 1
 
 --model takes a published name (gpt2, gpt2-medium, gpt2-large, gpt2-xl: downloaded once into the cache)
 or a directory in Hugging Face's GPT-2 layout (config.json + model.safetensors), as written by
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from autograd import DeviceError
+from autograd import DeviceError, backend
 from tinygrad_llm.generate import decode_stream, stream
 from tinygrad_llm.model import GPT
 from tinygrad_llm.tokenizer import ENDOFTEXT, get_tokenizer
@@ -41,6 +41,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    backend.keep_freed_memory()  # reuse freed memory: fresh pages for each step's temporaries are slow
     try:
         model = GPT.from_pretrained(args.model, cache_dir=args.cache_dir, device=args.device)
         tok_name = args.tokenizer

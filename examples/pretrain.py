@@ -3,9 +3,9 @@
 With no arguments it runs offline in a few minutes on a CPU: a small model ("cpu-small") on Python's own
 help topics (`pydoc_data`, part of the standard library), with a byte-level BPE trained on them.
 
-    python examples/pretrain.py                                   # the default run, out in runs/pretrain
-    python examples/pretrain.py --data book.txt --max-steps 2000  # your text (files, a directory, a URL)
-    python examples/pretrain.py --out runs/pretrain --resume      # continue where a run stopped
+    .venv/bin/python examples/pretrain.py                                   # the default run, in runs/pretrain
+    .venv/bin/python examples/pretrain.py --data book.txt --max-steps 2000  # your text (files, a dir, a URL)
+    .venv/bin/python examples/pretrain.py --out runs/pretrain --resume      # continue where a run stopped
 
 Bad input (missing or empty data, non-UTF-8 text, a corpus shorter than one window, an output folder that
 cannot be written, a corrupt checkpoint, "cuda" without a GPU, an unknown preset) prints one line,
@@ -14,6 +14,8 @@ cannot be written, a corrupt checkpoint, "cuda" without a GPU, an unknown preset
 
 import argparse
 import hashlib
+import os
+import shlex
 import sys
 import urllib.error
 from pathlib import Path
@@ -26,7 +28,7 @@ from tinygrad_llm.data import DataLoader, GPTDataset, load_text, train_val_split
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
 from tinygrad_llm.train import TrainConfig, Trainer, read_checkpoint_metadata
-from tinygrad_llm.weights import WeightsUnavailableError, default_cache_dir, download_file
+from tinygrad_llm.download import DownloadError, default_cache_dir, download_file
 
 DEFAULT_CORPUS = "pydoc"  # Python's help topics, from the standard library
 # flags that a resumed run may change; the rest (model, data, tokenizer) come from the checkpoint
@@ -75,6 +77,16 @@ def build_parser(suppress=False):
     a("--resume", action="store_true", default=d(False), help="continue the run saved in --out")
     a("--seed", type=int, default=d(123))
     return p
+
+
+def this_command():
+    """How to run this script again: with this interpreter (the venv's python, relative when it lies
+    under the working directory) and this script's path, as a shell would take them."""
+    def short(path):
+        path = Path(path).absolute()
+        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+
+    return f"{shlex.quote(short(sys.executable))} {shlex.quote(short(__file__))}"
 
 
 def one_line(error):
@@ -192,8 +204,8 @@ def run(argv):
         records = trainer.fit()
     except KeyboardInterrupt:
         print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; checkpoint saved in "
-              f"{Path(args.out) / 'checkpoint.safetensors'}.\nresume with: python examples/pretrain.py "
-              f"--out {args.out} --resume", file=sys.stderr)
+              f"{Path(args.out) / 'checkpoint.safetensors'}.\nresume with: {this_command()} "
+              f"--out {shlex.quote(str(args.out))} --resume", file=sys.stderr)
         return 130
     first, last = records[0], records[-1]
     print(f"done: {trainer.step} steps, {trainer.tokens_seen:,} tokens in {trainer.elapsed:.0f} s; "
@@ -205,12 +217,13 @@ def run(argv):
 
 
 def main(argv=None):
+    backend.keep_freed_memory()  # reuse freed memory: fresh pages for each step's temporaries are slow
     try:
         return run(argv)
     except KeyboardInterrupt:  # during setup, before there is anything to save
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, DeviceError, CheckpointError, WeightsUnavailableError) as e:
+    except (ValueError, OSError, DeviceError, CheckpointError, DownloadError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 

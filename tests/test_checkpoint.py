@@ -207,12 +207,16 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_intact(tmp_path, monkey
     save_state(path, model=model, extra={"step": 1})
     before = path.read_bytes()
 
-    def crash(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:  # half a file, then the process "dies"
-            f.write(b"\x00" * 100)
-        raise KeyboardInterrupt("power cut")
+    calls = []
+    real_to_host = checkpoint.backend.to_host
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+    def crash(array):  # the header and the first tensor are written, then the process "dies"
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("power cut")
+        return real_to_host(array)
+
+    monkeypatch.setattr(checkpoint.backend, "to_host", crash)
     with pytest.raises(KeyboardInterrupt):
         save_state(path, model=TinyLM(seed=2), extra={"step": 2})
     monkeypatch.undo()
@@ -221,3 +225,39 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_intact(tmp_path, monkey
     fresh = TinyLM(seed=3)
     assert load_state(path, model=fresh) == {"step": 1}
     assert host_state(fresh)["fc.weight"].tobytes() == host_state(model)["fc.weight"].tobytes()
+
+
+def test_streaming_writer_files_read_back_with_the_safetensors_package(tmp_path):
+    from autograd.checkpoint import write_safetensors
+
+    rng = np.random.default_rng(0)
+    arrays = {"w": rng.standard_normal((3, 5)).astype(np.float32), "ids": np.arange(7, dtype=np.int64),
+              "half": rng.standard_normal(4).astype(np.float16), "mask": np.array([True, False])}
+    write_safetensors(tmp_path / "a.safetensors", [(k, v, k == "w") for k, v in arrays.items()], {"note": "x"})
+    back = safetensors.numpy.load_file(tmp_path / "a.safetensors")
+    assert set(back) == set(arrays) and all(back[k].dtype == arrays[k].dtype for k in arrays)
+    np.testing.assert_array_equal(back["w"], arrays["w"].T)  # stored transposed, as asked
+    for k in ("ids", "half", "mask"):
+        np.testing.assert_array_equal(back[k], arrays[k])
+    with safetensors.safe_open(tmp_path / "a.safetensors", framework="numpy") as f:
+        assert f.metadata() == {"note": "x"}
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from autograd.checkpoint import atomic_write, write_text
+
+    path = tmp_path / "encoder.json"
+    write_text(path, "old")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            f.write("new, half written")
+            raise OSError("disk full")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["encoder.json"]
+    write_text(path, "new")
+    assert path.read_text() == "new" and os.listdir(tmp_path) == ["encoder.json"]
+    mask = os.umask(0o022)
+    try:
+        write_text(path, "shared")  # a new file's usual mode, not the temporary file's private 0600
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)

@@ -16,6 +16,9 @@ from autograd.optim import AdamW
 from tinygrad_llm.lora import LoRALinear, apply_lora, load_adapter, lora_layers, merge_lora, save_adapter
 from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.train import param_groups
+from tests.conftest import DEVICES
+
+on_devices = pytest.mark.parametrize("device", DEVICES)  # cpu, strict, and cuda where there is a GPU
 
 dims = st.integers(1, 4)
 
@@ -36,7 +39,7 @@ def randomize_adapters(model, seed=1):
             p.data[...] = backend.to_device(rng.standard_normal(p.shape).astype(np.float32) * 0.1, p.device)
 
 
-@pytest.mark.parametrize("device", ["cpu", "strict"])
+@on_devices
 @given(batch=dims, n_in=dims, n_out=dims, rank=st.integers(1, 3), alpha=st.floats(0.5, 32),
        seed=st.integers(0, 2**16), bias=st.booleans())
 def test_lora_linear_gradients(device, batch, n_in, n_out, rank, alpha, seed, bias):
@@ -52,7 +55,7 @@ def test_lora_linear_gradients(device, batch, n_in, n_out, rank, alpha, seed, bi
                     device=device)
 
 
-@pytest.mark.parametrize("device", ["cpu", "strict"])
+@on_devices
 @given(n_in=dims, n_out=dims, rank=st.integers(1, 3), seed=st.integers(0, 2**16), bias=st.booleans(),
        frozen=st.booleans())
 def test_fused_op_equals_the_reference_path(device, n_in, n_out, rank, seed, bias, frozen):
@@ -100,7 +103,7 @@ def test_bad_rank_and_alpha_are_clear_errors():
         apply_lora(tiny_gpt(), 2, 4, targets=["decoder.*"])
 
 
-@pytest.mark.parametrize("device", ["cpu", "strict"])
+@on_devices
 def test_wrapped_model_computes_what_the_base_computed(device):
     model = tiny_gpt().to(device)
     before = model(ids()).numpy()
@@ -110,7 +113,7 @@ def test_wrapped_model_computes_what_the_base_computed(device):
     assert all(layer.lora_A.device == device for _, layer in lora_layers(model))
 
 
-@pytest.mark.parametrize("device", ["cpu", "strict"])
+@on_devices
 def test_merged_model_equals_the_adapted_one(device):
     model = tiny_gpt().to(device)
     apply_lora(model, rank=4, alpha=8)

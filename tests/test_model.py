@@ -116,3 +116,64 @@ def test_overfits_a_tiny_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[0] > 4.0 and losses[-1] < 0.05, losses[::10]
+
+
+def test_assigning_a_head_unties_a_tied_model_and_forward_uses_it():
+    """The book's chapter 6 replaces the head (`model.out_head = nn.Linear(768, 2)`). Here, on a tied
+    model, that unties it: the config says so, wte keeps its weights, and the new head, bias included,
+    makes the logits."""
+    from autograd import nn
+
+    model = GPT(tiny(), seed=0).eval()
+    config, wte = model.config, model.wte.weight.numpy().copy()
+    before = model.num_parameters()
+    model.lm_head = nn.Linear(64, 2, rng=np.random.default_rng(1))
+    assert model.config.tie_weights is False and config.tie_weights is True  # a new config; the old is frozen
+    assert model.num_parameters() == before + 64 * 2 + 2 and "lm_head.bias" in model.state_dict()
+    ids = np.arange(6)[None]
+    logits = model(ids)
+    expected = model.hidden_states(ids).numpy() @ model.lm_head.weight.numpy().T + model.lm_head.bias.numpy()
+    assert logits.shape == (1, 6, 2)
+    np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-5, atol=1e-6)
+    logits.sum().backward()
+    assert model.lm_head.bias.grad is not None and np.array_equal(model.wte.weight.numpy(), wte)
+    assert "(1, 6, 2)" in model.summary(batch_size=1, seq_len=6)
+
+
+def test_a_wrapped_head_of_an_untied_model_is_called():
+    """forward calls lm_head rather than reading its weight, so a wrapper (LoRA) on the head takes effect."""
+    from tinygrad_llm.lora import LoRALinear
+
+    model = GPT(tiny(tie_weights=False), seed=0).eval()
+    ids = np.arange(5)[None]
+    with no_grad():
+        plain = model(ids).numpy()
+        model.lm_head = LoRALinear(model.lm_head, rank=2, alpha=4, rng=np.random.default_rng(0))
+        np.testing.assert_array_equal(model(ids).numpy(), plain)  # B starts at zero
+        model.lm_head.lora_B.data[...] = 0.1
+        assert not np.allclose(model(ids).numpy(), plain)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_with_a_kv_cache_equals_the_full_pass(fused):
+    """The cache lives in the attention module: a 4-token prefill and two 1-token steps give the
+    outputs of one pass over all 6 tokens, on the fused path and on the reference path."""
+    from autograd import Tensor, no_grad
+    from tinygrad_llm.model import CausalSelfAttention, KVCache
+
+    cfg = GPTConfig(vocab_size=10, context_length=8, emb_dim=6, n_heads=2, n_layers=1, drop_rate=0.0, fused=fused)
+    attn = CausalSelfAttention(cfg, np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 6, 6)).astype(np.float32)
+    full = attn(Tensor(x)).numpy()
+    cache = KVCache(cfg, batch_size=2)
+    with no_grad():
+        parts = []
+        for a, b in ((0, 4), (4, 5), (5, 6)):
+            parts.append(attn(Tensor(x[:, a:b]), cache, 0).numpy())
+            cache.length += b - a
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-5, atol=1e-6)
+    if fused:
+        with pytest.raises(RuntimeError, match="KV cache is for inference; run the model under no_grad"):
+            attn(Tensor(x, requires_grad=True), cache, 0)
+    with no_grad(), pytest.raises(ValueError, match="KV cache holds 8 positions; 9 were asked for"):
+        attn(Tensor(x[:, :3]), cache, 0)

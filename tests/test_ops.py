@@ -68,7 +68,7 @@ def test_pow_tensor_exponent(device, data, shapes):
 
 
 @on_devices
-@given(data=st.data(), shape=small_shape, op=st.sampled_from(["exp", "log", "sqrt", "tanh", "relu"]))
+@given(data=st.data(), shape=small_shape, op=st.sampled_from(["exp", "log", "sqrt", "tanh", "relu", "sigmoid"]))
 def test_unary(device, data, shape, op):
     if op in ("log", "sqrt"):
         a = data.draw(values(shape, 0.3, 3.0))
@@ -77,6 +77,13 @@ def test_unary(device, data, shape, op):
     else:
         a = data.draw(values(shape))
     check_gradients(lambda x: getattr(x, op)(), a, device=device)
+
+
+@on_devices
+@given(data=st.data(), shape=small_shape)
+def test_sigmoid_far_from_zero(device, data, shape):
+    """Both branches of the stable form: no overflow at -30 or 30, and the gradient still right there."""
+    check_gradients(lambda x: x.sigmoid(), data.draw(values(shape, -30.0, 30.0)), device=device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -200,6 +207,33 @@ def test_concatenate_stack_split(device, data, shape, n):
 
 
 @on_devices
+@given(data=st.data(), shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4))
+def test_topk_values(device, data, shape):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    k = data.draw(st.integers(1, shape[axis]))
+    a = spread(data, shape)  # no ties: the order of the k largest is unambiguous
+    check_gradients(lambda x: x.topk(k, axis=axis)[0], a, device=device)
+
+
+@on_devices
+@given(data=st.data(), shape=hnp.array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=4), diagonal=st.integers(-2, 2))
+def test_tril_triu(device, data, shape, diagonal):
+    a = data.draw(values(shape))
+    check_gradients(lambda x: autograd.tril(x, diagonal), a, device=device)
+    check_gradients(lambda x: x.triu(diagonal), a, device=device)
+
+
+@on_devices
+@given(data=st.data(), shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=3))
+def test_unsqueeze_squeeze(device, data, shape):
+    a = data.draw(values(shape))
+    axis = data.draw(st.integers(-len(shape) - 1, len(shape)))
+    check_gradients(lambda x: x.unsqueeze(axis) * 1.0, a, device=device)
+    check_gradients(lambda x: x.unsqueeze(axis).squeeze(axis) * 1.0, a, device=device)
+    check_gradients(lambda x: x.unsqueeze(0).unsqueeze(-1).squeeze() * 1.0, a, device=device)
+
+
+@on_devices
 @given(data=st.data(), shapes=two_broadcastable)
 def test_where_and_masked_fill(device, data, shapes):
     a = data.draw(values(shapes.input_shapes[0]))
@@ -240,6 +274,22 @@ def test_cross_entropy(device, data, n, v, three_d):
     ignore = data.draw(hnp.arrays(bool, targets.shape))
     targets[ignore] = -100
     check_gradients(lambda x: F.cross_entropy(x, targets), logits, device=device)
+
+
+@on_devices
+@given(data=st.data(), shape=small_shape, reduction=st.sampled_from(["mean", "sum", "none"]))
+def test_binary_cross_entropy(device, data, shape, reduction):
+    p = data.draw(values(shape, 0.05, 0.95))
+    t = data.draw(values(shape, 0.0, 1.0))  # labels or soft targets: both inputs get a gradient
+    check_gradients(lambda p, t: F.binary_cross_entropy(p, t, reduction=reduction), p, t, device=device)
+
+
+@on_devices
+@given(data=st.data(), shape=small_shape, reduction=st.sampled_from(["mean", "sum", "none"]))
+def test_binary_cross_entropy_with_logits(device, data, shape, reduction):
+    x = data.draw(values(shape, -20.0, 20.0))
+    t = data.draw(values(shape, 0.0, 1.0))
+    check_gradients(lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction=reduction), x, t, device=device)
 
 
 @on_devices
@@ -315,22 +365,6 @@ def test_multi_head_attention(device, data, b, t, h, d, dropout):
         return F.multi_head_attention(x, h, dropout_p=dropout, generator=xp.random.default_rng(3))
 
     check_gradients(fn, qkv, device=device)
-
-
-def test_multi_head_attention_with_kv_cache_equals_full_pass():
-    rng = np.random.default_rng(0)
-    b, t, h, d = 2, 6, 2, 3
-    qkv = rng.standard_normal((b, t, 3 * h * d)).astype(np.float32)
-    full = F.multi_head_attention(autograd.Tensor(qkv), h).numpy()
-    k_buf, v_buf = np.zeros((b, h, 8, d), np.float32), np.zeros((b, h, 8, d), np.float32)
-    with autograd.no_grad():
-        first = F.multi_head_attention(autograd.Tensor(qkv[:, :4]), h, kv_cache=(k_buf, v_buf, 0)).numpy()
-        rest = [F.multi_head_attention(autograd.Tensor(qkv[:, i : i + 1]), h, kv_cache=(k_buf, v_buf, i)).numpy() for i in (4, 5)]
-    np.testing.assert_allclose(np.concatenate([first] + rest, axis=1), full, rtol=1e-5, atol=1e-6)
-    with pytest.raises(RuntimeError, match="KV cache is for inference; run it under no_grad"):
-        F.multi_head_attention(autograd.Tensor(qkv, requires_grad=True), h, kv_cache=(k_buf, v_buf, 0))
-    with autograd.no_grad(), pytest.raises(ValueError, match="KV cache holds 8 positions; 12 were asked for"):
-        F.multi_head_attention(autograd.Tensor(qkv), h, kv_cache=(k_buf, v_buf, 6))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -415,6 +449,14 @@ def test_multi_head_attention_matches_split_heads(data, t, h, d):
     _compare_with_composed(lambda x: F.multi_head_attention(x, h), composed, qkv)
 
 
+@given(data=st.data(), shape=small_shape)
+def test_binary_cross_entropy_with_logits_matches_sigmoid_then_bce(data, shape):
+    x = data.draw(values(shape, -8, 8))
+    t = data.draw(hnp.arrays(np.float64, shape, elements=st.sampled_from([0.0, 1.0])))
+    _compare_with_composed(lambda x: F.binary_cross_entropy_with_logits(x, t),
+                           lambda x: F.binary_cross_entropy(x.sigmoid(), t), x, atol=1e-7)
+
+
 @given(data=st.data(), v=st.integers(1, 6), c=st.integers(1, 4), n=st.integers(1, 8))
 def test_embedding_matches_indexing(data, v, c, n):
     w = data.draw(values((v, c)))
@@ -441,6 +483,25 @@ def test_cross_entropy_all_ignored_is_zero():
     assert loss.item() == 0.0 and not logits.grad.any()
 
 
+def test_binary_cross_entropy_clamps_and_stays_finite():
+    """p = 0 or 1 against the wrong label: PyTorch's clamp of each log at -100 gives 100, not inf; the
+    logits form stays finite for huge logits."""
+    p = autograd.Tensor([0.0, 1.0], requires_grad=True)
+    loss = F.binary_cross_entropy(p, [1.0, 0.0], reduction="none")
+    np.testing.assert_array_equal(loss.numpy(), [100.0, 100.0])
+    loss.sum().backward()
+    assert np.isfinite(p.grad).all()
+    x = autograd.Tensor(np.array([1e4, -1e4, 0.0], dtype=np.float32), requires_grad=True)
+    loss = F.binary_cross_entropy_with_logits(x, [0.0, 1.0, 1.0], reduction="none")
+    np.testing.assert_allclose(loss.numpy(), [1e4, 1e4, np.log(2)], rtol=1e-6)
+    loss.sum().backward()
+    np.testing.assert_allclose(x.grad, [1.0, -1.0, -0.5])
+    with pytest.raises(ValueError, match=r"targets of shape \(2,\) must have the input's shape \(3,\)"):
+        F.binary_cross_entropy_with_logits(x, [0.0, 1.0])
+    with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none'"):
+        F.binary_cross_entropy(p, [1.0, 0.0], reduction="avg")
+
+
 def test_cross_entropy_known_value():
     loss = F.cross_entropy(autograd.Tensor([[0.0, 0.0, 0.0, 0.0]]), [2])
     np.testing.assert_allclose(loss.item(), np.log(4), rtol=1e-6)
@@ -459,6 +520,9 @@ def test_float32_stays_float32_through_every_op():
         F.scaled_dot_product_attention(q, q, q, dropout_p=0.1), F.multi_head_attention(x[..., :3], 1, dropout_p=0.1),
         F.embedding(np.array([1, 2]), emb),
         F.cross_entropy(x, np.zeros((2, 3), dtype=np.int64)), x * np.float64(0.125), x + np.float64(2.0),
+        x.sigmoid(), F.sigmoid(x), F.binary_cross_entropy(x.sigmoid(), np.ones((2, 3, 4))),
+        F.binary_cross_entropy_with_logits(x, np.zeros((2, 3, 4))), x.topk(2)[0], x.tril(), autograd.triu(x),
+        x.unsqueeze(1), x[:1].squeeze(0),
     ]
     for out in outs:
         assert out.dtype == np.float32, out

@@ -169,6 +169,22 @@ def test_optimizer_load_state_dict_rejects_a_mismatch():
         AdamW(make_params("cpu")[:1]).load_state_dict(sd)
 
 
+def test_optimizer_state_with_other_groups_says_what_to_build():
+    """A state saved from one group (the book's AdamW(model.parameters())) into two groups (decayed
+    matrices, undecayed vectors): the error names both layouts and what to build."""
+    params = make_params("cpu")
+    one = AdamW(params, weight_decay=0.1)
+    set_grads(params, grads_for(0, ((3, 4), (4,))))
+    one.step()
+    two = AdamW([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}], weight_decay=0.1)
+    with pytest.raises(ValueError) as e:
+        two.load_state_dict(one.state_dict())
+    message = str(e.value)
+    assert "optimizer state has groups of sizes [2], this optimizer has [1, 1]" in message
+    assert "group 0: 2 parameters, weight_decay=0.1" in message
+    assert "build this one that way, as `AdamW(params, ...)` for one group" in message
+
+
 # ---------------------------------------------------------------------------------------------------
 # Clipping
 
@@ -225,18 +241,27 @@ def test_cosine_with_warmup_at_its_landmarks():
 
 
 def test_cosine_with_warmup_matches_the_books_loop():
-    """Appendix D's loop: global_step += 1, then warmup or cosine with that step."""
-    peak, initial, min_lr, warmup, total = 5e-4, 3e-5, 1e-6, 20, 150
-    inc = (peak - initial) / warmup
-    for global_step in range(1, total):
-        if global_step < warmup:
-            book = initial + global_step * inc
+    """Appendix D's loop, as its code has it: global_step starts at -1 and is incremented before the lr
+    is computed, so the steps count from 0 and the first lr is initial_lr. Its numbers: 9 batches x 15
+    epochs = 135 steps, 27 of warmup, initial 1e-4, peak 0.01, min 1e-5."""
+    peak_lr, initial_lr, total_steps = 0.01, 0.0001, 9 * 15
+    warmup_steps, min_lr = int(0.2 * total_steps), 0.1 * initial_lr
+    lr_increment = (peak_lr - initial_lr) / warmup_steps
+    book, global_step = [], -1
+    for _ in range(total_steps):
+        global_step += 1
+        if global_step < warmup_steps:
+            lr = initial_lr + global_step * lr_increment
         else:
-            progress = (global_step - warmup) / (total - warmup)
-            book = min_lr + (peak - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-        ours = cosine_with_warmup(global_step, max_lr=peak, total_steps=total, warmup_steps=warmup,
-                                  min_lr=min_lr, initial_lr=initial)
-        assert ours == pytest.approx(book, rel=1e-12)
+            progress = (global_step - warmup_steps) / (total_steps - warmup_steps)
+            lr = min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        book.append(lr)
+    ours = [cosine_with_warmup(s, max_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps,
+                               min_lr=min_lr, initial_lr=initial_lr) for s in range(total_steps)]
+    assert ours == pytest.approx(book, rel=1e-12)
+    assert warmup_steps == 27 and ours[0] == pytest.approx(1e-4) and ours[27] == pytest.approx(0.01)
+    assert f"{ours[1]:.3g}" == "0.000467"  # what counting from 1 would have given the first step
+    assert ours[-1] > min_lr  # the cosine approaches min_lr; the step that would reach it is not taken
 
 
 def test_scheduler_sets_every_group_keeping_its_ratio():

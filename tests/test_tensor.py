@@ -187,3 +187,140 @@ def test_dropout_is_seeded_and_identity_in_eval():
     assert F.dropout(x, 0.5, training=False) is x
     with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\), got 1.5"):
         F.dropout(x, 1.5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The conveniences the book uses: argmax, topk, unsqueeze/squeeze, numel, tril/triu
+
+
+def test_argmax_is_an_integer_tensor_without_gradient(device):
+    x = Tensor([[0.1, 0.9, 0.9], [2.0, -1.0, 0.5]], requires_grad=True, device=device)
+    row = x.argmax(axis=1)
+    assert row.dtype == np.int64 and not row.requires_grad and row.device == device
+    assert row.tolist() == [1, 0]  # a tie gives the first index, as torch.argmax
+    assert x.argmax(axis=-1, keepdims=True).shape == (2, 1)
+    assert x.argmax().item() == 3  # of the flattened tensor
+
+
+def test_topk_as_in_chapter_5(device):
+    """The book's next-token logits: torch.topk gives values [6.75, 6.28, 4.51] at positions [3, 7, 0]."""
+    logits = Tensor([4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79], device=device)
+    values, positions = logits.topk(3)
+    np.testing.assert_allclose(values.numpy(), [6.75, 6.28, 4.51])
+    assert positions.tolist() == [3, 7, 0] and positions.dtype == np.int64
+    masked = autograd.where(logits < values[-1], float("-inf"), logits)
+    np.testing.assert_allclose(F.softmax(masked, axis=0).numpy(),
+                               [0.0615, 0, 0, 0.5775, 0, 0, 0, 0.3610, 0], atol=5e-5)
+    batch = Tensor([[1.0, 3.0, 2.0], [5.0, 5.0, 4.0]], device=device)
+    v, i = batch.topk(2, axis=-1)
+    assert v.tolist() == [[3.0, 2.0], [5.0, 5.0]] and i.tolist() == [[1, 2], [0, 1]]  # ties: lower index first
+    assert batch.topk(1, axis=0)[1].tolist() == [[1, 1, 1]]
+    with pytest.raises(ValueError, match=r"k=4 is out of range for axis -1 of length 3"):
+        batch.topk(4)
+
+
+def test_topk_gradient_goes_to_the_picked_entries():
+    x = Tensor([1.0, 5.0, 3.0, 4.0], requires_grad=True)
+    values, _ = x.topk(2)
+    (values * Tensor([10.0, 1.0])).sum().backward()
+    assert x.grad.tolist() == [0.0, 10.0, 0.0, 1.0]
+
+
+def test_unsqueeze_squeeze_numel():
+    x = Tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert x.unsqueeze(0).shape == (1, 2, 3) and x.unsqueeze(-1).shape == (2, 3, 1) and x.unsqueeze(1).shape == (2, 1, 3)
+    assert x.unsqueeze(0).unsqueeze(-1).squeeze().shape == (2, 3)
+    assert x.unsqueeze(0).squeeze(0).shape == (2, 3)
+    assert x.squeeze(0).shape == (2, 3)  # an axis whose length is not 1 is left alone, as torch.squeeze
+    assert x.numel() == 6 and Tensor(1.0).numel() == 1
+    logits = Tensor(np.zeros((2, 3, 5), dtype=np.float32))
+    assert logits.flatten(0, 1).shape == (6, 5) and logits.flatten().shape == (30,) and logits.flatten(1).shape == (2, 15)
+    with pytest.raises(ValueError, match="unsqueeze: axis 3 is out of range for a tensor of 2 axes"):
+        x.unsqueeze(3)
+
+
+def test_tril_triu_values_and_gradient_masks():
+    ones = Tensor(np.ones((3, 3), dtype=np.float32), requires_grad=True)
+    assert autograd.tril(ones).tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert ones.triu(diagonal=1).tolist() == [[0, 1, 1], [0, 0, 1], [0, 0, 0]]
+    assert ones.tril(-1).sum().item() == 3.0
+    ones.tril().sum().backward()
+    assert ones.grad.tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    with pytest.raises(ValueError, match=r"tril needs at least 2 axes, got shape \(3,\)"):
+        autograd.tril(Tensor([1.0, 2.0, 3.0]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gradients of chosen inputs, and walking a graph twice
+
+
+def _appendix_a_loss():
+    """Appendix A's logistic regression: z = x1 w1 + b, a = sigmoid(z), loss = BCE(a, y)."""
+    w1, b = Tensor([2.2], requires_grad=True), Tensor([0.0], requires_grad=True)
+    loss = F.binary_cross_entropy((Tensor([1.1]) * w1 + b).sigmoid(), Tensor([1.0]))
+    return loss, w1, b
+
+
+def test_grad_of_chosen_inputs_as_in_appendix_a():
+    loss, w1, b = _appendix_a_loss()
+    assert f"{loss.item():.4f}" == "0.0852"
+    (g_w1,) = autograd.grad(loss, w1, retain_graph=True)
+    (g_b,) = autograd.grad(loss, b, retain_graph=True)
+    assert (f"{g_w1.item():.4f}", f"{g_b.item():.4f}") == ("-0.0898", "-0.0817")
+    assert w1.grad is None and b.grad is None  # grad() leaves .grad alone
+    loss.backward()  # the graph was retained: backward walks it once more
+    assert w1.grad.tolist() == g_w1.tolist() and b.grad.tolist() == g_b.tolist()
+    with pytest.raises(RuntimeError, match="a second time.*retain_graph=True"):
+        loss.backward()  # the default walk freed it
+
+
+def test_grad_without_retain_graph_frees_it_and_takes_several_inputs():
+    x = Tensor([1.0, 2.0], requires_grad=True)
+    y = Tensor([3.0, 4.0], requires_grad=True)
+    h = x * y  # an intermediate result is an input too
+    out = (h * h).sum()
+    gx, gh, gy = autograd.grad(out, [x, h, y])
+    assert gx.tolist() == [18.0, 64.0] and gh.tolist() == [6.0, 16.0] and gy.tolist() == [6.0, 32.0]
+    with pytest.raises(RuntimeError, match="a second time"):
+        out.backward()
+    s = x + y
+    ga, gb = autograd.grad(s, [x, y], grad_outputs=Tensor([1.0, 1.0]))
+    ga.data[0] = 99.0  # the two results are separate arrays
+    assert gb.tolist() == [1.0, 1.0]
+    z = Tensor([5.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="input 1 of shape \\(1,\\) was not used"):
+        autograd.grad((x * 2.0).sum(), [x, z])
+    assert autograd.grad((x * 2.0).sum(), [x, z], allow_unused=True)[1] is None
+    with pytest.raises(RuntimeError, match="input 0 of shape \\(2,\\) does not require grad"):
+        autograd.grad((x * 2.0).sum(), [Tensor([1.0, 2.0])])
+
+
+def test_backward_twice_with_retain_graph_through_ops_that_reuse_buffers():
+    """GELU and cross-entropy reuse their saved arrays in the backward on a graph's last walk; a retained
+    graph gives the same gradient on every walk, so two walks sum to twice one."""
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((4, 5)).astype(np.float32), requires_grad=True)
+    loss = F.cross_entropy(F.gelu(x) * 2.0, np.array([0, 1, 2, 3]))
+    (once,) = autograd.grad(loss, x, retain_graph=True)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    np.testing.assert_allclose(x.grad, 2 * once.numpy(), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Printing
+
+
+def test_small_tensors_print_in_full_large_ones_summarised():
+    """PyTorch's rule: up to 1,000 entries every one is printed; past that, 3 at each end of each axis.
+    Floats with 4 decimals, scientific notation when the magnitudes span more than 1e3."""
+    assert repr(Tensor([[0.3374, -0.1778], [0.9178, 1.5810]])) == "tensor([[ 0.3374, -0.1778],\n        [ 0.9178,  1.5810]])"
+    assert repr(Tensor(0.08518782)) == "tensor(0.0852)"
+    assert repr(Tensor([7.4541e-05, 3.1061e-05])) == "tensor([7.4541e-05, 3.1061e-05])"
+    assert repr(Tensor([4.51, float("-inf"), 6.75])) == "tensor([4.5100,   -inf, 6.7500])"
+    ten_by_ten = repr(Tensor(np.arange(100, dtype=np.float32).reshape(10, 10) / 7))
+    assert "..." not in ten_by_ten and "14.1429" in ten_by_ten and "0.1429" in ten_by_ten
+    assert "..." not in repr(Tensor(np.zeros((10, 100), dtype=np.float32)))  # 1,000 entries: in full
+    big = repr(Tensor(np.arange(1001, dtype=np.float32)))
+    assert "..." in big and big.startswith("tensor([   0.,    1.,    2., ...,  998.,  999., 1000.])")
+    assert repr(Tensor([1.0], requires_grad=True) * 2.0) == "tensor([2.], grad_fn=<Mul>)"

@@ -1,11 +1,9 @@
 """Byte-level BPE: GPT-2 parity with tiktoken, round trips, training, GPT-2's file format."""
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import pytest
-import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -148,25 +146,17 @@ def test_special_token_when_allowed_or_ordinary(ours):
 # ---- training -----------------------------------------------------------------------------------
 
 
-def naive_train(text, n_merges):
-    """Recount every pair before every merge; ties to the smallest pair, as BPETokenizer documents."""
-    words = Counter(regex.findall(GPT2_PATTERN, text))
-    ids = {w: list(w.encode()) for w in words}
-    merges = []
-    for new_id in range(256, 256 + n_merges):
-        counts = {}
-        for w, f in words.items():
-            for pair in zip(ids[w], ids[w][1:]):
-                counts[pair] = counts.get(pair, 0) + f
-        best = max(counts, key=lambda p: (counts[p], -p[0], -p[1]))
-        merges.append(best)
-        ids = {w: merge(seq, best, new_id) for w, seq in ids.items()}
-    return merges
-
-
 def test_incremental_training_equals_recounting(trained):
-    reference = naive_train(SAMPLE, 60)
-    assert list(trained.merges)[:60] == reference
+    """train (incremental counts, a heap) learns exactly the merges of train_simple (recount every time)."""
+    simple = BPETokenizer.train_simple(SAMPLE, 400)
+    assert list(trained.merges.items()) == list(simple.merges.items())
+    assert trained.vocab == simple.vocab and trained.special_tokens == simple.special_tokens
+
+
+def test_simple_training_on_the_docstring_example():
+    tok = BPETokenizer.train_simple("aaab aab", 259)
+    # "aa" occurs 3 times; then every pair occurs once and the tie goes to the smallest, (32, 256): " aa"
+    assert list(tok.merges) == [(97, 97), (32, 256)] and tok.vocab[257] == b" aa" and tok.eot_token == 258
 
 
 def test_trained_vocabulary_layout(trained):

@@ -128,6 +128,73 @@ def test_schedule_warmup_then_cosine_and_constant(tok, ids):
     assert seen == [4e-4] * 3
 
 
+def _lrs_of_each_step(trainer_args, cfg):
+    """The lr each step of a run uses, read inside the loss (that is, before that step's update)."""
+    model, train = trainer_args
+    seen = []
+
+    def loss(model, batch):
+        if model.training:  # not the evaluations
+            seen.append(trainer.optimizer.param_groups[0]["lr"])
+        return lm_loss(model, batch)
+
+    trainer = Trainer(model, train, None, cfg, loss_fn=loss, log=None)
+    trainer.fit()
+    return seen
+
+
+def test_initial_lr_gives_appendix_d_schedule(tok, ids):
+    """TrainConfig(initial_lr=...) warms up as appendix D does: step s (from 0) at initial + s * increment,
+    then the cosine of its loop; without it, warmup starts at lr / warmup_steps (unchanged)."""
+    model, train, _ = make(tok, ids)
+    cfg = TrainConfig(lr=0.01, initial_lr=1e-4, min_lr=1e-5, warmup_steps=3, max_steps=8, eval_every=100,
+                      eval_batches=1, **quiet())
+    inc = (0.01 - 1e-4) / 3
+    book = [1e-4 + s * inc for s in range(3)]
+    book += [1e-5 + (0.01 - 1e-5) * 0.5 * (1 + math.cos(math.pi * (s - 3) / (8 - 3))) for s in range(3, 8)]
+    assert _lrs_of_each_step((model, train), cfg) == pytest.approx(book, rel=1e-12)
+    model, train, _ = make(tok, ids)
+    cfg = TrainConfig(lr=0.01, min_lr=1e-5, warmup_steps=3, max_steps=8, eval_every=100, eval_batches=1, **quiet())
+    today = _lrs_of_each_step((model, train), cfg)
+    assert today[:3] == pytest.approx([0.01 / 3, 0.02 / 3, 0.01]) and today[-1] == pytest.approx(1e-5)
+    model, train, _ = make(tok, ids)
+    cfg = TrainConfig(lr=0.01, initial_lr=1e-4, schedule="constant", warmup_steps=2, max_steps=4, eval_every=100,
+                      eval_batches=1, **quiet())
+    assert _lrs_of_each_step((model, train), cfg) == pytest.approx([1e-4, 1e-4 + (0.01 - 1e-4) / 2, 0.01, 0.01])
+
+
+def test_clip_after_warmup_clips_only_after_the_warmup_steps(tok, ids, monkeypatch):
+    import tinygrad_llm.train as train_module
+
+    clipped = []
+    real = train_module.clip_grad_norm_
+    monkeypatch.setattr(train_module, "clip_grad_norm_",
+                        lambda params, max_norm: (clipped.append(trainer.step), real(params, max_norm))[1])
+    model, train, _ = make(tok, ids)
+    trainer = Trainer(model, train, None, TrainConfig(warmup_steps=3, max_steps=6, grad_clip=1.0, eval_every=100,
+                                                      eval_batches=1, clip_after_warmup=True, **quiet()), log=None)
+    trainer.fit()
+    assert clipped == [3, 4, 5]  # appendix D: `if global_step >= warmup_steps`, steps counted from 0
+    clipped.clear()
+    model, train, _ = make(tok, ids)
+    trainer = Trainer(model, train, None, TrainConfig(warmup_steps=3, max_steps=6, grad_clip=1.0, eval_every=100,
+                                                      eval_batches=1, **quiet()), log=None)
+    trainer.fit()
+    assert clipped == [0, 1, 2, 3, 4, 5]  # the default clips every step
+
+
+def test_resuming_with_other_parameter_groups_says_what_to_set(tok, ids, tmp_path):
+    model, train, _ = make(tok, ids)
+    Trainer(model, train, None, TrainConfig(max_steps=1, decay_all=True, eval_every=100, eval_batches=1,
+                                            out_dir=str(tmp_path), **quiet()), log=None).fit()
+    model, train, _ = make(tok, ids)
+    other = Trainer(model, train, None, TrainConfig(max_steps=2, eval_batches=1, out_dir=str(tmp_path), **quiet()),
+                    log=None)
+    with pytest.raises(CheckpointError, match=r"(?s)groups of sizes \[\d+\], this optimizer has \[\d+, \d+\]"
+                                              r".*resume with decay_all=True"):
+        other.resume()
+
+
 def _config(out, **kw):
     return TrainConfig(lr=2e-3, warmup_steps=2, max_steps=7, eval_every=3, eval_batches=2, grad_clip=0.5,
                        grad_accum_steps=2, out_dir=str(out), **quiet(**kw))

@@ -18,7 +18,8 @@ from safetensors.numpy import save_file
 from autograd import no_grad
 from autograd.checkpoint import CheckpointError
 from tinygrad_llm.model import GPT, GPTConfig
-from tinygrad_llm.weights import (WeightsUnavailableError, download_file, download_pretrained, load_pretrained,
+from tinygrad_llm.download import DownloadError, download_file
+from tinygrad_llm.weights import (WeightsUnavailableError, download_pretrained,
                                   load_weights, read_safetensors_header)
 
 V, CTX, C, L, H = 50, 16, 32, 2, 4
@@ -217,7 +218,7 @@ def test_offline_error_says_what_to_do(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request.OpenerDirector, "open", offline)
     with pytest.raises(WeightsUnavailableError) as e:
-        load_pretrained("gpt2", cache_dir=tmp_path)
+        GPT.from_pretrained("gpt2", cache_dir=tmp_path)
     msg = str(e.value)
     for part in ("config.json", "model.safetensors", "https://huggingface.co/gpt2/resolve/main/model.safetensors",
                  "GPT.from_pretrained('/path/to/dir')", "name resolution"):
@@ -277,7 +278,7 @@ def test_download_resumes_and_verifies(tmp_path, hub):
     assert _Hub.ranges == [None, "bytes=1000-"]  # config.json whole, the weights resumed
     assert (directory / "model.safetensors").read_bytes() == data
     assert not (directory / "model.safetensors.part").exists()
-    model = load_pretrained("gpt2", cache_dir=cache)  # now cached: no request at all
+    model = GPT.from_pretrained("gpt2", cache_dir=cache)  # now cached: no request at all
     assert _Hub.ranges == [None, "bytes=1000-"]
     np.testing.assert_allclose(logits_of(model, IDS), reference_logits(hf_params(), IDS), rtol=1e-4, atol=1e-4)
 
@@ -286,10 +287,10 @@ def test_download_rejects_corrupt_bytes(tmp_path, hub):
     dest = tmp_path / "model.safetensors"
     part = tmp_path / "model.safetensors.part"
     part.write_bytes(b"\0" * 1000)  # a partial file whose bytes are wrong: the sha256 cannot match
-    with pytest.raises(WeightsUnavailableError, match="sha256"):
+    with pytest.raises(DownloadError, match="sha256"):
         download_file(f"{hub}/gpt2/resolve/main/model.safetensors", dest, progress=False)
     assert not part.exists() and not dest.exists()  # removed, so the next try starts clean
     download_file(f"{hub}/gpt2/resolve/main/model.safetensors", dest, progress=False)
     read_safetensors_header(dest)
-    with pytest.raises(WeightsUnavailableError, match="sha256"):
+    with pytest.raises(DownloadError, match="sha256"):
         download_file(f"{hub}/gpt2/resolve/main/config.json", tmp_path / "config.json", sha256="0" * 64)

@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from autograd.checkpoint import atomic_write
 from tinygrad_llm.tokenizer import tokenizer_fingerprint
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "tinygrad_llm" / "tokens"
@@ -97,10 +97,11 @@ class DataLoader:
         self.collate_fn = collate_fn
         self.epoch = 0
         if len(self) == 0:
+            hint = "max_length, a longer text, " if isinstance(dataset, GPTDataset) else "more data, "
             noun = "windows" if isinstance(dataset, GPTDataset) else "items"
             raise ValueError(f"the dataset has {len(dataset)} {noun}, fewer than batch_size={batch_size}, "
-                             f"so drop_last=True leaves no batch. Use a smaller batch_size or "
-                             f"max_length, a longer text, or drop_last=False.")
+                             f"so drop_last=True leaves no batch. Use a smaller batch_size or {hint}or "
+                             f"drop_last=False.")
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -264,19 +265,13 @@ def tokenize_corpus(source, tokenizer, cache_dir=None, *, allowed_special="all",
             eot = tokenizer.eot_token  # None, or for tiktoken a KeyError, when there is none
         except KeyError:
             eot = None
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for k, file in enumerate(files):
-                    if k and eot is not None:
-                        out.write(np.array([eot], dtype=dtype).tobytes())
-                    for piece in read_chunks(file, chunk_bytes):
-                        out.write(np.array(tokenizer.encode(piece, allowed_special=allowed_special),
-                                           dtype=dtype).tobytes())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_write(path) as out:
+            for k, file in enumerate(files):
+                if k and eot is not None:
+                    out.write(np.array([eot], dtype=dtype).tobytes())
+                for piece in read_chunks(file, chunk_bytes):
+                    out.write(np.array(tokenizer.encode(piece, allowed_special=allowed_special),
+                                       dtype=dtype).tobytes())
     if path.stat().st_size == 0:
         raise ValueError(f"the corpus {source} has no tokens: its files are empty")
     return np.memmap(path, dtype=dtype, mode="r")

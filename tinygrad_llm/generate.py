@@ -52,7 +52,7 @@ def sample_next(logits, rng, temperature=0.0, top_k=None, top_p=None):
 def _eval_mode(model):
     """Eval mode (no dropout) for the whole generation, the model's previous mode restored at the end,
     also when a stream is abandoned (closing a generator runs its `finally`). Switching once instead of
-    around every forward pass saves a walk over every module twice per token (about 1 ms for GPT-2)."""
+    around every forward pass saves a walk over every module twice per token."""
     was_training = model.training
     if was_training:
         model.eval()

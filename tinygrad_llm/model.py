@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 import autograd.functional as F
+import autograd.reference as R
 from autograd import Tensor, backend, nn
+from tinygrad_llm import weights
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class GPTConfig:
     # "gpt2": N(0, 0.02) with scaled residual projections (GPT-2, nanoGPT); "torch": PyTorch's layer
     # defaults, N(0, 1) embeddings and U(+-1/sqrt(fan_in)) linears, as the book's GPTModel has them
     init: str = "gpt2"
+    # True: the fused ops of autograd/functional.py (fast); False: the book-shaped reference path, each
+    # layer composed of Tensor ops (autograd/reference.py, CausalSelfAttention.attend_reference): the same
+    # numbers, slower, and the one that can show its attention weights
+    fused: bool = True
 
     def __post_init__(self):
         if self.emb_dim % self.n_heads:
@@ -86,40 +92,106 @@ class KVCache:
         self.values = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
         self.length = 0
 
-    def slot(self, layer):
-        """(keys, values, length) for `layer`: the buffers the attention op writes new positions into."""
-        return self.keys[layer], self.values[layer], self.length
+    def update(self, layer, k, v):
+        """Store `layer`'s keys and values of the new tokens, k and v (B, H, T, D) arrays, after the
+        `length` positions already cached, and return every position's, (B, H, length + T, D) views.
+        (The model advances `length` once all its layers have stored theirs.)"""
+        start, T = self.length, k.shape[2]
+        if start + T > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {start + T} were asked for")
+        self.keys[layer][:, :, start:start + T] = k
+        self.values[layer][:, :, start:start + T] = v
+        return self.keys[layer][:, :, :start + T], self.values[layer][:, :, :start + T]
 
     def reset(self):
         self.length = 0
 
 
 class CausalSelfAttention(nn.Module):
+    """Causal multi-head self-attention (book chapter 3) from one fused qkv projection.
+
+    `attend_reference` is the book's `MultiHeadAttention.forward` step by step; `forward` runs it when
+    the config says `fused=False`, and otherwise `F.multi_head_attention`, one op that does the same
+    without the split and merge copies. With a KV cache (generation), the new keys and values are stored
+    in it and the queries attend to everything cached (`attend_cached`; the cache lives here, in the
+    module, as in the book's kv_cache/gpt2.py, not inside an op). With `record_weights` set, the
+    reference path keeps the last attention weights, (B, n_heads, T, T), in `attn_weights` (see
+    `GPT.attention_weights`).
+    """
+
     def __init__(self, cfg, rng):
         super().__init__()
-        self.n_heads, self.drop_rate = cfg.n_heads, cfg.drop_rate
+        self.n_heads, self.drop_rate, self.fused = cfg.n_heads, cfg.drop_rate, cfg.fused
         self.c_attn = nn.Linear(cfg.emb_dim, 3 * cfg.emb_dim, bias=cfg.qkv_bias, rng=rng)  # one fused qkv
         self.c_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim, rng=rng)
         self.attn_dropout = nn.Dropout(cfg.drop_rate, seed=int(rng.integers(2**31)))
+        self.record_weights, self.attn_weights = False, None
 
     def forward(self, x, cache=None, layer=0):
         qkv = self.c_attn(x)  # (B, T, C) -> (B, T, 3C)
-        generator = self.attn_dropout.generator_for(x.device)
-        y = F.multi_head_attention(
-            qkv, self.n_heads, dropout_p=self.drop_rate, training=self.training, generator=generator,
-            kv_cache=None if cache is None else cache.slot(layer),
-        )  # one fused op splits the heads, attends (to the cached positions too), merges them: (B, T, C)
+        if not self.fused or self.record_weights:
+            y = self.attend_reference(qkv, cache, layer)
+        elif cache is not None:
+            y = self.attend_cached(qkv, cache, layer)
+        else:  # one fused op splits the heads, attends and merges them: (B, T, 3C) -> (B, T, C)
+            y = F.multi_head_attention(qkv, self.n_heads, dropout_p=self.drop_rate, training=self.training,
+                                       generator=self.attn_dropout.generator_for(x.device))
         return self.c_proj(y)
+
+    def _heads(self, qkv):
+        """q, k, v (B, H, T, D) as views of the fused projection's array (no copies)."""
+        B, T, C3 = qkv.shape
+        heads = qkv.data.reshape(B, T, 3, self.n_heads, C3 // (3 * self.n_heads)).transpose(2, 0, 3, 1, 4)
+        return heads[0], heads[1], heads[2]
+
+    def attend_cached(self, qkv, cache, layer):
+        """Inference with a KV cache: the new tokens' keys and values join the cached ones, and the new
+        queries attend to all of them (causal: each sees the cache and the new tokens up to itself)."""
+        if qkv.requires_grad:
+            raise RuntimeError("a KV cache is for inference; run the model under no_grad()")
+        B, T, C3 = qkv.shape
+        q, k, v = self._heads(qkv)  # (B, H, T, D) each
+        keys, values = cache.update(layer, k, v)  # (B, H, cached + T, D)
+        y = F.scaled_dot_product_attention(Tensor(q), Tensor(keys), Tensor(values), causal=True)
+        return y.transpose(1, 2).reshape(B, T, C3 // 3)  # merge the heads: (B, T, H, D) -> (B, T, C)
+
+    def attend_reference(self, qkv, cache=None, layer=0):
+        """The book's multi-head attention on the fused projection: (B, T, 3C) -> (B, T, C)."""
+        B, T, C3 = qkv.shape
+        C, H = C3 // 3, self.n_heads
+        D = C // H
+        q, k, v = qkv.split(C, axis=2)  # 3 x (B, T, C): queries, keys, values
+        # split each into heads: (B, T, C) -> (B, T, H, D) -> (B, H, T, D)
+        q = q.reshape(B, T, H, D).transpose(1, 2)
+        k = k.reshape(B, T, H, D).transpose(1, 2)
+        v = v.reshape(B, T, H, D).transpose(1, 2)
+        start = 0
+        if cache is not None:  # decoding: attend to the cached positions too (constants: no gradient)
+            start = cache.length
+            keys, values = cache.update(layer, k.data, v.data)
+            k, v = Tensor(keys), Tensor(values)  # (B, H, start + T, D)
+        scores = q @ k.transpose(2, 3)  # (B, H, T, D) @ (B, H, D, Tk) -> (B, H, T, Tk)
+        # causal mask: query i (at position start + i) sees keys 0 .. start + i, not the ones after it
+        xp = backend.xp_for(qkv.device)
+        mask = xp.triu(xp.ones((T, start + T), dtype=bool), k=start + 1)
+        scores = scores.masked_fill(mask, -math.inf)
+        weights = R.softmax(scores / math.sqrt(D), axis=-1)  # (B, H, T, Tk), each row sums to 1
+        if self.record_weights:
+            self.attn_weights = backend.to_host(weights.data)
+        weights = self.attn_dropout(weights)
+        context = weights @ v  # (B, H, T, Tk) @ (B, H, Tk, D) -> (B, H, T, D)
+        return context.transpose(1, 2).reshape(B, T, C)  # merge the heads: (B, T, H, D) -> (B, T, C)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg, rng):
         super().__init__()
+        self.gelu = F.gelu if cfg.fused else R.gelu  # the fused op, or the book's three-line formula
         self.c_fc = nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim, rng=rng)
         self.c_proj = nn.Linear(4 * cfg.emb_dim, cfg.emb_dim, rng=rng)
 
     def forward(self, x):
-        return self.c_proj(F.gelu(self.c_fc(x)))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        return self.c_proj(self.gelu(self.c_fc(x)))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
 
 
 class Block(nn.Module):
@@ -127,9 +199,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg, rng):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.emb_dim)
+        self.ln_1 = nn.LayerNorm(cfg.emb_dim, fused=cfg.fused)
         self.attn = CausalSelfAttention(cfg, rng)
-        self.ln_2 = nn.LayerNorm(cfg.emb_dim)
+        self.ln_2 = nn.LayerNorm(cfg.emb_dim, fused=cfg.fused)
         self.mlp = MLP(cfg, rng)
         self.drop = nn.Dropout(cfg.drop_rate, seed=int(rng.integers(2**31)))
 
@@ -139,6 +211,19 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """GPT-2: token and position embeddings, `n_layers` blocks, a final LayerNorm and the output head.
+
+    The head: with `tie_weights` (GPT-2's layout) the logits are x @ wte.weight^T and there is no
+    `lm_head`; otherwise `lm_head` is an `nn.Linear(emb_dim, vocab_size, bias=False)` and forward calls it.
+
+    Replacing the head, as the book's chapter 6 does with `model.out_head = nn.Linear(768, 2)`: assign any
+    module to `model.lm_head` and forward returns `model.lm_head(x)` (its bias, and a LoRA wrapper, are
+    used). On a tied model the assignment unties it: `model.config` becomes a copy with
+    `tie_weights=False`, `wte` keeps its weights and stops serving as the head, and `lm_head` is part of
+    the parameters, the state dict and the saved checkpoint from then on. `config.vocab_size` still sizes
+    `wte`; a head of another width (2 classes) gives logits of that width.
+    """
+
     def __init__(self, config, seed=0):
         super().__init__()
         self.config = cfg = config
@@ -147,7 +232,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.context_length, cfg.emb_dim, rng=rng)
         self.drop = nn.Dropout(cfg.drop_rate, seed=int(rng.integers(2**31)))
         self.h = nn.ModuleList([Block(cfg, rng) for _ in range(cfg.n_layers)])
-        self.ln_f = nn.LayerNorm(cfg.emb_dim)
+        self.ln_f = nn.LayerNorm(cfg.emb_dim, fused=cfg.fused)
         if not cfg.tie_weights:
             self.lm_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False, rng=rng)
         if cfg.init == "gpt2":
@@ -168,11 +253,17 @@ class GPT(nn.Module):
                 rng.standard_normal(dtype=np.float32, out=p.data)  # in place: no full-size temporaries
                 p.data *= std
 
+    def __setattr__(self, name, value):
+        if name == "lm_head" and isinstance(value, nn.Module) and "config" in self.__dict__ and self.config.tie_weights:
+            self.config = replace(self.config, tie_weights=False)  # a replaced head unties (see the class docstring)
+        super().__setattr__(name, value)
+
     def forward(self, ids, cache=None):
         """Logits (B, T, vocab) for integer ids (B, T); with a KV cache, ids continue the cached sequence."""
         x = self.hidden_states(ids, cache)
-        head = self.wte.weight if self.config.tie_weights else self.lm_head.weight
-        return F.linear(x, head)  # (B, T, C) -> (B, T, vocab)
+        if self.config.tie_weights:
+            return F.linear(x, self.wte.weight)  # (B, T, C) -> (B, T, vocab)
+        return self.lm_head(x)  # (B, T, C) -> (B, T, vocab), or the width of a replaced head
 
     def hidden_states(self, ids, cache=None):
         """The last block's output after the final LayerNorm, (B, T, C): what the language-model head reads,
@@ -195,6 +286,26 @@ class GPT(nn.Module):
             cache.length += T
         return self.ln_f(x)
 
+    def attention_weights(self, ids):
+        """Each layer's attention weights for ids (B, T): a list of n_layers host arrays (B, n_heads, T, T),
+        row i of a head holding how much token i attends to each token up to itself. Runs the reference
+        attention (the fused op keeps no weights) in eval mode, without gradients."""
+        from autograd import no_grad
+
+        attns = [block.attn for block in self.h]
+        was_training = self.training
+        self.eval()
+        try:
+            for a in attns:
+                a.record_weights = True
+            with no_grad():
+                self.hidden_states(ids)
+            return [a.attn_weights for a in attns]
+        finally:
+            for a in attns:
+                a.record_weights, a.attn_weights = False, None
+            self.train(was_training)
+
     def summary(self, batch_size=1, seq_len=None):
         """A table for learners: each layer, its output shape and parameter count, and the total."""
         cfg = self.config
@@ -206,7 +317,9 @@ class GPT(nn.Module):
             rows += [(f"h.{i}.attn (causal self-attention, {cfg.n_heads} heads)", (B, T, C), count(block.ln_1) + count(block.attn)),
                      (f"h.{i}.mlp (feed-forward {C} -> {4 * C} -> {C})", (B, T, C), count(block.ln_2) + count(block.mlp))]
         rows.append(("ln_f (final layer norm)", (B, T, C), count(self.ln_f)))
-        rows.append(("lm_head" + (" (tied to wte)" if cfg.tie_weights else ""), (B, T, V), 0 if cfg.tie_weights else count(self.lm_head)))
+        head_width = V if cfg.tie_weights else getattr(self.lm_head, "out_features", V)
+        rows.append(("lm_head" + (" (tied to wte)" if cfg.tie_weights else ""), (B, T, head_width),
+                     0 if cfg.tie_weights else count(self.lm_head)))
         width = max(len(r[0]) for r in rows) + 2
         lines = [f"{'layer':<{width}}{'output shape':<22}{'parameters':>14}", "-" * (width + 36)]
         lines += [f"{name:<{width}}{str(shape):<22}{n:>14,}" for name, shape, n in rows]
@@ -216,13 +329,17 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, cache_dir=None, device="cpu"):
         """GPT-2's published weights ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", downloaded once and
-        cached) or a local Hugging Face checkpoint directory (config.json + model.safetensors)."""
-        from tinygrad_llm.weights import load_pretrained
-
-        return load_pretrained(name_or_path, cache_dir=cache_dir, device=device)
+        cached) or a local Hugging Face checkpoint directory (config.json + model.safetensors). The model
+        is built and loaded on the host, then moved to `device`."""
+        fields, path = weights.find_pretrained(name_or_path, cache_dir)
+        try:
+            config = GPTConfig.from_dict(fields)
+        except (TypeError, ValueError) as e:
+            raise weights.CheckpointError(f"{path.parent / 'config.json'}: {e}") from None
+        model = cls(config)
+        weights.load_weights(model, path)
+        return model.to(device)
 
     def save_pretrained(self, directory):
         """Write config.json + model.safetensors in Hugging Face's GPT-2 layout, readable by other tools."""
-        from tinygrad_llm.weights import save_pretrained
-
-        save_pretrained(self, directory)
+        weights.save_pretrained(self, directory)

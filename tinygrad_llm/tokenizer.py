@@ -23,6 +23,8 @@ from pathlib import Path
 
 import regex
 
+from autograd.checkpoint import write_text
+
 # GPT-2's pattern in tiktoken's form. OpenAI's release wrote it as
 #   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 # which cuts every text the same way; the possessive form runs faster.
@@ -79,9 +81,43 @@ class BPETokenizer:
     # ---- training -------------------------------------------------------------------------------
 
     @classmethod
+    def train_simple(cls, text: str, vocab_size: int, special_tokens=(ENDOFTEXT,),
+                     name: str = "bpe") -> BPETokenizer:
+        """Learn merges the plain way (minbpe's): before every merge, count every adjacent pair in every
+        pre-token, then merge the most frequent pair everywhere. The version to read first; it recounts
+        the whole corpus once per merge, so `train` below learns the same merges incrementally (a test
+        holds the two equal). Ties go to the smallest (left id, right id).
+
+        "aaab aab" -> pre-tokens {"aaab": 1, " aab": 1}; the first merge is (97, 97) "aa", counted 3 times;
+        then every pair occurs once, and the smallest, (32, 256) " aa", is merged next.
+        """
+        n_special = _check_vocab_size(vocab_size, special_tokens)
+        word_counts = _pretoken_counts(text, special_tokens)  # pre-token -> how often it occurs
+        ids = {w: list(w.encode("utf-8")) for w in word_counts}  # each pre-token as byte ids
+        vocab = {i: bytes([i]) for i in range(256)}
+        ids_of = {token: i for i, token in vocab.items()}
+        merges: dict[tuple[int, int], int] = {}
+        while len(vocab) < vocab_size - n_special:
+            counts: dict[tuple[int, int], int] = {}
+            for w, f in word_counts.items():
+                for pair in pairwise(ids[w]):
+                    counts[pair] = counts.get(pair, 0) + f
+            if not counts:
+                break  # every pre-token is one token already
+            pair = max(counts, key=lambda p: (counts[p], -p[0], -p[1]))
+            token = vocab[pair[0]] + vocab[pair[1]]
+            new_id = ids_of.setdefault(token, len(vocab))  # subtle: two pairs can spell the same bytes
+            vocab[new_id] = token
+            merges[pair] = new_id
+            ids = {w: merge(seq, pair, new_id) for w, seq in ids.items()}
+        specials = {s: len(vocab) + k for k, s in enumerate(special_tokens)}
+        return cls(vocab, merges, specials, name=name)
+
+    @classmethod
     def train(cls, text: str, vocab_size: int, special_tokens=(ENDOFTEXT,), verbose: bool = False,
               name: str = "bpe") -> BPETokenizer:
-        """Learn merges from `text` until the vocabulary holds `vocab_size` tokens (specials included).
+        """Learn merges from `text` until the vocabulary holds `vocab_size` tokens (specials included): the
+        merges of `train_simple`, learned without recounting.
 
         Ids 0..255 are the bytes in byte-value order, then merged tokens in the order learned, then
         the special tokens. Each step merges the most frequent adjacent pair; ties go to the smallest
@@ -89,14 +125,8 @@ class BPETokenizer:
         pair comes from a heap whose stale entries are refreshed when they surface. Training stops
         early when no adjacent pairs are left. Special tokens in the text are cut out, never merged.
         """
-        n_special = len(special_tokens)
-        if vocab_size < 256 + n_special:
-            raise ValueError(f"vocab_size={vocab_size} is too small: the 256 bytes and "
-                             f"{n_special} special tokens alone need {256 + n_special}")
-        pattern = regex.compile(GPT2_PATTERN)
-        word_counts = Counter()
-        for part in _split_specials(text, frozenset(special_tokens))[::2]:
-            word_counts.update(pattern.findall(part))
+        n_special = _check_vocab_size(vocab_size, special_tokens)
+        word_counts = _pretoken_counts(text, special_tokens)
         words = [list(w.encode("utf-8")) for w in word_counts]
         freqs = list(word_counts.values())
 
@@ -224,8 +254,9 @@ class BPETokenizer:
         encoder.update(self.special_tokens)
         lines = ["#version: 0.2"] + [f"{to_text(self.vocab[a])} {to_text(self.vocab[b])}"
                                      for a, b in self.merges]
-        (directory / "encoder.json").write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
-        (directory / "vocab.bpe").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # each file whole or not at all: a run killed mid-save must not leave a truncated encoder.json
+        write_text(directory / "encoder.json", json.dumps(encoder, ensure_ascii=False))
+        write_text(directory / "vocab.bpe", "\n".join(lines) + "\n")
 
     @classmethod
     def load(cls, directory) -> BPETokenizer:
@@ -301,6 +332,23 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+def _check_vocab_size(vocab_size, special_tokens) -> int:
+    n_special = len(special_tokens)
+    if vocab_size < 256 + n_special:
+        raise ValueError(f"vocab_size={vocab_size} is too small: the 256 bytes and "
+                         f"{n_special} special tokens alone need {256 + n_special}")
+    return n_special
+
+
+def _pretoken_counts(text, special_tokens) -> Counter:
+    """How often each pre-token occurs in `text`, special tokens cut out (they are never merged)."""
+    pattern = regex.compile(GPT2_PATTERN)
+    counts = Counter()
+    for part in _split_specials(text, frozenset(special_tokens))[::2]:
+        counts.update(pattern.findall(part))
+    return counts
 
 
 def get_stats(ids, counts=None) -> dict[tuple[int, int], int]:

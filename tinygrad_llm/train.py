@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -30,12 +29,11 @@ from dataclasses import asdict, dataclass, fields
 from itertools import islice
 from pathlib import Path
 
-import safetensors
 from tqdm.auto import tqdm
 
 import autograd.functional as F
 from autograd import backend, no_grad
-from autograd.checkpoint import META_KEY, CheckpointError, load_state, save_state
+from autograd.checkpoint import CheckpointError, atomic_write, load_state, read_metadata, save_state, write_text
 from autograd.optim import AdamW, LRScheduler, clip_grad_norm_, cosine_with_warmup
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -47,12 +45,17 @@ class TrainConfig:
     lr: float = 4e-4
     min_lr: float | None = None  # the cosine schedule's floor; None: lr / 10
     warmup_steps: int = 0
+    # None: warm up from lr / warmup_steps to lr over the first warmup_steps steps, the cosine reaching
+    # min_lr at the last step. A number: appendix D's schedule, step s (from 0) at
+    # initial_lr + s * (lr - initial_lr) / warmup_steps, then the cosine towards min_lr
+    initial_lr: float | None = None
     schedule: str = "cosine"  # "cosine" (after warmup) or "constant" (the book's chapter 5)
     weight_decay: float = 0.1
     decay_all: bool = False  # True: decay every parameter (the book); False: only 2-D weights (nanoGPT)
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
+    clip_after_warmup: bool = False  # True: clip only from step warmup_steps on (counting from 0), as appendix D
     grad_accum_steps: int = 1
     epochs: int = 1
     max_steps: int | None = None  # when set, the run stops here instead of after `epochs`
@@ -77,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
             raise ValueError("lr must be positive; weight_decay, grad_clip and warmup_steps non-negative")
+        if self.initial_lr is not None and self.initial_lr < 0:
+            raise ValueError(f"initial_lr must be non-negative (or None), got {self.initial_lr}")
         self.betas = tuple(self.betas)
 
     def to_dict(self):
@@ -161,11 +166,7 @@ def read_checkpoint_metadata(out_dir):
     path = Path(out_dir) / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path} not found")
-    try:
-        with safetensors.safe_open(path, framework="numpy") as f:
-            meta = json.loads((f.metadata() or {})[META_KEY])
-    except Exception as e:  # a bad header, a short file, JSON errors, a file of another tool
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e!r}") from None
+    meta = read_metadata(path)
     extra = meta.get("extra") if isinstance(meta, dict) else None
     if not isinstance(extra, dict) or "step" not in extra:
         raise CheckpointError(f"checkpoint {path} holds no training state (was it written by Trainer?)")
@@ -191,10 +192,9 @@ def plot_metrics(records, path):
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -226,18 +226,26 @@ class Trainer:
             param_groups(model, cfg.weight_decay, cfg.decay_all), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
             weight_decay=cfg.weight_decay)
         self.total_steps = self._total_steps()
-        min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
-        if cfg.schedule == "constant":
-            lr_fn = lambda s: cfg.lr * min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-        else:
-            lr_fn = lambda s: cosine_with_warmup(s + 1, max_lr=cfg.lr, total_steps=self.total_steps,
-                                                 warmup_steps=cfg.warmup_steps, min_lr=min_lr)
-        self.scheduler = LRScheduler(self.optimizer, lr_fn)
+        self.scheduler = LRScheduler(self.optimizer, self._lr_fn())
         self.step, self.epoch, self.batch_index, self.tokens_seen, self.elapsed = 0, 0, 0, 0, 0.0
         self.records, self.step_losses = [], []
         self._pending = []  # device scalars: the losses of steps not yet read
         self._stop = False
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+
+    def _lr_fn(self):
+        """step (counted from 0) -> lr. Without `initial_lr` the schedule is evaluated one step on, so the
+        first step gets lr / warmup_steps and the cosine ends at min_lr on the last step; with it, the
+        step itself, as appendix D counts: the first step gets initial_lr."""
+        cfg = self.config
+        min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+        start, shift = (0.0, 1) if cfg.initial_lr is None else (cfg.initial_lr, 0)
+        if cfg.schedule == "constant":
+            if not cfg.warmup_steps:
+                return lambda s: cfg.lr
+            return lambda s: start + (cfg.lr - start) * min(1.0, (s + shift) / cfg.warmup_steps)
+        return lambda s: cosine_with_warmup(s + shift, max_lr=cfg.lr, total_steps=self.total_steps,
+                                            warmup_steps=cfg.warmup_steps, min_lr=min_lr, initial_lr=start)
 
     def _total_steps(self):
         cfg = self.config
@@ -277,7 +285,9 @@ class Trainer:
             (loss * scale if cfg.grad_accum_steps > 1 else loss).backward()
             total = loss.data * scale if total is None else total + loss.data * scale
             tokens += self.tokens_fn(batch)
-        if cfg.grad_clip > 0:
+        # clip_after_warmup: appendix D's `if global_step >= warmup_steps`, the steps after the warmup steps
+        # 0 .. warmup_steps - 1 (the printed book had `>`, which skipped one more); self.step is this step's index
+        if cfg.grad_clip > 0 and not (cfg.clip_after_warmup and self.step < cfg.warmup_steps):
             clip_grad_norm_(self.optimizer._params(), cfg.grad_clip)
         self._updating = True
         self.optimizer.step()
@@ -463,6 +473,17 @@ class Trainer:
         save_state(path, self.model, self.optimizer, self.scheduler, extra=extra)
         return path
 
+    def _groups_hint(self, out_dir):
+        """Where a checkpoint's optimizer groups differ because of `decay_all`, the setting to resume with."""
+        try:
+            saved = read_checkpoint_metadata(out_dir)["train_config"]["decay_all"]
+        except (OSError, CheckpointError, KeyError, TypeError):
+            return ""
+        if saved == self.config.decay_all:
+            return ""
+        return (f"\n  the checkpoint was trained with TrainConfig(decay_all={saved}) and this Trainer has "
+                f"decay_all={self.config.decay_all}: resume with decay_all={saved}")
+
     def resume(self, out_dir=None):
         """Load out_dir's checkpoint (default: config.out_dir) into this trainer: model, optimizer,
         schedule, dropout generators, data position, metrics; metrics.jsonl is cut back to match."""
@@ -470,7 +491,10 @@ class Trainer:
         if out_dir is None:
             raise ValueError("resume needs an out_dir")
         path = out_dir / CHECKPOINT
-        extra = load_state(path, self.model, self.optimizer, self.scheduler)
+        try:
+            extra = load_state(path, self.model, self.optimizer, self.scheduler)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}{self._groups_hint(out_dir)}") from None
         try:
             self.step, self.epoch, self.batch_index = extra["step"], extra["epoch"], extra["batch_index"]
             self.tokens_seen, self.elapsed = extra["tokens_seen"], extra["elapsed"]
@@ -479,9 +503,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} holds no training state (missing {e})") from None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.out_dir / f"{METRICS}.tmp-{os.getpid()}"
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
-            os.replace(tmp, self.out_dir / METRICS)
+            write_text(self.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in self.records))
         return extra
 
 

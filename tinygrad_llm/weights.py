@@ -14,25 +14,22 @@ the same way. A safetensors file is an 8-byte little-endian header length, a JSO
 {name: {"dtype", "shape", "data_offsets"}}, then the raw little-endian arrays; the `safetensors` package
 reads and writes the files of both directions in the tests.
 
-`load_pretrained("gpt2")` (and -medium, -large, -xl) downloads the two files from the Hugging Face hub
+`GPT.from_pretrained("gpt2")` (and -medium, -large, -xl) downloads the two files from the Hugging Face hub
 once, with a progress bar, resuming a partial download and verifying its size and sha256.
 """
 
-import hashlib
 import http.client
 import json
 import os
 import re
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from autograd import backend
-from autograd.checkpoint import CheckpointError
-from tinygrad_llm.model import GPT, GPTConfig
+from autograd.checkpoint import CheckpointError, write_safetensors, write_text
+from tinygrad_llm.download import DownloadError, default_cache_dir, download_file
 
 PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 FILES = ("config.json", "model.safetensors")
@@ -42,10 +39,9 @@ _HF_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")  # causal-mask buf
 _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # bfloat16: the top half of a float32
 _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8, "U64": 8,
              "F16": 2, "BF16": 2, "F32": 4, "F64": 8}
-_CHUNK = 1 << 20
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(DownloadError):
     """Pretrained weights could not be downloaded (offline, an HTTP error) or failed verification."""
 
 
@@ -69,10 +65,11 @@ def config_to_hf(cfg):
 
 
 def config_from_hf(d, source="config.json"):
-    """A GPTConfig from GPT2Config keys. A config we wrote carries its exact GPTConfig; one from another
-    tool gets qkv_bias=True and drop_rate=0.0 (GPT-2 as published, for inference)."""
+    """GPTConfig's fields (a dict: `GPTConfig.from_dict` builds it) from GPT2Config keys. A config we wrote
+    carries its exact GPTConfig; one from another tool gets qkv_bias=True and drop_rate=0.0 (GPT-2 as
+    published, for inference)."""
     if "tinygrad_llm" in d:
-        return GPTConfig.from_dict(d["tinygrad_llm"])
+        return dict(d["tinygrad_llm"])
     if d.get("model_type", "gpt2") != "gpt2":
         raise CheckpointError(f"{source}: model_type {d['model_type']!r} is not GPT-2")
     n_embd = d["n_embd"]
@@ -86,7 +83,7 @@ def config_from_hf(d, source="config.json"):
     if problems:
         raise CheckpointError(f"{source}: unsupported GPT-2 variant: " + "; ".join(problems))
     try:
-        return GPTConfig(
+        return dict(
             vocab_size=d["vocab_size"], context_length=d.get("n_positions", d.get("n_ctx")), emb_dim=n_embd,
             n_heads=d["n_head"], n_layers=d["n_layer"], drop_rate=0.0, qkv_bias=True,
             tie_weights=d.get("tie_word_embeddings", True),
@@ -141,33 +138,6 @@ def _read_tensor(f, info, start, out):
         out[...] = (raw.astype(np.uint32) << 16).view(np.float32)
     elif raw is not out:
         out[...] = raw
-
-
-def write_safetensors(path, tensors, metadata=None):
-    """Write [(name, array, transpose)] as float32, one tensor at a time (arrays on any device), atomically."""
-    header, offset = {}, 0
-    for name, array, transpose in tensors:
-        shape = tuple(array.shape[::-1]) if transpose else tuple(array.shape)
-        nbytes = 4 * int(np.prod(shape, dtype=np.int64))
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    if metadata:
-        header["__metadata__"] = metadata
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(len(blob).to_bytes(8, "little"))
-            f.write(blob)
-            for _, array, transpose in tensors:
-                host = backend.to_host(array)
-                f.write(np.ascontiguousarray(host.T if transpose else host, dtype="<f4").data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -238,9 +208,10 @@ def load_weights(model, path):
     return model
 
 
-def load_pretrained(name_or_path, cache_dir=None, device="cpu"):
-    """A GPT from a Hugging Face GPT-2 checkpoint directory, or from one of PRETRAINED downloaded into
-    the cache (see `download_pretrained`). The model is built and loaded on the host, then moved."""
+def find_pretrained(name_or_path, cache_dir=None):
+    """(GPTConfig fields, path of model.safetensors) of a Hugging Face GPT-2 checkpoint directory, or of
+    one of PRETRAINED, downloaded into the cache first (see `download_pretrained`). `GPT.from_pretrained`
+    builds the model from them and loads it with `load_weights`."""
     directory = Path(name_or_path)
     if not directory.is_dir():
         if str(name_or_path) not in PRETRAINED:
@@ -261,9 +232,7 @@ def load_pretrained(name_or_path, cache_dir=None, device="cpu"):
         hf_config = json.loads(config_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{config_path} is not valid JSON ({e})") from None
-    model = GPT(config_from_hf(hf_config, str(config_path)))
-    load_weights(model, weights_path)
-    return model.to(device)
+    return config_from_hf(hf_config, str(config_path)), weights_path
 
 
 def save_pretrained(model, directory):
@@ -280,18 +249,11 @@ def save_pretrained(model, directory):
     tensors = [(name, merged.get(name, p.data), transposed) for name, (p, transposed) in _expected(model).items()
                if ".lora_" not in name]
     write_safetensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
-    tmp = directory / f"config.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, directory / "config.json")
+    write_text(directory / "config.json", json.dumps(config_to_hf(model.config), indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Downloading from the Hugging Face hub
-
-
-def default_cache_dir():
-    """$TINYGRAD_LLM_CACHE, else ~/.cache/tinygrad_llm; a model's files go in a folder of its name."""
-    return Path(os.environ.get("TINYGRAD_LLM_CACHE") or Path.home() / ".cache" / "tinygrad_llm")
 
 
 def download_pretrained(name, cache_dir=None, *, base_url=HF_BASE_URL, timeout=30.0, progress=True):
@@ -320,87 +282,7 @@ def download_pretrained(name, cache_dir=None, *, base_url=HF_BASE_URL, timeout=3
     return directory
 
 
-class _RememberLinkedHeaders(urllib.request.HTTPRedirectHandler):
-    """Follows redirects, keeping the hub's X-Linked-Etag / X-Linked-Size (an LFS file's sha256 and size,
-    sent with the redirect to the storage server, not by the server itself)."""
-
-    def __init__(self):
-        self.linked = {}
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        for k in ("X-Linked-Etag", "X-Linked-Size"):
-            if headers.get(k):
-                self.linked[k] = headers[k]
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def download_file(url, dest, *, sha256=None, timeout=30.0, progress=True):
-    """Download `url` to `dest` through `dest`.part, resuming an existing .part with an HTTP Range
-    request. Verified before the atomic rename to `dest`: the size the server announced, the sha256
-    (`sha256`, or the hub's X-Linked-Etag for LFS files), and that a .safetensors header or a .json file
-    parses. A failed verification removes the .part (its bytes cannot be trusted) and raises
-    WeightsUnavailableError; a network error keeps it for the next try and is raised as it is."""
-    dest = Path(dest)
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "tinygrad-llm"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    redirects = _RememberLinkedHeaders()
-    try:
-        response = urllib.request.build_opener(redirects).open(request, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code != 416 or not have:  # 416: the .part is already as long as the file, or longer
-            raise
-        part.unlink()
-        return download_file(url, dest, sha256=sha256, timeout=timeout, progress=progress)
-    with response:
-        headers = response.headers  # case-insensitive lookups
-        linked = {k: headers[k] for k in ("X-Linked-Etag", "X-Linked-Size") if headers.get(k)} | redirects.linked
-        if response.status == 206:
-            total = int(headers["Content-Range"].rsplit("/", 1)[1])
-        else:  # 200: the whole file (the server ignored the Range)
-            have = 0
-            total = int(headers["Content-Length"]) if headers.get("Content-Length") else None
-        total = int(linked.get("X-Linked-Size", total or 0)) or None
-        etag = linked.get("X-Linked-Etag", "").removeprefix("W/").strip('"')
-        sha256 = sha256 or (etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None)
-        digest = hashlib.sha256()
-        if have:
-            with open(part, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    digest.update(chunk)
-        with open(part, "ab" if have else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-            disable=not progress,
-        ) as bar:
-            while chunk := response.read(_CHUNK):
-                f.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-    size = part.stat().st_size
-    problem = None
-    if total is not None and size != total:
-        problem = f"size {size} bytes, expected {total}"
-    elif sha256 is not None and digest.hexdigest() != sha256:
-        problem = f"sha256 {digest.hexdigest()}, expected {sha256}"
-    else:
-        try:
-            if dest.suffix == ".safetensors":
-                read_safetensors_header(part)
-            elif dest.suffix == ".json":
-                json.loads(part.read_text(encoding="utf-8"))
-        except (CheckpointError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            problem = f"unreadable: {e}"
-    if problem:
-        part.unlink()
-        raise WeightsUnavailableError(f"download of {url} failed verification ({problem}); removed {part}, try again")
-    os.replace(part, dest)
-    return dest
-
-
 __all__ = [
-    "PRETRAINED", "WeightsUnavailableError", "CheckpointError", "load_pretrained", "save_pretrained",
-    "load_weights", "download_pretrained", "download_file", "config_to_hf", "config_from_hf",
-    "read_safetensors_header", "write_safetensors",
+    "PRETRAINED", "WeightsUnavailableError", "CheckpointError", "find_pretrained", "save_pretrained",
+    "load_weights", "download_pretrained", "config_to_hf", "config_from_hf", "read_safetensors_header",
 ]

@@ -1,0 +1,72 @@
+"""Talk to an instruction-tuned model: each line you type is wrapped in the Alpaca prompt and the answer is
+printed token by token as it is generated.
+
+    python examples/chat.py --model runs/instruct/model
+    echo "Name three primary colors." | python examples/chat.py --model runs/instruct/model
+
+Every turn is answered on its own (the template has no room for a conversation). An empty line or Ctrl-D
+ends the chat. A model directory that is missing or holds no model prints one line, `error: ...`, and
+exits with status 2.
+"""
+
+import argparse
+import sys
+
+from autograd import DeviceError
+from autograd.checkpoint import CheckpointError
+from tinygrad_llm import instruct
+from tinygrad_llm.generate import decode_stream, stream
+from tinygrad_llm.weights import WeightsUnavailableError
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="runs/instruct/model", help="a fine-tuned model directory")
+    p.add_argument("--tokenizer", default=None, help="gpt2 or a directory with encoder.json and vocab.bpe "
+                                                     "(default: the model directory's, else gpt2)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 picks the most likely token (greedy)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    return p.parse_args(argv)
+
+
+def lines(interactive):
+    """Typed lines until an empty one or end of input."""
+    while True:
+        try:
+            line = input("> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            return
+        if not line.strip():
+            return
+        yield line.strip()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        model, tok = instruct.load_model(args.model, args.device, args.tokenizer)
+        interactive = sys.stdin.isatty()
+        if interactive:
+            print("Type an instruction; an empty line or Ctrl-D ends the chat.")
+        for line in lines(interactive):
+            ids = instruct.encode_text(tok, instruct.prompt_text({"instruction": line, "input": ""}))
+            budget = instruct.response_budget(model, ids, args.max_new_tokens)
+            tokens = stream(model, ids, budget, temperature=args.temperature, top_k=args.top_k,
+                            eos_id=instruct.end_of_text(tok), seed=args.seed)
+            for piece in decode_stream(tok, tokens):
+                print(piece, end="", flush=True)
+            print("\n")
+    except (OSError, ValueError, CheckpointError, WeightsUnavailableError, DeviceError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print()
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

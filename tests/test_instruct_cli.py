@@ -1,0 +1,210 @@
+"""examples/finetune_instructions.py and examples/chat.py: a short run end to end, chat with piped input,
+and each kind of bad input giving one line `error: ...` and status 2.
+
+The error cases call the scripts' main() in this process (they stop before any training); the run and
+the chat are subprocesses, as a user starts them."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import test_instruct
+from tests.test_instruct import free_port, toy_entries
+from tinygrad_llm import instruct
+from tinygrad_llm.generate import generate
+from tinygrad_llm.lora import load_adapter, merge_lora
+from tinygrad_llm.model import GPT, GPTConfig
+from tinygrad_llm.tokenizer import BPETokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+ollama_stub = test_instruct.ollama_stub  # the fixture, shared
+FINETUNE = ROOT / "examples" / "finetune_instructions.py"
+CHAT = ROOT / "examples" / "chat.py"
+
+
+def load_script(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+finetune_main = load_script(FINETUNE).main
+chat_main = load_script(CHAT).main
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A data file of toy entries and a tiny model directory with its BPE beside it, as pretrain.py writes."""
+    root = tmp_path_factory.mktemp("instruct")
+    entries = toy_entries(40)
+    (root / "data.json").write_text(json.dumps(entries), encoding="utf-8")
+    text = "\n".join(instruct.prompt_text(e) + e["output"] for e in entries)
+    tok = BPETokenizer.train(text * 3, 320)
+    model = GPT(GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=128), seed=0)
+    model.save_pretrained(root / "model")
+    tok.save(root / "model")
+    return root
+
+
+def cli(script, *args, stdin=None, timeout=120):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(script), *map(str, args)], input=stdin, check=False,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+# ---- a run and a chat ----------------------------------------------------------------------------
+
+
+def test_finetune_run_then_chat(base, tmp_path, ollama_stub):
+    entries = toy_entries(40)
+    entries.insert(3, {"instruction": "No output here.", "input": ""})  # skipped, with a warning
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(entries), encoding="utf-8")
+    out = tmp_path / "run"
+    result = cli(FINETUNE, "--data", data, "--init-from", base / "model", "--epochs", 2, "--batch-size", 4,
+                 "--lr", 3e-3, "--eval-every", 4, "--max-new-tokens", 6, "--out", out, "--judge-url", ollama_stub[0])
+    assert result.returncode == 0, result.stderr
+    assert "judge llama3: average score 73.00 over 4 of 4 responses" in result.stdout
+    assert "warning: skipped 1 of 41 entries: entry 3 (no 'output')" in result.stderr
+    assert "34 train, 2 val, 4 test entries" in result.stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 0 and records[-1]["step"] == 16
+    assert records[-1]["train_loss"] < records[0]["train_loss"] and records[-1]["val_loss"] < records[0]["val_loss"]
+    responses = json.loads((out / instruct.RESPONSES_FILE).read_text(encoding="utf-8"))
+    assert len(responses) == 4
+    assert all(set(r) == {"instruction", "input", "output", "model_response", "judge_score"} for r in responses)
+    assert [r["judge_score"] for r in responses] == [73] * 4
+    for name in ("config.json", "model.safetensors", "encoder.json", "vocab.bpe"):
+        assert (out / "model" / name).is_file()
+    assert_model_gives_the_responses(out)
+
+    # chat.py with piped stdin: each line is answered as generate() answers its prompt; an empty line ends it
+    chat = cli(CHAT, "--model", out / "model", "--max-new-tokens", 6, stdin="Say hello.\nAdd one to 7.\n\nignored\n")
+    assert chat.returncode == 0, chat.stderr
+    model, tok = instruct.load_model(out / "model")
+    expected = ""
+    for line in ("Say hello.", "Add one to 7."):
+        ids = tok.encode(instruct.prompt_text({"instruction": line, "input": ""}))
+        new = generate(model, ids, 6, eos_id=tok.eot_token)[len(ids):]
+        expected += tok.decode(new.tolist()) + "\n\n"
+    assert chat.stdout == expected
+
+
+def assert_model_gives_the_responses(out):
+    """The exported model/ answers the test entries as the run did."""
+    responses = json.loads((out / instruct.RESPONSES_FILE).read_text(encoding="utf-8"))
+    model, tok = instruct.load_model(out / "model")
+    entries = [{k: r[k] for k in instruct.FIELDS} for r in responses]
+    answers = instruct.generate_responses(model, tok, entries, max_new_tokens=6, progress=False)
+    assert [a["model_response"] for a in answers] == [r["model_response"] for r in responses]
+
+
+def test_lora_run_saves_an_adapter_and_exports_merged_weights(base, tmp_path):
+    out = tmp_path / "run"
+    result = cli(FINETUNE, "--data", base / "data.json", "--init-from", base / "model", "--lora", 2,
+                 "--lora-alpha", 4, "--max-steps", 3, "--batch-size", 4, "--lr", 1e-2, "--max-new-tokens", 6,
+                 "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "LoRA on 8 layers: trainable" in result.stdout
+    assert_model_gives_the_responses(out)
+    merged = GPT.from_pretrained(out / "model")
+    rebuilt = GPT.from_pretrained(base / "model")
+    load_adapter(rebuilt, out / "adapter.safetensors")
+    merge_lora(rebuilt)
+    untouched = GPT.from_pretrained(base / "model").state_dict()
+    changed = 0
+    for name, value in merged.state_dict().items():
+        np.testing.assert_allclose(value, rebuilt.state_dict()[name], rtol=1e-5, atol=1e-6)
+        changed += not np.array_equal(value, untouched[name])
+    assert changed == 8  # the wrapped weights moved; embeddings, biases and LayerNorms stayed frozen
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+def assert_clean_error(code, capsys, *words):
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [s for s in err.splitlines() if s.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def finetune(base, tmp_path, *args, data=None):
+    data = data if data is not None else base / "data.json"
+    return finetune_main(["--data", str(data), "--init-from", str(base / "model"), "--out", str(tmp_path / "o"),
+                          *map(str, args)])
+
+
+def write(tmp_path, text):
+    path = tmp_path / "d.json"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_missing_data_file(base, tmp_path, capsys):
+    assert_clean_error(finetune(base, tmp_path, data=tmp_path / "nope.json"), capsys, "nope.json")
+
+
+def test_invalid_json(base, tmp_path, capsys):
+    assert_clean_error(finetune(base, tmp_path, data=write(tmp_path, '[{"instruction": ')), capsys, "not valid JSON")
+
+
+def test_not_a_list(base, tmp_path, capsys):
+    assert_clean_error(finetune(base, tmp_path, data=write(tmp_path, '{"data": []}')), capsys, "not a list")
+
+
+def test_all_entries_bad(base, tmp_path, capsys):
+    data = write(tmp_path, json.dumps([{"instruction": "a"}, {"input": 1}]))
+    assert_clean_error(finetune(base, tmp_path, data=data), capsys, "none of the 2 entries", "entry 0", "entry 1")
+
+
+def test_on_bad_error_names_the_entry(base, tmp_path, capsys):
+    entries = toy_entries(10)
+    entries[6]["input"] = None
+    data = write(tmp_path, json.dumps(entries))
+    assert_clean_error(finetune(base, tmp_path, "--on-bad", "error", data=data), capsys, "entry 6", "'input'")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--lr", "0"], "--lr"),
+    (["--max-length", "1"], "--max-length"),
+    (["--max-length", "500"], "context length 128"),
+    (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--lora", "0"], "--lora"),
+    (["--batch-size", "64"], "batch_size=64"),  # more than the 34 training entries
+])
+def test_bad_flags(base, tmp_path, capsys, flags, words):
+    assert_clean_error(finetune(base, tmp_path, *flags), capsys, words)
+
+
+def test_unwritable_out(base, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    code = finetune_main(["--data", str(base / "data.json"), "--init-from", str(base / "model"),
+                          "--out", str(tmp_path / "file" / "o")])
+    assert_clean_error(code, capsys)
+
+
+def test_init_from_a_directory_without_a_model(base, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = finetune_main(["--data", str(base / "data.json"), "--init-from", str(tmp_path / "empty"),
+                          "--out", str(tmp_path / "o")])
+    assert_clean_error(code, capsys, "config.json")
+
+
+def test_judge_that_cannot_be_reached(base, tmp_path, capsys):
+    url = f"http://127.0.0.1:{free_port()}"
+    assert_clean_error(finetune(base, tmp_path, "--judge-url", url), capsys, "cannot reach the judge", url)
+
+
+def test_chat_on_a_missing_model_directory(tmp_path, capsys):
+    assert_clean_error(chat_main(["--model", str(tmp_path / "nope")]), capsys, "nope")

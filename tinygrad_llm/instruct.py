@@ -1,0 +1,323 @@
+"""Instruction fine-tuning (book chapter 7): teach a pretrained GPT to answer in the Alpaca format.
+
+A data set is a list of entries {"instruction", "input", "output"}. Each becomes one text:
+
+    Below is an instruction that describes a task. Write a response that appropriately completes the request.
+
+    ### Instruction:
+    {instruction}
+
+    ### Input:            <- only when input is not empty
+    {input}
+
+    ### Response:
+    {output}
+
+The model is trained on that text with the ordinary next-token loss, one end-of-text token appended so it
+learns to stop. Batches are padded with end-of-text to their longest example; the padding after the first
+end-of-text is left out of the loss (target -100), and with `mask_prompt` the prompt is too, so the loss
+is over the response alone (the book's exercise 7.2). After training, the model answers the test split's
+prompts (greedy, up to the first end-of-text or a full context), and a larger local model can score the
+answers (`tinygrad_llm.judge`).
+
+The prompt is `format_input(entry) + RESPONSE_HEADER`, built by `prompt_text` for training, for the test
+responses and for chat alike. It is tokenized apart from the output, so the ids a model is trained on
+start with exactly the ids it is given when asked. Two small departures from the book follow: the model
+is asked with the "### Response:" header already written (the book lets it write the header and cuts it
+off), and `mask_prompt` masks the header too (the book's exercise 7.2 masks format_input's tokens only),
+so a masked loss is over exactly the tokens the model generates.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from autograd.checkpoint import write_text
+from tinygrad_llm.data import DataLoader
+from tinygrad_llm.generate import generate
+from tinygrad_llm.model import GPT
+from tinygrad_llm.tokenizer import get_tokenizer
+
+FIELDS = ("instruction", "input", "output")
+PREAMBLE = ("Below is an instruction that describes a task. "
+            "Write a response that appropriately completes the request.")
+RESPONSE_HEADER = "\n\n### Response:\n"
+IGNORE_INDEX = -100  # targets the loss leaves out (autograd.functional.cross_entropy's ignore_index)
+RESPONSES_FILE = "instruction-data-with-response.json"
+
+# ---------------------------------------------------------------------------------------------------
+# Entries: reading, checking, splitting
+
+
+def load_entries(path) -> list:
+    """The entries of a JSON file holding one list, or of a JSON-lines file (one object per line).
+    The entries are not checked here (see `check_entries`). Raises OSError or ValueError."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not valid UTF-8 (byte {e.start}: {e.reason})") from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg != "Extra data" and path.suffix not in (".jsonl", ".ndjson"):
+            raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        data = _json_lines(text, path)  # several values: one per line
+    else:
+        if isinstance(data, dict) and path.suffix in (".jsonl", ".ndjson"):
+            data = [data]  # JSON lines with one line
+    if not isinstance(data, list):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a list of entries "
+                         f"(expected [{{\"instruction\": ..., \"input\": ..., \"output\": ...}}, ...] "
+                         f"or one such object per line)")
+    if not data:
+        raise ValueError(f"{path} holds no entries")
+    return data
+
+
+def _json_lines(text, path):
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
+    return entries
+
+
+def entry_problem(entry) -> str | None:
+    """Why `entry` is not a usable entry (a dict whose three FIELDS are strings), or None."""
+    if not isinstance(entry, dict):
+        return f"not an object but a {type(entry).__name__}"
+    for field in FIELDS:
+        if field not in entry:
+            return f"no {field!r}"
+        if not isinstance(entry[field], str):
+            return f"{field!r} is {type(entry[field]).__name__}, not a string"
+    return None
+
+
+def check_entries(entries, on_bad="skip"):
+    """(good entries, [(index, problem)] of the bad ones). An index is the entry's position in the file
+    (from 0). on_bad="error" raises ValueError at the first bad entry; "skip" leaves them out (the caller
+    reports the list). All entries bad is an error either way."""
+    if on_bad not in ("skip", "error"):
+        raise ValueError(f"on_bad must be 'skip' or 'error', got {on_bad!r}")
+    good, bad = [], []
+    for i, entry in enumerate(entries):
+        problem = entry_problem(entry)
+        if problem is None:
+            good.append(entry)
+            continue
+        if on_bad == "error":
+            raise ValueError(f"entry {i}: {problem} (each entry needs string fields "
+                             f"{', '.join(FIELDS)}; --on-bad skip leaves such entries out)")
+        bad.append((i, problem))
+    if not good:
+        raise ValueError(f"none of the {len(entries)} entries is usable: {describe_bad(bad)}")
+    return good, bad
+
+
+def describe_bad(bad, limit=10) -> str:
+    """'entry 3 (no 'output'), entry 7 (...)', the first `limit` of them and how many more."""
+    text = ", ".join(f"entry {i} ({problem})" for i, problem in bad[:limit])
+    return text + (f" and {len(bad) - limit} more" if len(bad) > limit else "")
+
+
+class Split(NamedTuple):
+    train: list
+    val: list
+    test: list
+
+
+def split_entries(entries, seed=123, train_frac=0.85, test_frac=0.10) -> Split:
+    """Shuffle with `seed`, then the book's proportions: the first 85 % train, the next 10 % test, the
+    rest (about 5 %) validation. 1,100 entries -> 935 train, 55 val, 110 test."""
+    order = np.random.default_rng(seed).permutation(len(entries))
+    shuffled = [entries[i] for i in order]
+    n_train, n_test = int(len(entries) * train_frac), int(len(entries) * test_frac)
+    return Split(shuffled[:n_train], shuffled[n_train + n_test:], shuffled[n_train:n_train + n_test])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The prompt
+
+
+def format_input(entry) -> str:
+    """The book's Alpaca prompt: the preamble, the instruction, and the input when it is not empty.
+
+    >>> format_input({"instruction": "Name a fruit.", "input": ""})[len(PREAMBLE):]
+    '\\n\\n### Instruction:\\nName a fruit.'
+    >>> format_input({"instruction": "Add one.", "input": "41"})[len(PREAMBLE):]
+    '\\n\\n### Instruction:\\nAdd one.\\n\\n### Input:\\n41'
+    """
+    instruction_text = f"{PREAMBLE}\n\n### Instruction:\n{entry['instruction']}"
+    input_text = f"\n\n### Input:\n{entry['input']}" if entry.get("input") else ""
+    return instruction_text + input_text
+
+
+def prompt_text(entry) -> str:
+    """What the model is given: format_input(entry) and the response header it answers after."""
+    return format_input(entry) + RESPONSE_HEADER
+
+
+def encode_text(tokenizer, text) -> list:
+    """Token ids of `text`, any special-token text in it (a literal "<|endoftext|>") encoded as ordinary
+    text, so the only end-of-text ids in a training example are the ones the collate adds."""
+    return tokenizer.encode(text, disallowed_special=())
+
+
+def end_of_text(tokenizer) -> int:
+    """The tokenizer's <|endoftext|> id (50256 for GPT-2): it ends every response and pads batches."""
+    eot = getattr(tokenizer, "eot_token", None)
+    if eot is None:
+        raise ValueError("the tokenizer has no <|endoftext|> token, which marks where a response ends")
+    return eot
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batches
+
+
+class Example(NamedTuple):
+    """One tokenized entry: prompt and response ids, and how many of them are the prompt."""
+    ids: np.ndarray
+    prompt_length: int
+
+
+class InstructionDataset:
+    """The book's InstructionDataset: each entry tokenized once, as prompt ids followed by output ids."""
+
+    def __init__(self, entries, tokenizer):
+        self.entries = list(entries)
+        self.examples = []
+        for entry in self.entries:
+            prompt = encode_text(tokenizer, prompt_text(entry))
+            ids = np.asarray(prompt + encode_text(tokenizer, entry["output"]), dtype=np.int64)
+            self.examples.append(Example(ids, len(prompt)))
+
+    def __len__(self):
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        return self.examples[i]
+
+
+def custom_collate_fn(batch, pad_token_id=50256, ignore_index=IGNORE_INDEX, allowed_max_length=None,
+                      mask_prompt=False):
+    """The book's collate: (inputs, targets) int64 arrays (B, T) from a list of Examples (or plain id
+    sequences, which have no prompt to mask).
+
+    Each sequence gets one end-of-text appended and is padded with end-of-text to the longest in the
+    batch (plus one); inputs are ids[:-1], targets ids[1:]. In the targets, the appended end-of-text is
+    kept (the model learns to stop) and the padding after it becomes `ignore_index`; with `mask_prompt`,
+    so do the targets whose next token is still the prompt. Both are cut to `allowed_max_length`.
+
+    >>> inputs, targets = custom_collate_fn([[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]])
+    >>> inputs.tolist()
+    [[0, 1, 2, 3, 4], [5, 6, 50256, 50256, 50256], [7, 8, 9, 50256, 50256]]
+    >>> targets.tolist()
+    [[1, 2, 3, 4, 50256], [6, 50256, -100, -100, -100], [8, 9, 50256, -100, -100]]
+    """
+    items = [item if isinstance(item, Example) else Example(np.asarray(item, dtype=np.int64), 0)
+             for item in batch]
+    lengths = np.array([len(item.ids) for item in items])
+    padded = np.full((len(items), lengths.max() + 1), pad_token_id, dtype=np.int64)  # (B, T + 1)
+    for row, item in zip(padded, items):
+        row[:len(item.ids)] = item.ids
+    inputs, targets = padded[:, :-1], padded[:, 1:].copy()  # (B, T) each
+    position = np.arange(targets.shape[1])[None, :]  # target j is token j + 1
+    # subtle: the appended end-of-text is target len - 1; only the padding after it is ignored. The
+    # book finds it as the first end-of-text in the targets, which is the same position because the
+    # text is encoded with no end-of-text in it (encode_text).
+    targets[position >= lengths[:, None]] = ignore_index
+    if mask_prompt:
+        prompt_lengths = np.array([item.prompt_length for item in items])
+        targets[position < prompt_lengths[:, None] - 1] = ignore_index  # the book's targets[:len - 1]
+    if allowed_max_length is not None:
+        inputs, targets = inputs[:, :allowed_max_length], targets[:, :allowed_max_length]
+    return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
+
+
+def instruction_loader(entries, tokenizer, batch_size, *, train, max_length=None, mask_prompt=False,
+                       seed=123):
+    """A DataLoader of collated batches over `entries`: shuffled, incomplete last batch dropped, when
+    `train` (the book's train_loader); in order and complete otherwise (val_loader, test_loader)."""
+    collate = partial(custom_collate_fn, pad_token_id=end_of_text(tokenizer), allowed_max_length=max_length,
+                      mask_prompt=mask_prompt)
+    return DataLoader(InstructionDataset(entries, tokenizer), batch_size, shuffle=train, drop_last=train,
+                      seed=seed, collate_fn=collate)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models
+
+
+def load_model(source, device="cpu", tokenizer=None):
+    """(model, tokenizer) from a model directory (config.json + model.safetensors, as examples/pretrain.py
+    and this chapter's script write them) or a published name (gpt2, gpt2-medium, ...: downloaded once).
+
+    The tokenizer: `tokenizer` (gpt2 or a directory) when given, else the directory's own encoder.json
+    and vocab.bpe, else GPT-2's (tiktoken's gpt2, which downloads its files on first use)."""
+    model = GPT.from_pretrained(source, device=device)
+    if tokenizer is None:
+        here = Path(source)
+        tokenizer = str(here) if (here / "encoder.json").is_file() and (here / "vocab.bpe").is_file() else "gpt2"
+    tok = get_tokenizer(tokenizer)
+    if tok.n_vocab > model.config.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer} has {tok.n_vocab} tokens, the model {source} only "
+                         f"{model.config.vocab_size}; pass the model's own tokenizer")
+    end_of_text(tok)
+    return model, tok
+
+
+# ---------------------------------------------------------------------------------------------------
+# Responses
+
+
+def response_budget(model, prompt_ids, max_new_tokens) -> int:
+    """How many tokens an answer may have: `max_new_tokens`, but no more than the context has room for
+    after the prompt. Past that the model would stop seeing the start of the instruction (generate's
+    sliding window), and each token would cost a full forward pass; a prompt that fills the context
+    gets no answer (training cut such examples too)."""
+    return max(0, min(max_new_tokens, model.config.context_length - len(prompt_ids)))
+
+
+def generate_response(model, tokenizer, entry, max_new_tokens=256, **sampling) -> str:
+    """The model's answer to `entry` (its output is not used): greedy by default, up to the first
+    end-of-text, `max_new_tokens` or a full context, with the KV cache; the text after the prompt, stripped."""
+    ids = encode_text(tokenizer, prompt_text(entry))
+    budget = response_budget(model, ids, max_new_tokens)
+    if budget == 0:
+        return ""
+    out = generate(model, ids, budget, eos_id=end_of_text(tokenizer), **sampling)
+    return tokenizer.decode(out[len(ids):].tolist()).strip()
+
+
+def generate_responses(model, tokenizer, entries, max_new_tokens=256, progress=True) -> list:
+    """Each entry with the model's answer added under "model_response" (new dicts)."""
+    return [{**entry, "model_response": generate_response(model, tokenizer, entry, max_new_tokens)}
+            for entry in tqdm(entries, desc="responses", unit="entry", disable=not progress)]
+
+
+def write_json(path, data):
+    """Write `data` as indented JSON, atomically (a reader never sees half a file). Returns the path."""
+    write_text(path, json.dumps(data, indent=4, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+__all__ = [
+    "FIELDS", "PREAMBLE", "RESPONSE_HEADER", "IGNORE_INDEX", "RESPONSES_FILE", "load_entries", "entry_problem",
+    "check_entries", "describe_bad", "Split", "split_entries", "format_input", "prompt_text", "encode_text",
+    "end_of_text", "Example", "InstructionDataset", "custom_collate_fn", "instruction_loader", "load_model",
+    "response_budget", "generate_response", "generate_responses", "write_json",
+]
