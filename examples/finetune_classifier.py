@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from autograd import DeviceError, backend
-from autograd.checkpoint import CheckpointError
+from autograd.checkpoint import CheckpointError, write_text
 from tinygrad_llm.classifier import (POOLS, TRAINABLE, GPTClassifier, accuracy, accuracy_hook, batch_examples,
                                      classification_loader, classification_loss, set_trainable)
 from tinygrad_llm.classify_data import (balanced_split, classification_splits, describe_lines, download_sms_spam,
@@ -36,7 +36,7 @@ from tinygrad_llm.lora import merge_lora, save_adapter
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
 from tinygrad_llm.train import TrainConfig, Trainer
-from tinygrad_llm.weights import WeightsUnavailableError
+from tinygrad_llm.download import DownloadError
 
 # (trainable, lr) when the flags are not given: from scratch, and from pretrained weights (the book's)
 SCRATCH_DEFAULTS, PRETRAINED_DEFAULTS = ("all", 3e-4), ("last-block", 5e-5)
@@ -172,7 +172,7 @@ def run(argv):
                "test_acc": accuracy(model, test),
                "train_seconds": round(trainer.elapsed, 1), "steps": trainer.step, "pool": args.pool,
                "trainable": args.trainable, "args": vars(args)}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     print(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; accuracy: train {100 * results['train_acc']:.2f}%, "
           f"val {100 * results['val_acc']:.2f}%, test {100 * results['test_acc']:.2f}%")
     print(f"classifier saved in {out / 'model'}; try: python examples/classify.py --model {out / 'model'} "
@@ -186,7 +186,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, DeviceError, CheckpointError, WeightsUnavailableError) as e:
+    except (ValueError, OSError, DeviceError, CheckpointError, DownloadError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 

@@ -19,9 +19,6 @@ the final LayerNorm's output at one position of each sequence:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from functools import partial
 from itertools import islice
@@ -31,7 +28,7 @@ import numpy as np
 
 import autograd.functional as F
 from autograd import Tensor, backend, nn, no_grad
-from autograd.checkpoint import load_checkpoint, save_checkpoint
+from autograd.checkpoint import load_checkpoint, save_checkpoint, write_text
 from tinygrad_llm.classify_data import ClassificationDataset, encode_texts, pad_batch
 from tinygrad_llm.data import DataLoader
 from tinygrad_llm.model import GPT, GPTConfig
@@ -145,24 +142,18 @@ class GPTClassifier(nn.Module):
 
     def save_pretrained(self, directory):
         """Write `directory`/config.json, model.safetensors and, for a BPE of ours, its encoder.json and
-        vocab.bpe. Each file is written in a temporary folder inside `directory`, then moved into place
-        with os.replace (the config last), so a reader never sees a half-written file. A LoRA layer is
+        vocab.bpe. Each file is written atomically (autograd.checkpoint.atomic_write), the config last. A
+        LoRA layer is
         written as the plain Linear it amounts to (its merged weight, no adapter tensors), as
         weights.save_pretrained does: the saved classifier loads without LoRA."""
         merged = {f"{n}.weight": m.merged_weight() for n, m in self.named_modules() if hasattr(m, "merged_weight")}
         tensors = {k: merged.get(k, v) for k, v in self.state_dict().items() if ".lora_" not in k}
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-"))
-        try:
-            if self.config.tokenizer == {"kind": "bpe"}:
-                self.tokenizer.save(tmp)
-            save_checkpoint(tmp / WEIGHTS, tensors, {"format": "tinygrad_llm.GPTClassifier"})
-            (tmp / CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
-            for path in sorted(tmp.iterdir(), key=lambda p: p.name == CONFIG):
-                os.replace(path, directory / path.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if self.config.tokenizer == {"kind": "bpe"}:
+            self.tokenizer.save(directory)
+        save_checkpoint(directory / WEIGHTS, tensors, {"format": "tinygrad_llm.GPTClassifier"})
+        write_text(directory / CONFIG, json.dumps(self.config.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory, device="cpu"):

@@ -14,8 +14,6 @@ than a pad (see `tinygrad_llm.classifier`).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import urllib.error
 import zipfile
 from dataclasses import dataclass
@@ -23,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from autograd.checkpoint import atomic_write
 from tinygrad_llm.data import read_text
+from tinygrad_llm.download import DownloadError, default_cache_dir, download_file
 
 SPAM_LABELS = ("ham", "spam")  # class 0 and class 1, as the book maps them
 SMS_SPAM_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
@@ -222,8 +222,6 @@ def download_sms_spam(cache_dir=None, url=None, progress=True, timeout=30.0):
     `cache_dir` (default ~/.cache/tinygrad_llm/data) and unzipped (`url` default: SMS_SPAM_URL). The
     archive is checked: a zip that holds SMSSpamCollection, whose lines are `label<TAB>text` with
     ham/spam labels. Offline, an OSError says where to get the file and to pass it with --data."""
-    from tinygrad_llm.weights import WeightsUnavailableError, default_cache_dir, download_file
-
     url = url or SMS_SPAM_URL
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "data"
     dest = directory / f"{SMS_SPAM_MEMBER}.tsv"
@@ -235,7 +233,7 @@ def download_sms_spam(cache_dir=None, url=None, progress=True, timeout=30.0):
         if not archive.is_file():
             download_file(url, archive, progress=progress, timeout=timeout)
         _extract_checked(archive, dest)
-    except (urllib.error.URLError, OSError, WeightsUnavailableError, ValueError) as e:
+    except (urllib.error.URLError, OSError, DownloadError, ValueError) as e:
         reason = " ".join(str(getattr(e, "reason", e)).split())
         raise OSError(f"could not get the SMS Spam Collection ({reason}); download {url}, unzip it and pass "
                       f"its {SMS_SPAM_MEMBER} file with --data PATH") from None
@@ -258,14 +256,8 @@ def _extract_checked(archive, dest):
     except (zipfile.BadZipFile, UnicodeDecodeError, ValueError) as e:
         archive.unlink(missing_ok=True)
         raise ValueError(f"the downloaded archive is not the SMS Spam Collection: {e}") from None
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(dest) as f:
+        f.write(data)
 
 
 __all__ = [
