@@ -150,3 +150,22 @@ def test_ch07_prompt_splits_and_collate(shared_data):
     same(out, "loss_1", "1.1269")
     same(out, "loss_3", "1.1269")
     same(out, "loss_1 == loss_3", True)
+
+
+def test_ch06_spam_data_and_head(shared_data):
+    out = run("ch06.py", "--data-dir", shared_data).stdout
+    same(out, "balanced: ham, spam", (747, 747))
+    same(out, "train, validation, test", (1045, 149, 300))
+    same(out, "training, validation, test batches", (130, 19, 38))
+    same(out, "Inputs", [[5211, 345, 423, 640]])
+    same(out, "Outputs dimensions", (1, 2))
+    assert "ham, spam: (4827, 747)   (book: (4825, 747))" in out  # the note says why
+
+
+def test_appendix_e_lora_counts():
+    out = run("appendix_e.py").stdout
+    same(out, "Total trainable parameters before", "124,441,346")
+    same(out, "Total trainable parameters after", "0")
+    assert "Total trainable LoRA parameters: 2,371,616   (book: 2,666,528)" in out  # the fused qkv, explained
+    assert "largest change of the logits when wrapped (B = 0): 0.0" in out
+    assert "a merged layer is a plain Linear again: Linear" in out
