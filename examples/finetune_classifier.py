@@ -152,6 +152,7 @@ def run(argv):
                           max_length=train_set.max_length, tokenizer=tok, seed=args.seed)
     summary = set_trainable(model, args.trainable, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, seed=args.seed)
     print(f"{summary}; lr {args.lr:g}, epochs {args.epochs}")
+    counts = {"trainable_params": model.num_parameters(trainable=True), "total_params": model.num_parameters()}
     model.to(args.device)
     loader = lambda ds, train: classification_loader(ds, args.batch_size, args.pool, tok.eot_token,
                                                      shuffle=train, drop_last=train, seed=args.seed)
@@ -171,7 +172,7 @@ def run(argv):
     results = {"train_acc": accuracy(model, loader(train_set, False)), "val_acc": accuracy(model, val),
                "test_acc": accuracy(model, test),
                "train_seconds": round(trainer.elapsed, 1), "steps": trainer.step, "pool": args.pool,
-               "trainable": args.trainable, "args": vars(args)}
+               "trainable": args.trainable, **counts, "args": vars(args)}
     write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     print(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; accuracy: train {100 * results['train_acc']:.2f}%, "
           f"val {100 * results['val_acc']:.2f}%, test {100 * results['test_acc']:.2f}%")
