@@ -4,7 +4,8 @@ In eager NumPy every basic op allocates a full-size temporary, so composing soft
 from `exp`, `sum` and `/` costs several passes over memory and several saved arrays. Each op here
 does the forward in few passes, saves what its backward needs, and states its derivative in the
 docstring. The tests compare each one with the same computation composed of basic ops and with
-finite differences.
+finite differences. The same functions composed of Tensor ops, the way the book writes them, are in
+`reference.py`: read those first, then these as the fast variants.
 """
 
 import math

@@ -21,10 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "finetune_classifier.py"
-MODES = {  # label: flags
-    "full fine-tuning": ["--trainable", "all"],
-    "last block + head (book ch. 6)": ["--trainable", "last-block"],
-    "LoRA": ["--trainable", "lora"],
+MODES = {  # label: (--trainable, the flag of its learning rate)
+    "full fine-tuning": ("all", "lr_full"),
+    "last block + head (book ch. 6)": ("last-block", "lr_last_block"),
+    "LoRA on every Linear, head in full": ("lora", "lr_lora"),
 }
 
 
@@ -47,24 +47,28 @@ def main():
     p.add_argument("--init-from", default="runs/pretrain/model", help="the pretrained model directory")
     p.add_argument("--lora-rank", default="16")
     p.add_argument("--lora-alpha", default="16")
+    # each method at a learning rate that suits it (the book: 5e-5 for its last block, 5e-4 for LoRA)
+    p.add_argument("--lr-full", default="3e-4")
+    p.add_argument("--lr-last-block", default="1e-3")
+    p.add_argument("--lr-lora", default="1e-3")
     p.add_argument("extra", nargs="*", help="more flags for every run, after --")
     args = p.parse_args()
     common = ["--data", args.data, "--init-from", args.init_from, "--eval-every", "1000000",
               "--lora-rank", args.lora_rank, "--lora-alpha", args.lora_alpha, *args.extra]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for k, (label, flags) in enumerate(MODES.items()):
+        for k, (label, (trainable, lr)) in enumerate(MODES.items()):
             print(f"running {label} ...", file=sys.stderr, flush=True)
-            results, peak = run(common + flags, Path(tmp) / str(k))
+            results, peak = run(common + ["--trainable", trainable, "--lr", getattr(args, lr)], Path(tmp) / str(k))
             rows.append((label, results, peak))
     full_step = rows[0][1]["train_seconds"] / rows[0][1]["steps"]
     print(f"\n{rows[0][1]['steps']} steps each; flags: {' '.join(common)}\n")
-    print("| trainable part | trainable parameters | test accuracy | step (s) | step vs full | peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|")
+    print("| trainable part | lr | trainable parameters | test accuracy | step (s) | step vs full | peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|")
     for label, r, peak in rows:
         step = r["train_seconds"] / r["steps"]
-        print(f"| {label} | {r['trainable_params']:,} of {r['total_params']:,} | {100 * r['test_acc']:.2f} % | "
-              f"{step:.3f} | {step / full_step:.2f}x | {peak:,.0f} |")
+        print(f"| {label} | {r['args']['lr']:g} | {r['trainable_params']:,} of {r['total_params']:,} | "
+              f"{100 * r['test_acc']:.2f} % | {step:.3f} | {step / full_step:.2f}x | {peak:,.0f} |")
 
 
 if __name__ == "__main__":
