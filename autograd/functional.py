@@ -37,6 +37,21 @@ def _ids(ids, like):
 # softmax and friends
 
 
+def _exp_normalize_(xp, s, axis):
+    """exp(s) / sum exp(s) along `axis`, in place (`s` already has its maximum subtracted): the softmax
+    that the softmax op and the attention ops share. Returns `s`."""
+    xp.exp(s, out=s)
+    s /= s.sum(axis=axis, keepdims=True)
+    return s
+
+
+def _dropout_mask(generator, shape, p, dtype):
+    """Inverted dropout's mask, m / (1 - p) with m ~ Bernoulli(1 - p): shared by dropout and attention."""
+    mask = (generator.random(shape, dtype=np.float32) >= p).astype(dtype)
+    mask *= 1.0 / (1.0 - p)
+    return mask
+
+
 class Softmax(Function):
     """y = exp(x - max x) / sum exp(x - max x) along `axis`.
 
@@ -46,11 +61,8 @@ class Softmax(Function):
     def forward(self, x, axis=-1):
         xp = backend.get_array_module(x)
         self.axis = axis
-        y = x - x.max(axis=axis, keepdims=True)
-        xp.exp(y, out=y)
-        y /= y.sum(axis=axis, keepdims=True)
-        self.y = y
-        return y
+        self.y = _exp_normalize_(xp, x - x.max(axis=axis, keepdims=True), axis)
+        return self.y
 
     def backward(self, grad):
         y = self.y
@@ -328,9 +340,7 @@ class Dropout(Function):
     """Inverted dropout: y = x * m / (1 - p), m ~ Bernoulli(1 - p). dL/dx = g * m / (1 - p)."""
 
     def forward(self, x, p, generator):
-        keep = generator.random(x.shape, dtype=np.float32) >= p
-        self.mask = keep.astype(x.dtype)
-        self.mask *= 1.0 / (1.0 - p)
+        self.mask = _dropout_mask(generator, x.shape, p, x.dtype)
         return x * self.mask
 
     def backward(self, grad):
@@ -427,13 +437,11 @@ def _attention_forward(ctx, q, k, v, causal, dropout_p, generator):
         # an additive 0 / -inf mask: one broadcast add, much faster than a boolean assignment
         s += xp.triu(xp.full((tq, tk), -np.inf, dtype=s.dtype), k=tk - tq + 1)
     s -= s.max(axis=-1, keepdims=True)
-    xp.exp(s, out=s)
-    s /= s.sum(axis=-1, keepdims=True)
+    _exp_normalize_(xp, s, -1)  # the attention weights, in place
     ctx.mask = None
     a_used = s
     if dropout_p > 0.0:
-        ctx.mask = (generator.random(s.shape, dtype=np.float32) >= dropout_p).astype(s.dtype)
-        ctx.mask *= 1.0 / (1.0 - dropout_p)
+        ctx.mask = _dropout_mask(generator, s.shape, dropout_p, s.dtype)
         a_used = s * ctx.mask
     ctx.q, ctx.k, ctx.v, ctx.a, ctx.a_used = q, k, v, s, a_used
     return a_used @ v  # (B, H, Tq, Tk) @ (B, H, Tk, D) -> (B, H, Tq, D)
