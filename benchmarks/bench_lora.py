@@ -9,6 +9,13 @@ timed loop) and the process's peak resident memory.
 
 Extra arguments after `--` go to every run (e.g. `-- --epochs 3 --max-length 64`). Run it on a quiet
 machine: the step times are compared with each other, in one run.
+
+At GPT-2 124M's size (the book's appendix E setting) a whole fine-tuning does not fit a CPU session, so
+`--steps N --config gpt2-small` times N training steps of each part on the same spam batches instead
+(GPT-2's tokenizer, batch 8, fresh weights: the time of a step does not depend on their values):
+
+    python benchmarks/bench_lora.py --data ../shared/data/SMSSpamCollection.tsv --steps 5 --config gpt2-small \
+        --tokenizer ../shared/data/gpt2
 """
 
 import argparse
@@ -41,9 +48,73 @@ def run(flags, out):
     return json.loads((out / "results.json").read_text()), usage.ru_maxrss / 1024  # KiB on Linux
 
 
+def time_steps(args):
+    """One trainable part's steps on the spam batches, in this process: prints a JSON line with the
+    median step time, the parameter counts and the peak RSS."""
+    import resource
+    import statistics
+    import time
+
+    if not __package__:
+        sys.path.insert(0, str(ROOT))
+    from autograd import backend
+    from autograd.optim import AdamW
+    from tinygrad_llm.classifier import GPTClassifier, classification_loader, classification_loss, set_trainable
+    from tinygrad_llm.classify_data import classification_splits, read_labeled_tsv
+    from tinygrad_llm.model import GPT, GPTConfig
+    from tinygrad_llm.tokenizer import get_tokenizer
+    from tinygrad_llm.train import param_groups
+
+    backend.keep_freed_memory()
+    tok = get_tokenizer(args.tokenizer)
+    data = read_labeled_tsv(args.data)
+    gpt = GPT(GPTConfig.preset(args.config, vocab_size=tok.n_vocab), seed=0)
+    train, _, _ = classification_splits(data, tok, 123, None, gpt.config.context_length)
+    model = GPTClassifier(gpt, 2, labels=("ham", "spam"), pad_id=tok.eot_token)
+    set_trainable(model, args.worker, lora_rank=int(args.lora_rank), lora_alpha=float(args.lora_alpha))
+    opt = AdamW(param_groups(model, 0.1), lr=1e-4)
+    batches = classification_loader(train, 8, "last-token", tok.eot_token, seed=123).iter_from(0)
+    times = []
+    for k in range(args.steps + 1):  # the first step warms up
+        batch = next(batches)
+        t = time.perf_counter()
+        classification_loss(model, batch).backward()
+        opt.step()
+        opt.zero_grad()
+        if k:
+            times.append(time.perf_counter() - t)
+    print(json.dumps({"step": statistics.median(times), "trainable": model.num_parameters(trainable=True),
+                      "total": model.num_parameters(), "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def steps_table(args):
+    rows = []
+    for label, (trainable, _) in MODES.items():
+        print(f"timing {label} ...", file=sys.stderr, flush=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", trainable, "--data", args.data,
+               "--steps", str(args.steps), "--config", args.config, "--tokenizer", args.tokenizer,
+               "--lora-rank", args.lora_rank, "--lora-alpha", args.lora_alpha]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if proc.returncode != 0:
+            sys.exit(f"error: {label} failed:\n{proc.stderr[-2000:]}")
+        rows.append((label, json.loads(proc.stdout.strip().splitlines()[-1])))
+    full = rows[0][1]["step"]
+    print(f"\n{args.config}, spam batches of 8 (GPT-2 tokenizer), median of {args.steps} steps after one warm-up\n")
+    print("| trainable part | trainable parameters | step (s) | step vs full | peak RSS (MiB) |")
+    print("|---|---|---|---|---|")
+    for label, r in rows:
+        print(f"| {label} | {r['trainable']:,} of {r['total']:,} | {r['step']:.3f} | {r['step'] / full:.2f}x | "
+              f"{r['rss_mib']:,.0f} |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="the SMS Spam Collection TSV")
+    p.add_argument("--steps", type=int, default=None, help="time this many steps of each part instead of "
+                   "fine-tuning to the end (with --config and --tokenizer)")
+    p.add_argument("--config", default="gpt2-small", help="with --steps: the model preset")
+    p.add_argument("--tokenizer", default="gpt2", help="with --steps: gpt2 or a directory with GPT-2's files")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--init-from", default="runs/pretrain/model", help="the pretrained model directory")
     p.add_argument("--lora-rank", default="16")
     p.add_argument("--lora-alpha", default="16")
@@ -53,6 +124,10 @@ def main():
     p.add_argument("--lr-lora", default="1e-3")
     p.add_argument("extra", nargs="*", help="more flags for every run, after --")
     args = p.parse_args()
+    if args.worker:
+        return time_steps(args)
+    if args.steps:
+        return steps_table(args)
     common = ["--data", args.data, "--init-from", args.init_from, "--eval-every", "1000000",
               "--lora-rank", args.lora_rank, "--lora-alpha", args.lora_alpha, *args.extra]
     rows = []

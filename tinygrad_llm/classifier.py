@@ -31,6 +31,7 @@ from autograd import Tensor, backend, nn, no_grad
 from autograd.checkpoint import load_checkpoint, save_checkpoint, write_text
 from tinygrad_llm.classify_data import ClassificationDataset, encode_texts, pad_batch
 from tinygrad_llm.data import DataLoader
+from tinygrad_llm.lora import merged_state_dict
 from tinygrad_llm.model import GPT, GPTConfig
 
 POOLS = ("last-token", "last-position")
@@ -143,11 +144,9 @@ class GPTClassifier(nn.Module):
     def save_pretrained(self, directory):
         """Write `directory`/config.json, model.safetensors and, for a BPE of ours, its encoder.json and
         vocab.bpe. Each file is written atomically (autograd.checkpoint.atomic_write), the config last. A
-        LoRA layer is
-        written as the plain Linear it amounts to (its merged weight, no adapter tensors), as
+        LoRA layer is written as the plain Linear it amounts to (`lora.merged_state_dict`), as
         weights.save_pretrained does: the saved classifier loads without LoRA."""
-        merged = {f"{n}.weight": m.merged_weight() for n, m in self.named_modules() if hasattr(m, "merged_weight")}
-        tensors = {k: merged.get(k, v) for k, v in self.state_dict().items() if ".lora_" not in k}
+        tensors = merged_state_dict(self)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.config.tokenizer == {"kind": "bpe"}:

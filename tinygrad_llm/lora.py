@@ -217,6 +217,14 @@ def apply_lora(model, rank=8, alpha=16.0, targets="all", trainable=(), seed=0):
                       total=model.num_parameters())
 
 
+def merged_state_dict(model):
+    """`model.state_dict()` with every LoRA layer written as the plain Linear it amounts to: its merged
+    weight under its own name and no adapter tensors (the model itself is left as it is). What a saved
+    model holds, so the file loads into a model without LoRA."""
+    merged = {f"{n}.weight": m.merged_weight() for n, m in lora_layers(model)}
+    return {k: merged.get(k, v) for k, v in model.state_dict().items() if ".lora_" not in k}
+
+
 def merge_lora(model):
     """Fold every LoRA update into its base weight and put a plain nn.Linear back in its place (in place;
     the weight and bias Parameters stay the same objects). Returns the model, which then computes what it
@@ -292,5 +300,5 @@ def load_adapter(model, path):
                       total=model.num_parameters())
 
 
-__all__ = ["LoRALinear", "LoRALinearOp", "LoRAReport", "apply_lora", "merge_lora", "save_adapter", "load_adapter",
+__all__ = ["LoRALinear", "LoRALinearOp", "merged_state_dict", "LoRAReport", "apply_lora", "merge_lora", "save_adapter", "load_adapter",
            "lora_layers", "TARGET_GROUPS"]

@@ -30,6 +30,7 @@ import numpy as np
 from autograd import backend
 from autograd.checkpoint import CheckpointError, write_safetensors, write_text
 from tinygrad_llm.download import DownloadError, default_cache_dir, download_file
+from tinygrad_llm.lora import merged_state_dict
 
 PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 FILES = ("config.json", "model.safetensors")
@@ -243,10 +244,10 @@ def save_pretrained(model, directory):
     but Hugging Face's GPT2LMHeadModel, which always has that bias, would fill it with random values."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # a LoRA-wrapped layer (tinygrad_llm/lora.py) is exported as the plain Linear it amounts to: its merged
-    # weight, and no adapter tensors, so the file stays a GPT-2 checkpoint that any GPT-2 loader reads
-    merged = {f"{n}.weight": m.merged_weight() for n, m in model.named_modules() if hasattr(m, "merged_weight")}
-    tensors = [(name, merged.get(name, p.data), transposed) for name, (p, transposed) in _expected(model).items()
+    # a LoRA-wrapped layer is exported as the plain Linear it amounts to: its merged weight, and no adapter
+    # tensors, so the file stays a GPT-2 checkpoint that any GPT-2 loader reads
+    state = merged_state_dict(model)
+    tensors = [(name, state[name], transposed) for name, (_, transposed) in _expected(model).items()
                if ".lora_" not in name]
     write_safetensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
     write_text(directory / "config.json", json.dumps(config_to_hf(model.config), indent=2) + "\n")
