@@ -145,7 +145,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(corpus, tmp_path):
     assert "Traceback" not in stderr
     # the hint names this interpreter (a venv's python), not a bare `python` that may lack the packages
     hint = next(line for line in stderr.splitlines() if line.startswith("resume with: "))
-    assert hint == f"resume with: {sys.executable} examples/pretrain.py --out {out} --resume", hint
+    python = Path(sys.executable).absolute()
+    python = python.relative_to(ROOT) if python.is_relative_to(ROOT) else python  # .venv/bin/python in a checkout
+    assert hint == f"resume with: {python} examples/pretrain.py --out {out} --resume", hint
     meta_step = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     assert meta_step >= 2
     resumed = cli("--out", out, "--resume", "--max-steps", meta_step + 1)
