@@ -23,6 +23,7 @@ Bad input prints one line, `error: ...`, and exits with status 2.
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -176,7 +177,9 @@ def run(argv):
     write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     print(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; accuracy: train {100 * results['train_acc']:.2f}%, "
           f"val {100 * results['val_acc']:.2f}%, test {100 * results['test_acc']:.2f}%")
-    print(f"classifier saved in {out / 'model'}; try: python examples/classify.py --model {out / 'model'} "
+    python = Path(sys.executable).absolute()
+    python = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else python  # the venv's, as run
+    print(f"classifier saved in {out / 'model'}; try: {python} examples/classify.py --model {out / 'model'} "
           "\"some text\"")
     return 0
 
