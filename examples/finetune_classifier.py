@@ -27,8 +27,8 @@ import os
 import sys
 from pathlib import Path
 
-from autograd import DeviceError, backend
-from autograd.checkpoint import CheckpointError, write_text
+from autograd import backend
+from autograd.checkpoint import write_text
 from tinygrad_llm.classifier import (POOLS, TRAINABLE, GPTClassifier, accuracy, accuracy_hook, batch_examples,
                                      classification_loader, classification_loss, set_trainable)
 from tinygrad_llm.classify_data import (balanced_split, classification_splits, describe_lines, download_sms_spam,
@@ -37,7 +37,7 @@ from tinygrad_llm.lora import merge_lora, save_adapter
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
 from tinygrad_llm.train import TrainConfig, Trainer
-from tinygrad_llm.download import DownloadError
+from tinygrad_llm.cli import run_main
 
 # (trainable, lr) when the flags are not given: from scratch, and from pretrained weights (the book's)
 SCRATCH_DEFAULTS, PRETRAINED_DEFAULTS = ("all", 3e-4), ("last-block", 5e-5)
@@ -90,9 +90,6 @@ def build_parser():
     a("--on-bad", default="skip", choices=["skip", "error"], help="malformed lines: skip them (listed) or stop")
     return p
 
-
-def one_line(error):
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def load_model(args, train_texts):
@@ -185,14 +182,7 @@ def run(argv):
 
 
 def main(argv=None):
-    try:
-        return run(argv)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, DeviceError, CheckpointError, DownloadError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-from autograd import DeviceError, backend
-from autograd.checkpoint import CheckpointError
+from autograd import backend
 from tinygrad_llm import instruct, judge
 from tinygrad_llm.lora import apply_lora, merge_lora, save_adapter
 from tinygrad_llm.train import TrainConfig, Trainer
-from tinygrad_llm.weights import PRETRAINED, WeightsUnavailableError
+from tinygrad_llm.cli import run_main
+from tinygrad_llm.weights import PRETRAINED
 
 ADAPTER = "adapter.safetensors"
 BOOK_LR = 5e-5  # the book's, for GPT-2 medium's published weights
@@ -173,14 +173,7 @@ def run(argv):
 
 
 def main(argv=None):
-    try:
-        return run(argv)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, DeviceError, CheckpointError, WeightsUnavailableError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

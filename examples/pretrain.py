@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from autograd import DeviceError, backend
-from autograd.checkpoint import CheckpointError
+from autograd import backend
 from tinygrad_llm.data import DataLoader, GPTDataset, load_text, train_val_split
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
 from tinygrad_llm.train import TrainConfig, Trainer, read_checkpoint_metadata
-from tinygrad_llm.download import DownloadError, default_cache_dir, download_file
+from tinygrad_llm.cli import one_line, run_main
+from tinygrad_llm.download import default_cache_dir, download_file
 
 DEFAULT_CORPUS = "pydoc"  # Python's help topics, from the standard library
 # flags that a resumed run may change; the rest (model, data, tokenizer) come from the checkpoint
@@ -88,9 +88,6 @@ def this_command():
 
     return f"{shlex.quote(short(sys.executable))} {shlex.quote(short(__file__))}"
 
-
-def one_line(error):
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def fetch(url):
@@ -218,14 +215,7 @@ def run(argv):
 
 def main(argv=None):
     backend.keep_freed_memory()  # reuse freed memory: fresh pages for each step's temporaries are slow
-    try:
-        return run(argv)
-    except KeyboardInterrupt:  # during setup, before there is anything to save
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, DeviceError, CheckpointError, DownloadError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -43,3 +43,14 @@ def device(request):
     """Each test that takes `device` runs on the host, on the strict simulated device, and on a real GPU
     where there is one."""
     return request.param
+
+
+def assert_clean_error(result, *words):
+    """A command-line program's bad-input contract: exit status 2 and exactly one stderr line,
+    `error: ...`, holding each of `words`; never a traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [s for s in result.stderr.splitlines() if s.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]

@@ -15,6 +15,7 @@ import pytest
 
 from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer
+from tests.conftest import assert_clean_error
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE, CLASSIFY = ROOT / "examples" / "finetune_classifier.py", ROOT / "examples" / "classify.py"
@@ -37,15 +38,6 @@ def cli(script, *args, stdin=None, timeout=120):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, str(script), *map(str, args)], check=False, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env, input=stdin)
-
-
-def assert_clean_error(result, *words):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [s for s in result.stderr.splitlines() if s.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 @pytest.fixture

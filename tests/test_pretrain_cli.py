@@ -13,6 +13,7 @@ from pydoc_data.topics import topics
 import pytest
 
 from autograd import cuda_available
+from tests.conftest import assert_clean_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "pretrain.py"
@@ -31,15 +32,6 @@ def cli(*args, timeout=120):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], check=False, capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, env=env)
-
-
-def assert_clean_error(result, *words):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [s for s in result.stderr.splitlines() if s.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def test_missing_data(tmp_path):
