@@ -12,11 +12,9 @@ exits with status 2.
 import argparse
 import sys
 
-from autograd import DeviceError
-from autograd.checkpoint import CheckpointError
 from tinygrad_llm import instruct
+from tinygrad_llm.cli import run_main
 from tinygrad_llm.generate import decode_stream, stream
-from tinygrad_llm.weights import WeightsUnavailableError
 
 
 def parse_args(argv=None):
@@ -44,28 +42,25 @@ def lines(interactive):
         yield line.strip()
 
 
-def main(argv=None):
+def run(argv=None):
     args = parse_args(argv)
-    try:
-        model, tok = instruct.load_model(args.model, args.device, args.tokenizer)
-        interactive = sys.stdin.isatty()
-        if interactive:
-            print("Type an instruction; an empty line or Ctrl-D ends the chat.")
-        for line in lines(interactive):
-            ids = instruct.encode_text(tok, instruct.prompt_text({"instruction": line, "input": ""}))
-            budget = instruct.response_budget(model, ids, args.max_new_tokens)
-            tokens = stream(model, ids, budget, temperature=args.temperature, top_k=args.top_k,
-                            eos_id=instruct.end_of_text(tok), seed=args.seed)
-            for piece in decode_stream(tok, tokens):
-                print(piece, end="", flush=True)
-            print("\n")
-    except (OSError, ValueError, CheckpointError, WeightsUnavailableError, DeviceError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print()
-        return 130
+    model, tok = instruct.load_model(args.model, args.device, args.tokenizer)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("Type an instruction; an empty line or Ctrl-D ends the chat.")
+    for line in lines(interactive):
+        ids = instruct.encode_text(tok, instruct.prompt_text({"instruction": line, "input": ""}))
+        budget = instruct.response_budget(model, ids, args.max_new_tokens)
+        tokens = stream(model, ids, budget, temperature=args.temperature, top_k=args.top_k,
+                        eos_id=instruct.end_of_text(tok), seed=args.seed)
+        for piece in decode_stream(tok, tokens):
+            print(piece, end="", flush=True)
+        print("\n")
     return 0
+
+
+def main(argv=None):
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

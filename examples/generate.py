@@ -15,11 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from autograd import DeviceError, backend
+from autograd import backend
+from tinygrad_llm.cli import run_main
 from tinygrad_llm.generate import decode_stream, stream
 from tinygrad_llm.model import GPT
 from tinygrad_llm.tokenizer import ENDOFTEXT, get_tokenizer
-from tinygrad_llm.weights import CheckpointError, WeightsUnavailableError
 
 
 def parse_args(argv=None):
@@ -39,46 +39,43 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
+def run(argv=None):
     args = parse_args(argv)
     backend.keep_freed_memory()  # reuse freed memory: fresh pages for each step's temporaries are slow
-    try:
-        model = GPT.from_pretrained(args.model, cache_dir=args.cache_dir, device=args.device)
-        tok_name = args.tokenizer
-        if tok_name is None:
-            here = Path(args.model)
-            has_files = (here / "encoder.json").is_file() and (here / "vocab.bpe").is_file()
-            tok_name = str(here) if has_files else "gpt2"
-        tokenizer = get_tokenizer(tok_name)
-        if tokenizer.n_vocab > model.config.vocab_size:
-            raise ValueError(f"tokenizer {tok_name} has {tokenizer.n_vocab} tokens, the model only "
-                             f"{model.config.vocab_size}; pass the model's own tokenizer with --tokenizer")
-        eos = tokenizer.eot_token
-        ids = tokenizer.encode(args.prompt, allowed_special={ENDOFTEXT}) or ([eos] if eos is not None else [])
-        if not ids:
-            raise ValueError("the prompt is empty and the tokenizer has no <|endoftext|> to start from")
-        print(args.prompt, end="", flush=True)
-        new = []
+    model = GPT.from_pretrained(args.model, cache_dir=args.cache_dir, device=args.device)
+    tok_name = args.tokenizer
+    if tok_name is None:
+        here = Path(args.model)
+        has_files = (here / "encoder.json").is_file() and (here / "vocab.bpe").is_file()
+        tok_name = str(here) if has_files else "gpt2"
+    tokenizer = get_tokenizer(tok_name)
+    if tokenizer.n_vocab > model.config.vocab_size:
+        raise ValueError(f"tokenizer {tok_name} has {tokenizer.n_vocab} tokens, the model only "
+                         f"{model.config.vocab_size}; pass the model's own tokenizer with --tokenizer")
+    eos = tokenizer.eot_token
+    ids = tokenizer.encode(args.prompt, allowed_special={ENDOFTEXT}) or ([eos] if eos is not None else [])
+    if not ids:
+        raise ValueError("the prompt is empty and the tokenizer has no <|endoftext|> to start from")
+    print(args.prompt, end="", flush=True)
+    new = []
 
-        def tokens():
-            for t in stream(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, eos_id=eos, seed=args.seed, use_cache=not args.no_cache):
-                new.append(t)
-                yield t
+    def tokens():
+        for t in stream(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, eos_id=eos, seed=args.seed, use_cache=not args.no_cache):
+            new.append(t)
+            yield t
 
-        start = time.perf_counter()
-        for piece in decode_stream(tokenizer, tokens()):
-            print(piece, end="", flush=True)
-        seconds = time.perf_counter() - start
-        print()
-        print(f"[{len(new)} tokens in {seconds:.2f} s, {len(new) / seconds:.1f} tokens/s]", file=sys.stderr)
-    except (OSError, ValueError, CheckpointError, WeightsUnavailableError, DeviceError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print()
-        return 130
+    start = time.perf_counter()
+    for piece in decode_stream(tokenizer, tokens()):
+        print(piece, end="", flush=True)
+    seconds = time.perf_counter() - start
+    print()
+    print(f"[{len(new)} tokens in {seconds:.2f} s, {len(new) / seconds:.1f} tokens/s]", file=sys.stderr)
     return 0
+
+
+def main(argv=None):
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":
