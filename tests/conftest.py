@@ -1,4 +1,5 @@
-"""Shared test setup: Hypothesis profiles, the devices to run on, and the shared data folder.
+"""Shared test setup: Hypothesis profiles, the devices to run on, the shared data folder, and the one
+tiny-model factory the model tests build on.
 
 TINYGRAD_LLM_HYPOTHESIS=thorough runs many more examples per property (the default "ci" profile keeps
 the whole suite within a few minutes on 2 cores).
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from autograd import cuda_available
+from tinygrad_llm.model import GPT, GPTConfig
 
 settings.register_profile(
     "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -43,6 +45,16 @@ def device(request):
     """Each test that takes `device` runs on the host, on the strict simulated device, and on a real GPU
     where there is one."""
     return request.param
+
+
+def tiny_config(vocab_size=97, context_length=16, **overrides):
+    """The "cpu-tiny" preset (2 layers, 4 heads, 64 dims, no dropout) at a test-sized vocabulary and context."""
+    return GPTConfig.preset("cpu-tiny", vocab_size=vocab_size, context_length=context_length, **overrides)
+
+
+def tiny_gpt(vocab_size=97, context_length=16, *, seed=0, device="cpu", **overrides):
+    """A tiny GPT whose weights depend only on `seed`, on `device`: the model most tests need."""
+    return GPT(tiny_config(vocab_size, context_length, **overrides), seed=seed).to(device)
 
 
 def assert_clean_error(result, *words):

@@ -37,8 +37,9 @@ from tinygrad_llm.classify_data import (
 from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer
 from tinygrad_llm.train import TrainConfig, Trainer, param_groups
+from tests.conftest import tiny_config
 
-TINY = GPTConfig.preset("cpu-tiny", vocab_size=300, context_length=16, emb_dim=32, n_heads=2)
+TINY = tiny_config(vocab_size=300, context_length=16, emb_dim=32, n_heads=2)
 HAM = ["see you at home tonight", "ok lar, on my way", "call me when you are free", "dinner at six?"]
 SPAM = ["WIN a free prize now, txt WIN to 80082", "urgent! claim your cash award, call 09061701461",
         "free entry: text CLAIM to 87121", "you have won 1000 pounds, call now"]
@@ -197,7 +198,7 @@ def trained_parameters(model):
 
 @pytest.mark.parametrize("which", ["all", "last-block", "head", "lora"])
 def test_exactly_the_chosen_part_trains(which):
-    cfg = GPTConfig.preset("cpu-tiny", vocab_size=300, context_length=16, emb_dim=32, n_heads=2, n_layers=3)
+    cfg = tiny_config(vocab_size=300, context_length=16, emb_dim=32, n_heads=2, n_layers=3)
     model = GPTClassifier(cfg, 2, seed=0)
     summary = set_trainable(model, which)
     names = [n for n, _ in model.named_parameters()]
@@ -227,7 +228,7 @@ def test_unknown_trainable_choice():
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_saved_classifier_round_trip(tmp_path, tok, tie):
-    cfg = GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=16, tie_weights=tie)
+    cfg = tiny_config(vocab_size=tok.n_vocab, context_length=16, tie_weights=tie)
     model = GPTClassifier(GPT(cfg, seed=1), 2, labels=("ham", "spam"), pool="last-position", pad_id=tok.eot_token,
                           max_length=16, tokenizer=tok, seed=2).eval()
     ids, lengths, _ = pad_batch([(tok.encode(t), 0) for t in HAM[:2]], tok.eot_token, pad_to=16)
@@ -243,7 +244,7 @@ def test_saved_classifier_round_trip(tmp_path, tok, tie):
 
 
 def test_a_lora_classifier_is_saved_merged(tmp_path, tok):
-    model = GPTClassifier(GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=16), 2,
+    model = GPTClassifier(tiny_config(vocab_size=tok.n_vocab, context_length=16), 2,
                           pad_id=tok.eot_token, tokenizer=tok, seed=0).eval()
     set_trainable(model, "lora", lora_rank=4, lora_alpha=8)
     for name, p in model.named_parameters():
@@ -278,7 +279,7 @@ def test_a_tiny_model_learns_a_separable_task(tok, tmp_path):
         labels.append(label)
     data = parse_labeled_lines(tsv((("ham", "spam")[y], t) for t, y in zip(texts, labels)))
     train_set, val_set, test_set = classification_splits(data, tok, seed=0)
-    model = GPTClassifier(GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=32), 2,
+    model = GPTClassifier(tiny_config(vocab_size=tok.n_vocab, context_length=32), 2,
                           labels=data.label_names, pad_id=tok.eot_token, max_length=train_set.max_length,
                           tokenizer=tok, seed=0)
     set_trainable(model, "all")

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer
-from tests.conftest import assert_clean_error
+from tests.conftest import assert_clean_error, tiny_gpt
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE, CLASSIFY = ROOT / "examples" / "finetune_classifier.py", ROOT / "examples" / "classify.py"
@@ -69,7 +68,7 @@ def pretrained(tmp_path_factory):
     """A tiny 'pretrained' model directory as examples/pretrain.py writes it: weights and tokenizer files."""
     directory = tmp_path_factory.mktemp("pretrain") / "model"
     tok = BPETokenizer.train(" ".join(HAM + SPAM) * 3, 300)
-    GPT(GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=32), seed=0).save_pretrained(directory)
+    tiny_gpt(vocab_size=tok.n_vocab, context_length=32, seed=0).save_pretrained(directory)
     tok.save(directory)
     return directory
 

@@ -12,15 +12,16 @@ import pytest
 
 from autograd import Tensor, is_grad_enabled, no_grad
 from tinygrad_llm.generate import decode_stream, generate, sample_next, stream
-from tinygrad_llm.model import GPT, GPTConfig, KVCache
+from tinygrad_llm.model import KVCache
 from tinygrad_llm.tokenizer import BPETokenizer
+from tests.conftest import tiny_gpt
 
 ROOT = Path(__file__).resolve().parents[1]
 V, CTX = 97, 24
 
 
 def tiny_model(seed=0, device="cpu", **kw):
-    return GPT(GPTConfig.preset("cpu-tiny", vocab_size=V, context_length=CTX, **kw), seed=seed).to(device)
+    return tiny_gpt(V, CTX, seed=seed, device=device, **kw)
 
 
 def prompt(b=2, t=6, seed=0):
@@ -170,7 +171,7 @@ def test_decode_stream_never_splits_a_character():
 
 def test_example_runs_offline_on_a_saved_model(tmp_path):
     tok = BPETokenizer.train("the cat sat on the mat. the dog sat on the log. " * 30, 300)
-    model = GPT(GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=32), seed=0)
+    model = tiny_gpt(vocab_size=tok.n_vocab, context_length=32, seed=0)
     model.save_pretrained(tmp_path)
     tok.save(tmp_path)  # the trainer writes the tokenizer's files beside the weights
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TINYGRAD_LLM_CACHE": str(tmp_path / "none")}

@@ -22,9 +22,9 @@ from tinygrad_llm.instruct import (
     prompt_text,
     split_entries,
 )
-from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer
 from tinygrad_llm.train import TrainConfig, Trainer, evaluate
+from tests.conftest import tiny_gpt
 
 WITH_INPUT = {"instruction": "Convert the active sentence to passive: 'The chef cooks the meal every day.'",
               "input": "", "output": "The meal is cooked by the chef every day."}
@@ -65,7 +65,7 @@ def shared_data_module():
 
 
 def tiny_model(tok, seed=0):
-    return GPT(GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=128), seed=seed)
+    return tiny_gpt(tok.n_vocab, 128, seed=seed)
 
 
 # ---- the template --------------------------------------------------------------------------------

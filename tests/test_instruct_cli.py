@@ -19,8 +19,9 @@ from tests.test_instruct import free_port, toy_entries
 from tinygrad_llm import instruct
 from tinygrad_llm.generate import generate
 from tinygrad_llm.lora import load_adapter, merge_lora
-from tinygrad_llm.model import GPT, GPTConfig
+from tinygrad_llm.model import GPT
 from tinygrad_llm.tokenizer import BPETokenizer
+from tests.conftest import tiny_gpt
 
 ROOT = Path(__file__).resolve().parents[1]
 ollama_stub = test_instruct.ollama_stub  # the fixture, shared
@@ -47,7 +48,7 @@ def base(tmp_path_factory):
     (root / "data.json").write_text(json.dumps(entries), encoding="utf-8")
     text = "\n".join(instruct.prompt_text(e) + e["output"] for e in entries)
     tok = BPETokenizer.train(text * 3, 320)
-    model = GPT(GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=128), seed=0)
+    model = tiny_gpt(vocab_size=tok.n_vocab, context_length=128, seed=0)
     model.save_pretrained(root / "model")
     tok.save(root / "model")
     return root

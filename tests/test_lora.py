@@ -16,6 +16,7 @@ from autograd.optim import AdamW
 from tinygrad_llm.lora import LoRALinear, apply_lora, load_adapter, lora_layers, merge_lora, save_adapter
 from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.train import param_groups
+from tests import conftest
 from tests.conftest import DEVICES
 
 on_devices = pytest.mark.parametrize("device", DEVICES)  # cpu, strict, and cuda where there is a GPU
@@ -24,7 +25,7 @@ dims = st.integers(1, 4)
 
 
 def tiny_gpt(seed=0, **kw):
-    return GPT(GPTConfig.preset("cpu-tiny", vocab_size=97, context_length=16, **kw), seed=seed)
+    return conftest.tiny_gpt(97, 16, seed=seed, **kw)
 
 
 def ids(seed=0, shape=(2, 7)):

@@ -8,6 +8,7 @@ import autograd.functional as F
 from autograd import no_grad
 from autograd.optim import AdamW
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig, KVCache
+from tests.conftest import tiny_config
 
 
 def count_parameters(cfg):
@@ -53,7 +54,7 @@ def test_presets_match_gpt2():
 
 
 def tiny(**kw):
-    return GPTConfig.preset("cpu-tiny", vocab_size=97, context_length=32, **kw)
+    return tiny_config(97, 32, **kw)
 
 
 def test_forward_backward_stay_float32(device):

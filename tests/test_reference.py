@@ -12,8 +12,8 @@ import autograd.functional as F
 import autograd.reference as R
 from autograd import Tensor, backend, no_grad
 from tinygrad_llm.generate import generate
-from tinygrad_llm.model import GPT, GPTConfig
-from tests.conftest import DEVICES
+from tinygrad_llm.model import GPT
+from tests.conftest import DEVICES, tiny_config
 
 on_devices = pytest.mark.parametrize("device", DEVICES)
 
@@ -63,7 +63,7 @@ def test_cross_entropy_equals_the_fused_op(device, n, v, seed):
 
 
 def models(**kw):
-    cfg = GPTConfig.preset("cpu-tiny", vocab_size=97, context_length=16, **kw)
+    cfg = tiny_config(97, 16, **kw)
     return GPT(cfg, seed=0), GPT(replace(cfg, fused=False), seed=0)
 
 

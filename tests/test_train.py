@@ -27,6 +27,7 @@ from tinygrad_llm.train import (
     plot_metrics,
     read_checkpoint_metadata,
 )
+from tests.conftest import tiny_config
 
 TEXT = topics["assert"] + topics["for"] + topics["while"] + topics["if"]
 
@@ -42,7 +43,7 @@ def ids(tok):
 
 
 def make(tok, ids, drop_rate=0.1, seed=0):
-    cfg = GPTConfig.preset("cpu-tiny", vocab_size=tok.n_vocab, context_length=32, drop_rate=drop_rate)
+    cfg = tiny_config(vocab_size=tok.n_vocab, context_length=32, drop_rate=drop_rate)
     model = GPT(cfg, seed=seed)
     split = int(0.9 * len(ids))
     train = DataLoader(GPTDataset(ids[:split], 32, 32), batch_size=4, shuffle=True, seed=1)

@@ -21,6 +21,7 @@ from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.download import DownloadError, download_file
 from tinygrad_llm.weights import (WeightsUnavailableError, download_pretrained,
                                   load_weights, read_safetensors_header)
+from tests.conftest import tiny_config, tiny_gpt
 
 V, CTX, C, L, H = 50, 16, 32, 2, 4
 
@@ -127,9 +128,9 @@ def test_untied_head_and_tied_copy(tmp_path):
 
 @pytest.mark.parametrize("preset", ["cpu-tiny", "book"])
 def test_save_load_round_trip(tmp_path, preset):
-    cfg = GPTConfig.preset("cpu-tiny", vocab_size=V, context_length=CTX)
+    cfg = tiny_config(vocab_size=V, context_length=CTX)
     if preset == "book":  # the book's pretraining setting: no qkv bias, untied head, dropout
-        cfg = GPTConfig.preset("cpu-tiny", vocab_size=V, context_length=CTX, qkv_bias=False, tie_weights=False,
+        cfg = tiny_config(vocab_size=V, context_length=CTX, qkv_bias=False, tie_weights=False,
                                drop_rate=0.1)
     model = GPT(cfg, seed=3)
     model.save_pretrained(tmp_path)
@@ -153,7 +154,7 @@ def test_save_load_round_trip(tmp_path, preset):
 
 
 def test_round_trip_on_device(tmp_path, device):
-    model = GPT(GPTConfig.preset("cpu-tiny", vocab_size=V, context_length=CTX), seed=4).to(device)
+    model = tiny_gpt(vocab_size=V, context_length=CTX, seed=4).to(device)
     model.save_pretrained(tmp_path)
     again = GPT.from_pretrained(tmp_path, device=device)
     assert again.wte.weight.device == device
