@@ -111,6 +111,20 @@ def minor_faults():
 # What BLAS runs the matmuls
 
 
+def cpu_model():
+    """The CPU's model name (from /proc/cpuinfo on Linux, the platform module elsewhere)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def blas_info(with_torch=False):
     """A short description of the BLAS libraries loaded and their thread counts (threadpoolctl when
     installed), plus PyTorch's intra-op thread count when `with_torch`."""

@@ -7,7 +7,12 @@ own), and print a markdown table.
 speed-up = peer time / our time for the same work (> 1: ours is faster). For a training step the time
 is the median step time; for generation it is the wall time of the run, so the speed-up is also our
 tokens/s over the peer's. In the "KV cache vs recompute" row the peer is our own generation without the
-cache. Peak RSS is the whole process's (interpreter and libraries included: importing PyTorch alone
+cache.
+The floor (benchmarks/floor.py, measured in its own process on the same machine) is what NumPy here
+allows at best: for a training step, its matmuls each timed alone plus AdamW's bytes at the measured
+memory bandwidth; for generation, every weight read once per token at the measured matrix-vector speed.
+"ours/floor" is our step time over the floor (1.00 would be perfect); for generation, "% of floor" is our
+tokens/s over the floor's. Peak RSS is the whole process's (interpreter and libraries included: importing PyTorch alone
 takes about 200 MiB).
 
 Some machines set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which a user's machine would not; they change
@@ -27,7 +32,8 @@ if not __package__:  # run as a file (python benchmarks/run_all.py) rather than 
 
 from benchmarks import common
 
-TRAIN, GEN = "bench_train_step.py", "bench_generate.py"
+TRAIN, GEN, FLOOR = "bench_train_step.py", "bench_generate.py", "floor.py"
+GEN_FLOOR_CONFIG = {"gpt2-small": "gpt2-small", "small": "small-hf"}  # generation config -> floor config
 PEER_MODULES = {"book": ("torch", "llms_from_scratch"), "book-kv": ("torch", "llms_from_scratch"),
                 "hf": ("torch", "transformers")}
 
@@ -64,6 +70,14 @@ def fmt_result(r, kind):
     return f"{r['tokens_per_s']:.1f} tok/s ({r['median_s']:.2f} s)"
 
 
+def fmt_floor(ours, floor, kind):
+    if not ours or not floor or "error" in ours or "error" in floor:
+        return "-"
+    if kind == "train":
+        return f"{ours['median_s'] / floor['train']['floor_s']:.2f} ({floor['train']['floor_s']:.3f} s)"
+    return f"{100 * ours['tokens_per_s'] / floor['decode']['tokens_per_s']:.0f} % ({floor['decode']['tokens_per_s']:.0f} tok/s)"
+
+
 def fmt_rss(r):
     return f"{r['peak_rss_mib']:.0f} MiB" if r and "error" not in r else "-"
 
@@ -78,6 +92,7 @@ def main(argv=None):
     p.add_argument("--timeout", type=int, default=1800, help="seconds per measurement process")
     p.add_argument("--keep-openblas-env", action="store_true",
                    help="pass OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE on to the measurements")
+    p.add_argument("--no-floor", action="store_true", help="leave out the floor column (saves a minute or two)")
     p.add_argument("--save", metavar="JSON", help="also write every raw result to this file")
     args = p.parse_args(argv)
     repeat = args.repeat or (2 if args.quick else 5)
@@ -98,12 +113,15 @@ def main(argv=None):
         if missing.get(impl):
             return None
         if spec not in results:
-            if script == TRAIN:
+            if script == FLOOR:
+                extra = []
+            elif script == TRAIN:
                 extra = ["--warmup", warmup, "--repeat", repeat]
             else:
                 extra = ["--new-tokens", new_tokens, "--repeat", args.gen_repeat]
             print(f"running {script} --impl {impl} --config {config} ...", file=sys.stderr, flush=True)
-            results[spec] = common.run_json(script, ["--impl", impl, "--config", config, *extra], env=env,
+            impl_args = [] if script == FLOOR else ["--impl", impl]
+            results[spec] = common.run_json(script, [*impl_args, "--config", config, *extra], env=env,
                                             timeout=args.timeout)
             if "error" in results[spec]:
                 print(f"  {impl} {config}: {results[spec]['error']}", file=sys.stderr)
@@ -114,14 +132,19 @@ def main(argv=None):
         ours, peer = measure(ours_spec), measure(peer_spec)
         ok = ours and peer and "error" not in ours and "error" not in peer
         speedup = f"{peer['median_s'] / ours['median_s']:.2f}x" if ok else "-"
+        floor = None
+        if not args.no_floor:
+            config = ours_spec[2] if kind == "train" else GEN_FLOOR_CONFIG[ours_spec[2]]
+            floor = measure((FLOOR, "floor", config))
         table.append((work, fmt_result(ours, kind), f"{peer_spec[1]}: {fmt_result(peer, kind)}", speedup,
-                      fmt_rss(ours), fmt_rss(peer)))
+                      fmt_floor(ours, floor, kind), fmt_rss(ours), fmt_rss(peer)))
 
     # header: how it was run
     print("# Benchmarks" + (" (--quick: a smoke test, not a measurement)" if args.quick else ""))
     print()
     blas = sorted({r["blas"] for r in results.values() if r and "blas" in r}, key=len)
     print(f"- BLAS: {blas[-1] if blas else common.blas_info()}")
+    print(f"- CPU: {common.cpu_model()}")
     print(f"- python {sys.version.split()[0]}, {os.cpu_count()} CPUs; training: warm-up {warmup}, median of {repeat} "
           f"steps, dropout 0.0 everywhere; generation: batch 1, 16-token prompt, {new_tokens} new greedy tokens, "
           f"{args.gen_repeat} timed run(s) after a warm-up")
@@ -140,8 +163,15 @@ def main(argv=None):
         if mods:
             print(f"- peer {impl} skipped: {', '.join(mods)} not installed")
     print("- speed-up = peer time / our time for the same work (> 1: ours is faster)")
+    floors = {c: r for (s, _, c), r in results.items() if s == FLOOR and r and "error" not in r}
+    for c, r in floors.items():
+        t = r["train"]
+        print(f"- floor {c}: step {t['floor_s']:.3f} s = matmuls {t['matmul_s']:.3f} s ({t['matmul_gflop']:.0f} GFLOP "
+              f"at {t['matmul_gflops']:.0f} GFLOP/s, each shape alone) + AdamW {t['optimizer_s']:.3f} s "
+              f"(at {t['bandwidth_gbs']:.1f} GB/s); decode {r['decode']['tokens_per_s']:.0f} tok/s "
+              f"({r['decode']['weight_mib']:.0f} MiB of weights at {r['decode']['gemv_gbs']:.1f} GB/s)")
     print()
-    head = ("work", "ours", "peer", "speed-up", "peak RSS ours", "peak RSS peer")
+    head = ("work", "ours", "peer", "speed-up", "ours/floor (floor)", "peak RSS ours", "peak RSS peer")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for row in table:
