@@ -392,22 +392,25 @@ def embedding(ids, weight):
 class Linear(Function):
     """y = x W^T + b with W (out, in) as in PyTorch.
 
-    Leading axes are flattened into one GEMM each way:
     dL/dx = g W,  dL/dW = g^T x (over all rows),  dL/db = sum of g over all rows.
+
+    Leading axes are flattened into one GEMM each way: `x @ w.T` on a (B, T, C) x would be B separate
+    (T, C) GEMMs inside NumPy's matmul loop (it calls BLAS once per matrix of a stack), each smaller and
+    less efficient than one (B*T, C) product. docs/performance.md has the measurement.
     """
 
     def forward(self, x, w, b=None):
         self.x, self.w = x, w
-        y = x @ w.T
+        y = x.reshape(-1, x.shape[-1]) @ w.T  # (N, in) @ (in, out) -> (N, out), N = all leading axes
         if b is not None:
             y += b
-        return y
+        return y.reshape(*x.shape[:-1], w.shape[0])
 
     def backward(self, grad):
         x, w = self.x, self.w
-        g2 = grad.reshape(-1, grad.shape[-1])
-        gx = (grad @ w) if self.needs_grad[0] else None
-        gw = (g2.T @ x.reshape(-1, x.shape[-1])) if self.needs_grad[1] else None
+        g2 = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        gx = (g2 @ w).reshape(x.shape) if self.needs_grad[0] else None  # (N, out) @ (out, in)
+        gw = (g2.T @ x.reshape(-1, x.shape[-1])) if self.needs_grad[1] else None  # (out, N) @ (N, in)
         grads = (gx, gw)
         if len(self.needs_grad) > 2:
             grads += (g2.sum(axis=0) if self.needs_grad[2] else None,)

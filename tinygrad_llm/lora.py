@@ -61,10 +61,11 @@ class LoRALinearOp(Function):
         xp = backend.get_array_module(x)
         hs = x2 @ a  # (N, in) @ (in, rank) -> (N, rank)
         hs *= xp.asarray(scaling, dtype=hs.dtype)  # s h: scaled while it is small
-        y = x @ w.T  # (..., in) -> (..., out): the frozen layer, computed as F.linear computes it
+        y = x2 @ w.T  # (N, in) @ (in, out): the frozen layer, computed as F.linear computes it
         if bias is not None:
             y += bias
-        y += (hs @ b_lora).reshape(y.shape)  # (N, rank) @ (rank, out), added in place
+        y += hs @ b_lora  # (N, rank) @ (rank, out), added in place
+        y = y.reshape(*lead, w.shape[0])
         self.x2, self.w, self.a, self.b_lora, self.hs, self.lead = x2, w, a, b_lora, hs, lead
         self.scaling = scaling
         return y
