@@ -15,8 +15,10 @@ Layout of a `save_state` file:
 """
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -46,7 +48,9 @@ def atomic_write(path, mode="wb", encoding=None):
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    # the writer's process id in the name: a later run tells the leftovers of a killed writer from the
+    # files a live one is still writing (`remove_stale_temporaries`)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}{_TMP_MARK}{os.getpid()}-")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's file is private (0600); give it a new file's usual mode
         with os.fdopen(fd, mode, encoding=encoding) as f:
@@ -54,11 +58,58 @@ def atomic_write(path, mode="wb", encoding=None):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            full = OSError(f"could not write {path}: no space left on the disk ({e.strerror}); the previous "
+                           f"file is kept. Free some space and run again")
+            full.errno = e.errno
+            raise full from None
         raise
-    _fsync_dir(folder)
+    _fsync_dir(folder)  # the rename is only durable once the folder's entry is on disk
+
+
+_TMP_MARK = ".tmp-"
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # no space; over quota (not on Windows)
+_TMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[A-Za-z0-9_]+$")  # .<name>.tmp-<pid>-<mkstemp's random part>
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files that `atomic_write` left in `folder` when its process was killed
+    mid-write (a checkpoint's can be tens of MB). A file whose writer is still alive is kept: it may be
+    writing it now. Returns the names removed.
+
+        .checkpoint.safetensors.tmp-4242-x1y2z3ab   (process 4242 is gone)  -> removed
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        match = _TMP_NAME.match(name)
+        if match and not _process_alive(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+    return sorted(removed)
+
+
+def _process_alive(pid):
+    """Whether process `pid` exists (signal 0 checks without sending anything). A PID reused by another
+    process reads as alive, which only keeps a stale file one run longer."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except OSError:  # no such notion on this platform: keep the file
+        return True
+    return True
 
 
 def _umask():
@@ -228,4 +279,4 @@ def load_state(path, model=None, optimizer=None, scheduler=None, strict=True):
     return meta.get("extra", {})
 
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "save_state", "load_state"]
+__all__ = ["CheckpointError", "atomic_write", "remove_stale_temporaries", "save_checkpoint", "load_checkpoint", "save_state", "load_state"]
