@@ -299,15 +299,13 @@ class SGD(Optimizer):
 # Gradient clipping
 
 
-def clip_grad_norm_(parameters, max_norm):
-    """Scale all gradients in place so their global L2 norm is at most `max_norm`; returns the norm
-    before clipping, left on the gradients' device (a 0-d float32 array on a GPU, an np.float32 on the
-    host): call `.item()` on it outside the hot loop to read it, since on a GPU that waits for the device.
-
-    The scale min(1, max_norm / (norm + 1e-6)) is computed on the device. Each gradient's squared norm
-    is one `einsum("i,i->")`: no temporary, and more accurate than BLAS's `vdot` in float32, while
-    `(g * g).sum()` would allocate a gradient-sized temporary (docs/performance.md has the figures).
-    """
+def grad_norm(parameters):
+    """The global L2 norm of the parameters' gradients, left on their device (a 0-d float32 array on a
+    GPU, an np.float32 on the host): reading it is a host sync, so the training loop reads it only where
+    it reads the losses. Each gradient's squared norm is one `einsum("i,i->")`: no temporary, and more
+    accurate than BLAS's `vdot` in float32, while `(g * g).sum()` would allocate a gradient-sized
+    temporary (docs/performance.md has the figures). A NaN or infinite gradient makes the norm NaN or inf,
+    which is how the trainer tells a diverged step."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return np.zeros((), dtype=np.float32)
@@ -317,7 +315,20 @@ def clip_grad_norm_(parameters, max_norm):
         flat = g.reshape(-1)
         sq = xp.einsum("i,i->", flat, flat)
         total = sq if total is None else total + sq
-    norm = xp.sqrt(xp.asarray(total, dtype=grads[0].dtype))
+    return xp.sqrt(xp.asarray(total, dtype=grads[0].dtype))
+
+
+def clip_grad_norm_(parameters, max_norm):
+    """Scale all gradients in place so their global L2 norm (`grad_norm`) is at most `max_norm`; returns
+    the norm before clipping, left on the gradients' device: call `.item()` on it outside the hot loop to
+    read it, since on a GPU that waits for the device. The scale min(1, max_norm / (norm + 1e-6)) is
+    computed on the device."""
+    parameters = list(parameters)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return np.zeros((), dtype=np.float32)
+    xp = backend.get_array_module(grads[0])
+    norm = grad_norm(parameters)
     scale = xp.minimum(max_norm / (norm + 1e-6), 1.0).astype(grads[0].dtype)
     for g in grads:
         g *= scale
@@ -387,4 +398,4 @@ class LRScheduler:
         self._apply()
 
 
-__all__ = ["Optimizer", "AdamW", "SGD", "clip_grad_norm_", "constant", "cosine_with_warmup", "LRScheduler"]
+__all__ = ["Optimizer", "AdamW", "SGD", "grad_norm", "clip_grad_norm_", "constant", "cosine_with_warmup", "LRScheduler"]
