@@ -14,12 +14,25 @@ hold the model, the optimizer, the schedule's step, the dropout generators, and 
 step, the data position (epoch, batch within it), tokens seen, the configs, the tokenizer and the
 metrics so far. The data order is a function of seed and epoch (`DataLoader.iter_from`), so a resumed
 run sees the same batches, with the same dropout masks, as one that never stopped: its losses are the
-same bit for bit on the CPU. Ctrl-C finishes the current step, saves a checkpoint and raises
-KeyboardInterrupt (a second Ctrl-C stops at once).
+same bit for bit on the CPU.
+
+A checkpoint and the files it needs are one unit: the tokenizer's files are written once (and again only
+when they differ), and the checkpoint records the tokenizer's fingerprint, which `checkpoint_tokenizer`
+checks at resume. Every file goes through `atomic_write`, so a run killed at any instant leaves the
+previous checkpoint or the new one; the temporary files of a killed writer are removed by the next `fit`.
+
+Ctrl-C asks the loop to stop at the next step boundary, then it saves a checkpoint and raises
+KeyboardInterrupt. A second Ctrl-C cuts the current step short (as if it never started) and still saves;
+while a checkpoint is being written or the parameters updated, it waits for that to finish, so a
+checkpoint is never cut in half. `saved_step` says which step the last checkpoint of this session holds.
+
+A loss or gradient norm that is NaN or infinite stops the run with `NonFiniteError` before anything is
+saved (on_nonfinite="error"), or skips that step's update (on_nonfinite="skip").
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -33,8 +46,10 @@ from tqdm.auto import tqdm
 
 import autograd.functional as F
 from autograd import backend, no_grad
-from autograd.checkpoint import CheckpointError, atomic_write, load_state, read_metadata, save_state, write_text
-from autograd.optim import AdamW, LRScheduler, clip_grad_norm_, cosine_with_warmup
+from autograd.checkpoint import (CheckpointError, atomic_write, load_state, read_metadata, remove_stale_temporaries,
+                                 save_state, write_text)
+from autograd.optim import AdamW, LRScheduler, clip_grad_norm_, cosine_with_warmup, grad_norm
+from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -70,19 +85,37 @@ class TrainConfig:
     out_dir: str | None = None
     seed: int = 0  # for sampling; data order and dropout have their own seeds
     progress: bool = True
+    # a step whose loss or gradient norm is NaN or infinite: "error" stops the run (NonFiniteError) before
+    # anything more is saved; "skip" leaves parameters and optimizer state as they were and goes on, until
+    # more than max_nonfinite_skips steps in a row were skipped
+    on_nonfinite: str = "error"
+    max_nonfinite_skips: int = 5
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.on_nonfinite not in ("error", "skip"):
+            raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {self.on_nonfinite!r}")
         if self.grad_accum_steps < 1 or self.eval_every < 1 or self.log_every < 1:
             raise ValueError("grad_accum_steps, eval_every and log_every must be at least 1")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise ValueError("lr must be positive; weight_decay, grad_clip and warmup_steps non-negative")
-        if self.initial_lr is not None and self.initial_lr < 0:
-            raise ValueError(f"initial_lr must be non-negative (or None), got {self.initial_lr}")
+        if self.warmup_steps < 0 or self.checkpoint_every < 0 or self.max_nonfinite_skips < 0:
+            raise ValueError("warmup_steps, checkpoint_every and max_nonfinite_skips must not be negative")
+        # `x <= 0` is False for NaN, so each number is first checked to be finite
+        numbers = {"lr": self.lr, "weight_decay": self.weight_decay, "grad_clip": self.grad_clip, "eps": self.eps,
+                   "min_lr": self.min_lr, "initial_lr": self.initial_lr, "sample_temperature": self.sample_temperature}
+        for name, value in numbers.items():
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0:
+            raise ValueError("lr and eps must be positive; weight_decay and grad_clip non-negative")
+        for name in ("min_lr", "initial_lr"):
+            if numbers[name] is not None and numbers[name] < 0:
+                raise ValueError(f"{name} must be non-negative (or None), got {numbers[name]}")
         self.betas = tuple(self.betas)
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
 
     def to_dict(self):
         return asdict(self)
@@ -91,6 +124,17 @@ class TrainConfig:
     def from_dict(cls, d):
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class NonFiniteError(ValueError):
+    """A training step whose loss or gradient norm is NaN or infinite: the run diverged."""
+
+
+def json_safe(record):
+    """`record` with each NaN or infinite float replaced by None. JSON has no NaN or Infinity (Python's
+    json writes them, but they make the line invalid JSON for other readers), so metrics.jsonl and the
+    checkpoint's records hold null where a value was not a finite number."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -160,6 +204,31 @@ def tokenizer_record(tokenizer):
     return {"kind": "tiktoken", "name": tokenizer.name}
 
 
+def checkpoint_tokenizer(out_dir, extra):
+    """The tokenizer a checkpoint was trained with (its `extra` metadata, from `read_checkpoint_metadata`):
+    read from its files beside the checkpoint, or tiktoken's by name; None when it has none. Its
+    fingerprint must be the one the checkpoint recorded, else CheckpointError: the files beside it were
+    changed or belong to another run, and the ids the model learned would mean other text."""
+    record = extra.get("tokenizer")
+    if record is None:
+        return None
+    if record["kind"] == "bpe":
+        where = Path(out_dir) / record["path"]
+        try:
+            tok = BPETokenizer.load(where)
+        except (OSError, ValueError) as e:  # missing, or a JSON that does not parse
+            raise CheckpointError(f"the tokenizer files of {Path(out_dir) / CHECKPOINT} in {where} cannot be read "
+                                  f"({e}); restore them, or start the run over") from None
+    else:
+        where, tok = record["name"], get_tokenizer(record["name"])
+    expected = extra.get("tokenizer_fingerprint")
+    if expected is not None and tokenizer_fingerprint(tok) != expected:
+        raise CheckpointError(f"the tokenizer in {where} is not the one {Path(out_dir) / CHECKPOINT} was trained "
+                              f"with (fingerprint {tokenizer_fingerprint(tok)}, expected {expected}); restore "
+                              "its files, or start the run over")
+    return tok
+
+
 def read_checkpoint_metadata(out_dir):
     """The `extra` metadata of `out_dir`'s checkpoint (step, configs, tokenizer, ...), without loading
     the model. Raises FileNotFoundError or CheckpointError."""
@@ -211,7 +280,9 @@ class Trainer:
     on_step(trainer) after each step, on_eval(trainer, record) after each evaluation, before the record
     is written (it may add keys, e.g. an accuracy); metadata: JSON-serializable, saved with each
     checkpoint (the CLI keeps its data settings there); log: where messages go.
-    After `fit()`: `step_losses` (the training loss of each step this session), `records` (evaluations).
+    After `fit()`: `step_losses` (the training loss of each step this session), `records` (evaluations),
+    `skipped_steps` (steps whose update was skipped, on_nonfinite="skip"), `saved_step` (the step of the
+    last checkpoint written this session, None before the first).
     """
 
     def __init__(self, model, train_loader, val_loader=None, config=None, *, optimizer=None,
@@ -229,8 +300,13 @@ class Trainer:
         self.scheduler = LRScheduler(self.optimizer, self._lr_fn())
         self.step, self.epoch, self.batch_index, self.tokens_seen, self.elapsed = 0, 0, 0, 0, 0.0
         self.records, self.step_losses = [], []
-        self._pending = []  # device scalars: the losses of steps not yet read
-        self._stop = False
+        self._pending = []  # (step, loss, grad norm or None): device scalars of steps not yet read
+        self.skipped_steps, self._skips_in_a_row = [], 0
+        self.saved_step = None
+        self._stop = False  # a Ctrl-C asked the loop to stop at the next step boundary
+        self._critical = 0  # > 0 while a checkpoint is written or the parameters updated: Ctrl-C waits
+        self._deferred_interrupt = False  # a second Ctrl-C came during such a write
+        self._tokenizer_on_disk = None  # the folder where this tokenizer's files are known to be written
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
 
     def _lr_fn(self):
@@ -273,9 +349,10 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------------------
 
-    def _train_step(self, stream):
-        """Accumulate gradients over grad_accum_steps micro-batches, clip, update. Returns the step's
-        mean loss as a device scalar, the tokens it saw and the data position after it."""
+    def _gradients(self, stream):
+        """Accumulate gradients over grad_accum_steps micro-batches and clip them. Returns the step's mean
+        loss and its gradient norm before clipping (device scalars; the norm None when it was not
+        computed), the tokens it saw and the data position after it. No parameter has changed yet."""
         cfg, model = self.config, self.model
         scale = 1.0 / cfg.grad_accum_steps
         total, tokens = None, 0
@@ -285,54 +362,120 @@ class Trainer:
             (loss * scale if cfg.grad_accum_steps > 1 else loss).backward()
             total = loss.data * scale if total is None else total + loss.data * scale
             tokens += self.tokens_fn(batch)
+        norm = None
         # clip_after_warmup: appendix D's `if global_step >= warmup_steps`, the steps after the warmup steps
         # 0 .. warmup_steps - 1 (the printed book had `>`, which skipped one more); self.step is this step's index
         if cfg.grad_clip > 0 and not (cfg.clip_after_warmup and self.step < cfg.warmup_steps):
-            clip_grad_norm_(self.optimizer._params(), cfg.grad_clip)
-        self._updating = True
+            norm = clip_grad_norm_(self.optimizer._params(), cfg.grad_clip)
+        elif cfg.on_nonfinite == "skip":  # skipping needs the norm even without clipping
+            norm = grad_norm(self.optimizer._params())
+        return total, norm, tokens, (epoch, index)
+
+    def _update(self):
+        """The optimizer step and the next learning rate."""
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.scheduler.step()
-        self._updating = False
-        return total, tokens, (epoch, index)
+
+    def _finite_or_skip(self, step, loss, norm):
+        """on_nonfinite="skip": read this step's loss and gradient norm (one host read per step, not per
+        micro-batch: the price of deciding before the update) and return False, after dropping the
+        gradients and logging the skip, when either is not finite."""
+        values = backend.to_host(backend.get_array_module(loss).stack([loss, norm]))
+        if all(math.isfinite(float(v)) for v in values):
+            self._skips_in_a_row = 0
+            return True
+        self.optimizer.zero_grad()
+        self.skipped_steps.append(step)
+        self._skips_in_a_row += 1
+        what = _nonfinite_words(float(values[0]), float(values[1]))
+        if self._skips_in_a_row > self.config.max_nonfinite_skips:
+            raise NonFiniteError(f"{self._skips_in_a_row} steps in a row (up to step {step}) were skipped: {what}; "
+                                 f"the run diverged, nothing was saved after step {self.saved_step}. Lower the "
+                                 f"learning rate")
+        self.log(f"step {step}: {what}: step skipped (no update of the parameters or the optimizer state)")
+        return False
 
     def _sync_losses(self):
-        """Read the pending losses from the device (the one sync between log points)."""
-        if self._pending:
-            self.step_losses.extend(float(x) for x in backend.to_host(backend.get_array_module(
-                self._pending[0]).stack(self._pending)))
-            self._pending = []
+        """Read the pending losses (and gradient norms) from the device: the one sync between log points.
+        With on_nonfinite="error", a NaN or infinite value raises NonFiniteError here, before anything is
+        saved: every checkpoint, evaluation and export reads the losses first."""
+        if not self._pending:
+            return
+        steps = [step for step, _, _ in self._pending]
+        scalars = [loss for _, loss, _ in self._pending] + [norm for _, _, norm in self._pending if norm is not None]
+        values = [float(x) for x in backend.to_host(backend.get_array_module(scalars[0]).stack(scalars))]
+        losses, norms = values[:len(steps)], iter(values[len(steps):])
+        norms = [next(norms) if norm is not None else None for _, _, norm in self._pending]
+        self._pending = []
+        self.step_losses.extend(losses)
+        if self.config.on_nonfinite != "error":
+            return  # skipped steps were logged as they happened
+        for step, loss, norm in zip(steps, losses, norms):
+            if not math.isfinite(loss) or (norm is not None and not math.isfinite(norm)):
+                raise NonFiniteError(f"training diverged at step {step}: {_nonfinite_words(loss, norm)}. Nothing "
+                                     f"was saved after it (last checkpoint: "
+                                     f"{'none' if self.saved_step is None else f'step {self.saved_step}'}). "
+                                     "Lower the learning rate, or skip such steps with on_nonfinite='skip' "
+                                     "(--on-nonfinite skip)")
+
+    @contextlib.contextmanager
+    def _uninterruptible(self):
+        """A block that a second Ctrl-C must not cut in half (writing a checkpoint, updating the
+        parameters): the signal handler only notes the press, and it takes effect, as KeyboardInterrupt,
+        when the block has finished."""
+        self._critical += 1
+        try:
+            yield
+        finally:
+            self._critical -= 1
+        if not self._critical and self._deferred_interrupt:  # only reached when the block succeeded
+            self._deferred_interrupt = False
+            raise KeyboardInterrupt
 
     # ---- fit ----------------------------------------------------------------------------------------
 
     def fit(self):
-        """Train until max_steps (or the epochs) are done. Returns the evaluation records."""
+        """Train until max_steps (or the epochs) are done, then save a checkpoint and export the model.
+        Returns the evaluation records. Raises KeyboardInterrupt after a Ctrl-C (having saved a checkpoint
+        unless that failed: `saved_step == step` says whether it did) and NonFiniteError when the run
+        diverged (nothing saved after the last good checkpoint)."""
         cfg = self.config
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.out_dir, self.out_dir / "tokenizer", self.out_dir / "model"):
+                remove_stale_temporaries(folder)  # the leftovers of a run killed mid-write
         self.model.train()
         restore_sigint = self._install_sigint()
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not cfg.progress,
                    dynamic_ncols=True)
-        self._updating, saved, rng = False, False, None
+        rng = None
         try:
             if self.step == 0 and not self.records:
                 if self.out_dir is not None:
-                    (self.out_dir / METRICS).write_text("", encoding="utf-8")  # a fresh run
+                    write_text(self.out_dir / METRICS, "")  # a fresh run
                 self.evaluate_and_log()
             stream = self._micro_batches()
             t_log, tokens_log, start_elapsed, t0 = time.perf_counter(), 0, self.elapsed, time.perf_counter()
             while self.step < self.total_steps:
+                if self._stop:
+                    raise KeyboardInterrupt
                 rng = self.model.rng_states()  # restored if a second Ctrl-C cuts this step short
-                saved = False
-                loss, tokens, position = self._train_step(stream)
-                self.step += 1
-                self.epoch, self.batch_index = position
-                self.tokens_seen += tokens
-                tokens_log += tokens
-                self.elapsed = start_elapsed + time.perf_counter() - t0
-                self._pending.append(loss)
-                rng = None
+                loss, norm, tokens, position = self._gradients(stream)
+                step = self.step + 1
+                finite = cfg.on_nonfinite != "skip" or self._finite_or_skip(step, loss, norm)
+                with self._uninterruptible():  # the update and the counters that say it happened, together
+                    if finite:
+                        self._update()
+                    else:
+                        self.scheduler.step()  # a skipped step still counts: the schedule moves on
+                    self.step = step
+                    self.epoch, self.batch_index = position
+                    self.tokens_seen += tokens
+                    tokens_log += tokens
+                    self.elapsed = start_elapsed + time.perf_counter() - t0
+                    self._pending.append((step, loss, norm))
+                    rng = None
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     self._sync_losses()
                     now = time.perf_counter()
@@ -344,41 +487,50 @@ class Trainer:
                     self.evaluate_and_log()
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
-                    saved = True
                 if self.on_step is not None:
                     self.on_step(self)
                 if self._stop:
                     raise KeyboardInterrupt
+            self._sync_losses()
+            if self.saved_step != self.step:  # the last step may have been a periodic checkpoint already
+                self.save_checkpoint()
+            self.export_model()
         except KeyboardInterrupt:
-            bar.close()
-            if self._updating:
-                self.log("interrupted inside an optimizer update: no checkpoint written (the last one stands)")
-            else:
+            self._critical += 1  # from here on a further Ctrl-C waits: this save must not be cut short
+            try:
+                bar.close()
+                self.log(f"Ctrl-C: stopping at step {self.step}")
                 if rng is not None:  # the step was cut short: as if it never started
                     self.model.set_rng_states(rng)
                     self.optimizer.zero_grad()
-                if not saved:
-                    self.save_checkpoint()
+                if self.saved_step != self.step:
+                    try:
+                        self.save_checkpoint()
+                    except (OSError, NonFiniteError) as e:  # the caller reports that nothing was saved
+                        self.log(f"the checkpoint of step {self.step} was not saved: {' '.join(str(e).split())}")
+            finally:
+                self._critical -= 1
+                self._deferred_interrupt = False
             raise
         finally:
             bar.close()
             restore_sigint()
-        self._sync_losses()
-        if not saved:  # the last step may have been a periodic checkpoint already
-            self.save_checkpoint()
-        self.export_model()
         return self.records
 
     def _install_sigint(self):
-        """The first Ctrl-C asks the loop to stop after the current step; a second one stops at once."""
+        """The first Ctrl-C asks the loop to stop at the next step boundary (and save); a second one stops
+        at once, except inside `_uninterruptible` blocks, which it lets finish first. The handler only
+        sets flags: printing from a signal handler can collide with a print it interrupted."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
         def handler(signum, frame):
-            if self._stop:
+            if not self._stop:
+                self._stop = True
+            elif self._critical:
+                self._deferred_interrupt = True
+            else:
                 raise KeyboardInterrupt
-            self._stop = True
-            self.log("Ctrl-C: stopping after this step and saving a checkpoint (press again to stop now)")
 
         previous = signal.signal(signal.SIGINT, handler)
         return lambda: signal.signal(signal.SIGINT, previous)
@@ -413,9 +565,12 @@ class Trainer:
         if sample is not None:
             self.log(f"  sample: {sample!r}")
         if self.out_dir is not None:
-            with open(self.out_dir / METRICS, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            plot_metrics(self.records, self.out_dir / "loss.png")
+            with self._uninterruptible():
+                # appended, not rewritten: the one file not written through atomic_write, since resume
+                # rewrites it whole from the checkpoint's records
+                with open(self.out_dir / METRICS, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+                plot_metrics(self.records, self.out_dir / "loss.png")
         return record
 
     def sample(self):
@@ -446,32 +601,54 @@ class Trainer:
         beside it when it is a BPE of ours, so examples/generate.py and other tools can load it."""
         if self.out_dir is None or not hasattr(self.model, "save_pretrained"):
             return None
-        self.model.save_pretrained(self.out_dir / "model")
-        record = tokenizer_record(self.tokenizer)
-        if record is not None and record["kind"] == "bpe":
-            self.tokenizer.save(self.out_dir / "model")
+        self._sync_losses()  # a diverged run raises here and keeps the last good export
+        with self._uninterruptible():
+            self.model.save_pretrained(self.out_dir / "model")
+            record = tokenizer_record(self.tokenizer)
+            if record is not None and record["kind"] == "bpe":
+                self.tokenizer.save(self.out_dir / "model")
         return self.out_dir / "model"
 
     def save_checkpoint(self):
-        """Write out_dir/checkpoint.safetensors (and the tokenizer beside it). Returns the checkpoint's
-        path, or None without an out_dir."""
+        """Write out_dir/checkpoint.safetensors (and the tokenizer's files beside it, once). Returns the
+        checkpoint's path, or None without an out_dir. Raises NonFiniteError, writing nothing, when a
+        step since the last read diverged."""
         if self.out_dir is None:
             return None
         self._sync_losses()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         record = tokenizer_record(self.tokenizer)
-        if record is not None and record["kind"] == "bpe":
-            self.tokenizer.save(self.out_dir / record["path"])
         extra = {
             "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
             "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
             "train_config": self.config.to_dict(),
             "model_config": self.model.config.to_dict() if hasattr(self.model, "config") else None,
-            "tokenizer": record, "records": self.records, "metadata": self.metadata,
+            "tokenizer": record, "records": [json_safe(r) for r in self.records], "metadata": self.metadata,
+            # what the tokenizer files beside it must be: checked by checkpoint_tokenizer at resume
+            "tokenizer_fingerprint": tokenizer_fingerprint(self.tokenizer) if record is not None else None,
         }
         path = self.out_dir / CHECKPOINT
-        save_state(path, self.model, self.optimizer, self.scheduler, extra=extra)
+        with self._uninterruptible():
+            if record is not None and record["kind"] == "bpe":
+                self._write_tokenizer_once(self.out_dir / record["path"])
+            save_state(path, self.model, self.optimizer, self.scheduler, extra=extra)
+            self.saved_step = self.step
         return path
+
+    def _write_tokenizer_once(self, folder):
+        """The tokenizer's files in `folder`, written only when they are not there already: rewriting
+        them at every checkpoint gave a kill one more chance to land between two files. Each file is
+        written atomically, and the checkpoint written after them records their fingerprint."""
+        if self._tokenizer_on_disk == folder:
+            return
+        fingerprint = tokenizer_fingerprint(self.tokenizer)
+        try:
+            same = tokenizer_fingerprint(BPETokenizer.load(folder)) == fingerprint
+        except (OSError, ValueError):  # not there yet, or from a run that was killed or replaced
+            same = False
+        if not same:
+            self.tokenizer.save(folder)
+        self._tokenizer_on_disk = folder
 
     def _groups_hint(self, out_dir):
         """Where a checkpoint's optimizer groups differ because of `decay_all`, the setting to resume with."""
@@ -503,11 +680,21 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} holds no training state (missing {e})") from None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in self.records))
+            write_text(self.out_dir / METRICS,
+                       "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in self.records))
+        self.saved_step = self.step
         return extra
 
 
+def _nonfinite_words(loss, norm):
+    """What was not finite in a step, with the other value: 'the loss is nan (grad norm 3.2)'."""
+    norm_text = "not computed" if norm is None else f"{norm:g}"
+    if not math.isfinite(loss):
+        return f"the loss is {loss} (grad norm {norm_text})"
+    return f"the grad norm is {norm} (loss {loss:g})"
+
+
 __all__ = [
-    "TrainConfig", "Trainer", "evaluate", "lm_loss", "batch_tokens", "param_groups", "plot_metrics",
+    "TrainConfig", "Trainer", "NonFiniteError", "json_safe", "checkpoint_tokenizer", "evaluate", "lm_loss", "batch_tokens", "param_groups", "plot_metrics",
     "read_checkpoint_metadata", "tokenizer_record", "CHECKPOINT", "METRICS",
 ]
