@@ -7,9 +7,17 @@ help topics (`pydoc_data`, part of the standard library), with a byte-level BPE 
     .venv/bin/python examples/pretrain.py --data book.txt --max-steps 2000  # your text (files, a dir, a URL)
     .venv/bin/python examples/pretrain.py --out runs/pretrain --resume      # continue where a run stopped
 
-Bad input (missing or empty data, non-UTF-8 text, a corpus shorter than one window, an output folder that
-cannot be written, a corrupt checkpoint, "cuda" without a GPU, an unknown preset) prints one line,
-`error: ...`, and exits with status 2. Ctrl-C saves a checkpoint and exits with status 130.
+Bad input (a flag out of range, NaN or infinite, missing or empty data, non-UTF-8 text, a corpus shorter
+than one window, an output folder that cannot be written or that holds an earlier run without --resume or
+--overwrite, a corrupt checkpoint, data changed since the checkpoint, "cuda" without a GPU, an unknown
+preset) prints one line, `error: ...`, and exits with status 2, as does a run whose loss or gradient norm
+turns NaN or infinite (nothing is saved over the last good checkpoint; --on-nonfinite skip skips such
+steps instead). Ctrl-C stops at the end of the step, saves a checkpoint and exits with status 130; a
+second Ctrl-C stops at once, and the last line says whether the checkpoint was saved.
+
+The corpus is read and tokenized in chunks into an array of 2-byte ids (4 for vocabularies over 65,536
+tokens), and split into training and validation ids by --train-ratio; the checkpoint records each file's
+size and sha256, and --resume refuses data that changed since.
 """
 
 import argparse
@@ -20,62 +28,68 @@ import sys
 import urllib.error
 from pathlib import Path
 
-import numpy as np
-
 from autograd import backend
-from tinygrad_llm.data import DataLoader, GPTDataset, load_text, train_val_split
+from tinygrad_llm.data import (DataLoader, GPTDataset, encode_pieces, file_fingerprint, read_chunks, text_files,
+                               train_val_split)
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
-from tinygrad_llm.train import TrainConfig, Trainer, read_checkpoint_metadata
-from tinygrad_llm.cli import one_line, run_main
+from tinygrad_llm.train import TrainConfig, Trainer, checkpoint_tokenizer, read_checkpoint_metadata
+from tinygrad_llm.cli import (Parser, claim_run_folder, fraction, ignore_further_ctrl_c, int_at_least,
+                              nonnegative_float, nonnegative_int, one_line, positive_float, positive_int, run_main)
 from tinygrad_llm.download import default_cache_dir, download_file
 
 DEFAULT_CORPUS = "pydoc"  # Python's help topics, from the standard library
 # flags that a resumed run may change; the rest (model, data, tokenizer) come from the checkpoint
 RESUMABLE = {"device", "epochs", "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
-             "sample_prompt", "sample_tokens", "temperature", "top_k"}
+             "sample_prompt", "sample_tokens", "temperature", "top_k", "on_nonfinite"}
+BPE_SAMPLE_CHARS = 8 << 20  # the BPE is trained on at most this much of the start of the training text
 
 
 def build_parser(suppress=False):
     """The argument parser; with `suppress`, flags not given on the command line are left out (used to
     tell which flags override a resumed run's settings)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                argument_default=argparse.SUPPRESS if suppress else None)
+    p = Parser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS if suppress else None)
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     a = p.add_argument
     a("--data", nargs="+", default=d([DEFAULT_CORPUS]), metavar="PATH_OR_URL",
       help="text files, a directory of *.txt, or a URL (downloaded once); default: Python's help topics")
     a("--tokenizer", default=d(None), help="'gpt2' (tiktoken) or a directory with encoder.json + vocab.bpe; "
       "default: a BPE trained on the training text")
-    a("--vocab-size", type=int, default=d(2048), help="vocabulary of the BPE trained when --tokenizer is not given")
+    a("--vocab-size", type=int_at_least(257), default=d(2048),
+      help="vocabulary of the BPE trained when --tokenizer is not given (the 256 bytes and <|endoftext|> at least)")
     a("--config", default=d("cpu-small"), help=f"model preset: {', '.join(PRESETS)}")
-    a("--context-length", type=int, default=d(None), help="override the preset's context length")
+    a("--context-length", type=positive_int, default=d(None), help="override the preset's context length")
     a("--init-from", default=d(None), metavar="gpt2|PATH", help="start from pretrained weights")
     a("--device", default=d("cpu"), choices=["cpu", "cuda"])
-    a("--batch-size", type=int, default=d(8))
-    a("--grad-accum", type=int, default=d(1), help="micro-batches per optimizer step")
-    a("--epochs", type=int, default=d(6))
-    a("--max-steps", type=int, default=d(None), help="stop after this many steps (overrides --epochs)")
-    a("--lr", type=float, default=d(2e-3))
-    a("--min-lr", type=float, default=d(None), help="end of the cosine schedule (default lr/10)")
+    a("--batch-size", type=positive_int, default=d(8))
+    a("--grad-accum", type=positive_int, default=d(1), help="micro-batches per optimizer step")
+    a("--epochs", type=positive_int, default=d(6))
+    a("--max-steps", type=nonnegative_int, default=d(None), help="stop after this many steps (overrides --epochs)")
+    a("--lr", type=positive_float, default=d(2e-3))
+    a("--min-lr", type=nonnegative_float, default=d(None), help="end of the cosine schedule (default lr/10)")
     a("--schedule", default=d("cosine"), choices=["cosine", "constant"])
-    a("--warmup", type=int, default=d(10), help="warmup steps")
-    a("--weight-decay", type=float, default=d(0.1))
+    a("--warmup", type=nonnegative_int, default=d(10), help="warmup steps")
+    a("--weight-decay", type=nonnegative_float, default=d(0.1))
     a("--decay-all", action="store_true", default=d(False),
       help="decay every parameter, biases and LayerNorm too, as the book does")
-    a("--grad-clip", type=float, default=d(1.0), help="max gradient norm; 0 turns clipping off")
-    a("--train-ratio", type=float, default=d(0.9), help="share of the text (characters) used for training")
-    a("--eval-every", type=int, default=d(100))
-    a("--eval-batches", type=int, default=d(5))
-    a("--log-every", type=int, default=d(5))
-    a("--checkpoint-every", type=int, default=d(0), help="0: only at the end and on Ctrl-C")
+    a("--grad-clip", type=nonnegative_float, default=d(1.0), help="max gradient norm; 0 turns clipping off")
+    a("--train-ratio", type=fraction, default=d(0.9), help="share of the tokens used for training")
+    a("--eval-every", type=positive_int, default=d(100))
+    a("--eval-batches", type=positive_int, default=d(5))
+    a("--log-every", type=positive_int, default=d(5))
+    a("--checkpoint-every", type=nonnegative_int, default=d(0), help="0: only at the end and on Ctrl-C")
     a("--sample-prompt", default=d(None))
-    a("--sample-tokens", type=int, default=d(40))
-    a("--temperature", type=float, default=d(0.8), help="sampling temperature of the samples (0: greedy)")
-    a("--top-k", type=int, default=d(40))
+    a("--sample-tokens", type=nonnegative_int, default=d(40))
+    a("--temperature", type=nonnegative_float, default=d(0.8), help="sampling temperature of the samples (0: greedy)")
+    a("--top-k", type=positive_int, default=d(40))
+    a("--on-nonfinite", default=d("error"), choices=["error", "skip"],
+      help="a step whose loss or gradient norm is NaN or infinite: stop with an error (nothing saved over the "
+           "last good checkpoint), or skip its update")
     a("--out", default=d("runs/pretrain"), help="output folder: checkpoint, metrics.jsonl, loss.png, model/")
     a("--resume", action="store_true", default=d(False), help="continue the run saved in --out")
-    a("--seed", type=int, default=d(123))
+    a("--overwrite", action="store_true", default=d(False),
+      help="start a new run in an --out that holds one, replacing it")
+    a("--seed", type=nonnegative_int, default=d(123))
     return p
 
 
@@ -104,13 +118,66 @@ def fetch(url):
     return dest
 
 
-def read_corpus(sources):
-    if sources == [DEFAULT_CORPUS]:
-        from pydoc_data.topics import topics
+class Corpus:
+    """The training text, read in pieces, never whole: the files of --data (or Python's help topics) in
+    order, "\n\n" between two files. `fingerprint` is each file's size and sha256 (read once now, which
+    also checks that the files are UTF-8)."""
 
-        return "\n\n".join(topics[k] for k in sorted(topics))
-    paths = [fetch(s) if s.startswith(("http://", "https://")) else Path(s) for s in sources]
-    return load_text(paths)
+    SEPARATOR = "\n\n"
+
+    def __init__(self, sources):
+        if sources == [DEFAULT_CORPUS]:
+            from pydoc_data.topics import topics
+
+            text = "\n\n".join(topics[k] for k in sorted(topics))
+            data = text.encode("utf-8")
+            self.files, self._text = [], text
+            self.fingerprint = [{"file": "pydoc_data.topics", "bytes": len(data),
+                                 "sha256": hashlib.sha256(data).hexdigest()}]
+        else:
+            paths = [fetch(s) if s.startswith(("http://", "https://")) else Path(s) for s in sources]
+            self.files, self._text = text_files(paths), None
+            self.fingerprint = [file_fingerprint(p) for p in self.files]
+        self.bytes = sum(f["bytes"] for f in self.fingerprint)
+        if self.bytes == 0:
+            raise ValueError(f"the corpus {' '.join(sources)} is empty")
+
+    def pieces(self):
+        """The text in pieces of about 1 MB, cut where the tokenizer cuts anyway (see `read_chunks`)."""
+        if self._text is not None:
+            yield self._text
+            return
+        for k, path in enumerate(self.files):
+            if k:
+                yield self.SEPARATOR
+            yield from read_chunks(path)
+
+    def head(self, chars):
+        """The first `chars` characters (or all of a shorter text), for training a tokenizer."""
+        out, n = [], 0
+        for piece in self.pieces():
+            out.append(piece[:chars - n])
+            n += len(out[-1])
+            if n >= chars:
+                break
+        return "".join(out)
+
+
+def check_same_data(corpus, saved, out):
+    """On --resume: the data must be what the checkpoint was trained on, file by file."""
+    recorded = saved.get("metadata", {}).get("data_fingerprint")
+    if recorded is None or recorded == corpus.fingerprint:
+        return  # a checkpoint of an earlier version records none
+    for then, now in zip(recorded, corpus.fingerprint):
+        if then != now:
+            break
+    else:
+        then = now = None
+    what = (f"{now['file']} was {then['bytes']:,} bytes (sha256 {then['sha256'][:12]}) and is now {now['bytes']:,} "
+            f"bytes (sha256 {now['sha256'][:12]})" if then is not None else
+            f"it was {len(recorded)} files and is now {len(corpus.fingerprint)}")
+    raise ValueError(f"the training data changed since the checkpoint in {out}: {what}. Restore the data to "
+                     f"resume, or start over with --overwrite (without --resume)")
 
 
 def windows(ids, context, what):
@@ -131,18 +198,20 @@ def setup(args, saved=None):
     probe = out / ".write-test"
     probe.write_text("")
     probe.unlink()
-    text = read_corpus(args.data)
-    train_text, val_text = train_val_split(text, args.train_ratio)
-    if saved is not None:  # the checkpoint's own tokenizer
-        record = saved["tokenizer"]
-        tok = BPETokenizer.load(out / record["path"]) if record["kind"] == "bpe" else get_tokenizer(record["name"])
+    claim_run_folder(out, resume=saved is not None, overwrite=args.overwrite)
+    corpus = Corpus(args.data)
+    if saved is not None:  # the checkpoint's own tokenizer, and the data it was trained on
+        check_same_data(corpus, saved, out)
+        tok = checkpoint_tokenizer(out, saved)
     elif args.tokenizer is not None or args.init_from is not None:
         tok = get_tokenizer(args.tokenizer or "gpt2")
-    else:
-        print(f"training a {args.vocab_size}-token BPE on {len(train_text):,} characters")
-        tok = BPETokenizer.train(train_text[: 8 << 20], args.vocab_size)
-    encode = lambda t: np.asarray(tok.encode(t, allowed_special={"<|endoftext|>"}), dtype=np.int64)
-    train_ids, val_ids = encode(train_text), encode(val_text)
+    else:  # trained on the start of the training part (the split below is by tokens; this is close)
+        sample = corpus.head(min(BPE_SAMPLE_CHARS, int(args.train_ratio * corpus.bytes)))
+        print(f"training a {args.vocab_size}-token BPE on {len(sample):,} characters")
+        tok = BPETokenizer.train(sample, args.vocab_size)
+        del sample
+    ids = encode_pieces(corpus.pieces(), tok, allowed_special={"<|endoftext|>"})
+    train_ids, val_ids = train_val_split(ids, args.train_ratio)  # views, no copy
 
     if saved is not None:
         model = GPT(GPTConfig.from_dict(saved["model_config"]), seed=args.seed)
@@ -162,7 +231,7 @@ def setup(args, saved=None):
     val = DataLoader(windows(val_ids, context, "validation"), args.batch_size, shuffle=False, drop_last=False)
     print(f"{len(train_ids):,} training and {len(val_ids):,} validation tokens; "
           f"model {model.num_parameters():,} parameters, context {context}, {len(train)} batches per epoch")
-    return tok, model, train, val
+    return tok, model, train, val, corpus
 
 
 def train_config(args, prompt):
@@ -172,27 +241,31 @@ def train_config(args, prompt):
         grad_accum_steps=args.grad_accum, epochs=args.epochs, max_steps=args.max_steps,
         eval_every=args.eval_every, eval_batches=args.eval_batches, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, sample_prompt=prompt, sample_tokens=args.sample_tokens,
-        sample_temperature=args.temperature, sample_top_k=args.top_k, out_dir=args.out, seed=args.seed)
+        sample_temperature=args.temperature, sample_top_k=args.top_k, out_dir=args.out, seed=args.seed,
+        on_nonfinite=args.on_nonfinite)
 
 
 def run(argv):
     args = build_parser().parse_args(argv)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     saved = None
     if args.resume:
         saved = read_checkpoint_metadata(args.out)
         given = vars(build_parser(suppress=True).parse_args(argv))
-        settings = {**saved["metadata"]["args"], **{k: v for k, v in given.items() if k in RESUMABLE}}
+        defaults = vars(build_parser().parse_args([]))  # for settings a checkpoint of an earlier version lacks
+        settings = {**defaults, **saved["metadata"]["args"], **{k: v for k, v in given.items() if k in RESUMABLE}}
         ignored = sorted(k for k in given if k not in RESUMABLE | {"out", "resume"} and given[k] != settings[k])
         if ignored:
             print(f"note: resuming with the checkpoint's settings; ignoring --{', --'.join(ignored)}")
-        args = argparse.Namespace(**{**settings, "out": args.out, "resume": True})
+        args = argparse.Namespace(**{**settings, "out": args.out, "resume": True, "overwrite": False})
     prompt = args.sample_prompt
     if prompt is None:
         prompt = "The built-in function" if args.data == [DEFAULT_CORPUS] else "Every effort moves you"
-    tok, model, train, val = setup(args, saved)
-    saved_args = {k: v for k, v in vars(args).items() if k != "resume"}
+    tok, model, train, val, corpus = setup(args, saved)
+    saved_args = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
     trainer = Trainer(model, train, val, train_config(args, prompt), tokenizer=tok,
-                      metadata={"args": saved_args})
+                      metadata={"args": saved_args, "data_fingerprint": corpus.fingerprint})
     if saved is not None:
         trainer.resume()
         print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
@@ -200,9 +273,18 @@ def run(argv):
     try:
         records = trainer.fit()
     except KeyboardInterrupt:
-        print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; checkpoint saved in "
-              f"{Path(args.out) / 'checkpoint.safetensors'}.\nresume with: {this_command()} "
-              f"--out {shlex.quote(str(args.out))} --resume", file=sys.stderr)
+        ignore_further_ctrl_c()  # this report must be whole, and the status 130
+        path = Path(args.out) / "checkpoint.safetensors"
+        resume = f"resume with: {this_command()} --out {shlex.quote(str(args.out))} --resume"
+        if trainer.saved_step == trainer.step:
+            print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; checkpoint saved in {path}.\n"
+                  f"{resume}", file=sys.stderr)
+        elif trainer.saved_step is not None:
+            print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; the checkpoint was NOT saved: "
+                  f"{path} holds step {trainer.saved_step}.\n{resume}", file=sys.stderr)
+        else:
+            print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; the checkpoint was NOT saved, "
+                  "and this run has none to resume from", file=sys.stderr)
         return 130
     first, last = records[0], records[-1]
     print(f"done: {trainer.step} steps, {trainer.tokens_seen:,} tokens in {trainer.elapsed:.0f} s; "

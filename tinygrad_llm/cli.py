@@ -1,11 +1,20 @@
 """What the command-line programs in examples/ share: bad input is one line, `error: ...`, and exit
-status 2, never a traceback; Ctrl-C before there is anything to save is status 130.
+status 2, never a traceback; Ctrl-C is status 130.
 
     def main(argv=None):
         return run_main(run, argv)   # run(argv) parses the flags and does the work; returns 0
+
+Flags are checked by argparse itself, before any work starts, with the `type=` factories below: a value
+out of range, NaN or infinity is refused with a line naming the flag, e.g.
+
+    error: argument --lr: must be a finite number > 0, got 'nan'
 """
 
+import argparse
+import math
+import signal
 import sys
+from pathlib import Path
 
 from autograd import DeviceError
 from autograd.checkpoint import CheckpointError
@@ -21,11 +30,22 @@ def one_line(error):
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def ignore_further_ctrl_c():
+    """From here on Ctrl-C is ignored: called first thing where an interrupted program reports what it
+    saved, so that another Ctrl-C can neither cut that report short nor turn the exit status 130 into a
+    death by signal (-2)."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to set
+        pass
+
+
 def run_main(run, argv=None):
     """run(argv), with USER_ERRORS printed as one `error:` line (status 2) and Ctrl-C as status 130."""
     try:
         return run(argv)
     except KeyboardInterrupt:
+        ignore_further_ctrl_c()
         print("\ninterrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
@@ -33,4 +53,90 @@ def run_main(run, argv=None):
         return 2
 
 
-__all__ = ["USER_ERRORS", "one_line", "run_main"]
+# ---------------------------------------------------------------------------------------------------
+# Flags
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the programs' one-line contract: a bad flag prints `error: ...` (argparse's own
+    message, which names the flag) and exits with status 2, without the usage block."""
+
+    def error(self, message):
+        print(f"error: {one_line(message)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def int_at_least(low):
+    """An argparse `type=`: an integer >= low. `int_at_least(1)("0")` raises ArgumentTypeError."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"  # what argparse calls the type in its messages
+    return parse
+
+
+def finite_float(low=None, high=None, *, low_open=False, high_open=False):
+    """An argparse `type=`: a finite float within [low, high] (an open end with low_open/high_open;
+    None: unbounded). float() accepts "nan" and "inf", and `nan <= 0` is False, so a plain
+    `type=float` plus a `<= 0` check lets NaN through: this refuses both first.
+
+        finite_float(0, low_open=True)("1e-3") == 0.001;  ("nan"), ("inf"), ("0") raise ArgumentTypeError
+    """
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high:g}")
+    wanted = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        if not math.isfinite(value) or (
+                low is not None and (value <= low if low_open else value < low)) or (
+                high is not None and (value >= high if high_open else value > high)):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = wanted
+    return parse
+
+
+positive_int = int_at_least(1)          # sizes, counts, periods
+nonnegative_int = int_at_least(0)       # counts where 0 means none (or off), seeds
+positive_float = finite_float(0, low_open=True)    # learning rates, LoRA's alpha
+nonnegative_float = finite_float(0)     # weight decay, gradient clip, temperature
+fraction = finite_float(0, 1, low_open=True, high_open=True)   # a share strictly between 0 and 1
+probability = finite_float(0, 1, low_open=True)                # top-p: (0, 1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run folders
+
+
+def claim_run_folder(out, *, resume=False, overwrite=False, can_resume=True):
+    """Check that a new run may write into `out` before any work starts: a folder that holds a
+    checkpoint is an earlier run, which a fresh run must not replace without a word. It needs --resume
+    (where the program has it) or --overwrite; with --overwrite the old checkpoint is removed now, so
+    that a new run stopped before its first checkpoint cannot be resumed as the old one."""
+    checkpoint = Path(out) / "checkpoint.safetensors"
+    if resume or not checkpoint.exists():
+        return
+    if not overwrite:
+        how = "--resume to continue it or --overwrite" if can_resume else "--overwrite"
+        raise ValueError(f"{out} holds an earlier run ({checkpoint.name}); pass {how} to replace it, or choose "
+                         f"another --out")
+    checkpoint.unlink()
+
+
+__all__ = ["USER_ERRORS", "one_line", "run_main", "ignore_further_ctrl_c", "Parser", "int_at_least",
+           "finite_float", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float", "fraction",
+           "probability", "claim_run_folder"]

@@ -13,6 +13,7 @@ corpus larger than memory, reads tokens from disk instead of keeping text and id
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -234,6 +235,41 @@ def _safe_cut(buf: bytes, start: int) -> int | None:
             return None
         if 0x21 <= buf[i - 1] <= 0x7E and i + 1 < len(buf) and 0x21 <= buf[i + 1] <= 0x7E:
             return i + 1
+
+
+def file_fingerprint(path) -> dict:
+    """{"file", "bytes", "sha256"} of a text file, read once in blocks: what a checkpoint records of
+    its training data, so that a resumed run can tell that a file was edited since. The same pass
+    checks that the file is UTF-8 (an incremental decoder, blocks cut anywhere), so a bad byte near the
+    end of a large corpus is reported now, not after the tokenizer has been trained."""
+    h, size = hashlib.sha256(), 0
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+            size += len(block)
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError:
+                for _ in read_chunks(path):  # the error again, with its byte offset and line
+                    pass
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:  # the file ends inside a character
+        for _ in read_chunks(path):
+            pass
+    return {"file": str(path), "bytes": size, "sha256": h.hexdigest()}
+
+
+def encode_pieces(pieces, tokenizer, *, allowed_special="all") -> np.ndarray:
+    """Token ids of the text pieces (an iterable of str, e.g. `read_chunks` of each file), encoded one
+    by one into a compact array: uint16 when the vocabulary fits, else uint32. Only one piece's text and
+    its Python list of ids live at a time, so a corpus costs 2 (or 4) bytes a token instead of the text
+    plus a list of int objects (tens of bytes a token). Pieces must be cut where the tokenizer would cut
+    anyway (as `read_chunks` cuts) for the ids to equal those of the whole text."""
+    dtype = np.uint16 if tokenizer.n_vocab <= 1 << 16 else np.uint32
+    parts = [np.array(tokenizer.encode(piece, allowed_special=allowed_special), dtype=dtype) for piece in pieces]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
 # ---- tokenized corpora, cached on disk -----------------------------------------------------------
