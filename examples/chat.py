@@ -9,23 +9,22 @@ ends the chat. A model directory that is missing or holds no model prints one li
 exits with status 2.
 """
 
-import argparse
 import sys
 
 from tinygrad_llm import instruct
-from tinygrad_llm.cli import run_main
+from tinygrad_llm.cli import Parser, nonnegative_float, nonnegative_int, positive_int, run_main
 from tinygrad_llm.generate import decode_stream, stream
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="runs/instruct/model", help="a fine-tuned model directory")
     p.add_argument("--tokenizer", default=None, help="gpt2 or a directory with encoder.json and vocab.bpe "
                                                      "(default: the model directory's, else gpt2)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 picks the most likely token (greedy)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=nonnegative_int, default=256)
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 picks the most likely token (greedy)")
+    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--seed", type=nonnegative_int, default=None)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     return p.parse_args(argv)
 

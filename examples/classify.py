@@ -8,18 +8,12 @@ without any, from stdin, one per line (blank lines are skipped). Bad input print
 `error: ...`, and exits with status 2.
 """
 
-import argparse
 import sys
 
 from autograd import DeviceError
 from autograd.checkpoint import CheckpointError
 from tinygrad_llm.classifier import GPTClassifier
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, as every other bad input
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+from tinygrad_llm.cli import Parser, positive_int
 
 
 def run(argv):
@@ -27,7 +21,7 @@ def run(argv):
     p.add_argument("texts", nargs="*", help="texts to classify; none: read stdin, one per line")
     p.add_argument("--model", default="runs/classify/model", help="the classifier's directory")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     args = p.parse_args(argv)
     model = GPTClassifier.from_pretrained(args.model, device=args.device)
     texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]

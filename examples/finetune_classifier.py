@@ -21,7 +21,6 @@ accuracies), checkpoint.safetensors, results.json, and with LoRA lora_adapter.sa
 Bad input prints one line, `error: ...`, and exits with status 2.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -37,26 +36,11 @@ from tinygrad_llm.lora import merge_lora, save_adapter
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
 from tinygrad_llm.train import TrainConfig, Trainer
-from tinygrad_llm.cli import run_main
+from tinygrad_llm.cli import (Parser, claim_run_folder, ignore_further_ctrl_c, int_at_least, nonnegative_int,
+                              positive_float, positive_int, run_main)
 
 # (trainable, lr) when the flags are not given: from scratch, and from pretrained weights (the book's)
 SCRATCH_DEFAULTS, PRETRAINED_DEFAULTS = ("all", 3e-4), ("last-block", 5e-5)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, as every other bad input
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def build_parser():
@@ -69,24 +53,25 @@ def build_parser():
     a("--tokenizer", default=None, metavar="gpt2|DIR", help="'gpt2' (tiktoken) or a directory with encoder.json + "
       "vocab.bpe; default: the one beside --init-from DIR, GPT-2's for gpt2, and for none a BPE trained on the "
       "training messages")
-    a("--vocab-size", type=positive(int), default=2048, help="vocabulary of the BPE trained with --init-from none")
+    a("--vocab-size", type=int_at_least(257), default=2048, help="vocabulary of the BPE trained with --init-from none")
     a("--config", default="cpu-small", help=f"model preset with --init-from none: {', '.join(PRESETS)}")
-    a("--epochs", type=positive(int), default=5)
-    a("--lr", type=positive(float), default=None, help="default: 3e-4 from scratch, 5e-5 (the book's) from "
+    a("--epochs", type=positive_int, default=5)
+    a("--lr", type=positive_float, default=None, help="default: 3e-4 from scratch, 5e-5 (the book's) from "
       "pretrained weights")
-    a("--batch-size", type=positive(int), default=8)
-    a("--max-length", type=positive(int), default=None, help="tokens kept per message; default: the longest "
+    a("--batch-size", type=positive_int, default=8)
+    a("--max-length", type=positive_int, default=None, help="tokens kept per message; default: the longest "
       "training message, at most the context length")
     a("--device", default="cpu", choices=["cpu", "cuda"])
     a("--trainable", default=None, choices=TRAINABLE, help="the part that trains; default: all from scratch, "
       "last-block (the book's: last block, final LayerNorm, head) from pretrained weights")
     a("--pool", default="last-token", choices=POOLS, help="the position the head reads")
-    a("--lora-rank", type=positive(int), default=16)
-    a("--lora-alpha", type=positive(float), default=16.0)
-    a("--eval-every", type=positive(int), default=50)
-    a("--eval-batches", type=positive(int), default=5, help="batches per split in each evaluation")
+    a("--lora-rank", type=positive_int, default=16)
+    a("--lora-alpha", type=positive_float, default=16.0)
+    a("--eval-every", type=positive_int, default=50)
+    a("--eval-batches", type=positive_int, default=5, help="batches per split in each evaluation")
     a("--out", default="runs/classify", help="output folder")
-    a("--seed", type=int, default=123, help="balancing, split, head and data order")
+    a("--overwrite", action="store_true", help="replace the run that --out holds (its checkpoint.safetensors)")
+    a("--seed", type=nonnegative_int, default=123, help="balancing, split, head and data order")
     a("--on-bad", default="skip", choices=["skip", "error"], help="malformed lines: skip them (listed) or stop")
     return p
 
@@ -131,6 +116,7 @@ def run(argv):
     out.mkdir(parents=True, exist_ok=True)
     (out / ".write-test").write_text("")
     (out / ".write-test").unlink()
+    claim_run_folder(out, overwrite=args.overwrite, can_resume=False)
 
     data = read_labeled_tsv(args.data, on_bad=args.on_bad) if args.data else read_labeled_tsv(
         download_sms_spam(), on_bad=args.on_bad)
@@ -162,7 +148,9 @@ def run(argv):
     try:
         trainer.fit()
     except KeyboardInterrupt:
-        print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}", file=sys.stderr)
+        ignore_further_ctrl_c()
+        saved = "checkpoint saved" if trainer.saved_step == trainer.step else "the checkpoint was NOT saved"
+        print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; {saved}", file=sys.stderr)
         return 130
     if args.trainable == "lora":  # model/ holds the merged weights already; the adapter alone is small
         save_adapter(model, out / "lora_adapter.safetensors")

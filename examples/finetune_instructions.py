@@ -19,7 +19,6 @@ be reached) prints one line, `error: ...`, and exits with status 2. Entries with
 field are skipped with a warning naming them (--on-bad skip, the default).
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,8 @@ from autograd import backend
 from tinygrad_llm import instruct, judge
 from tinygrad_llm.lora import apply_lora, merge_lora, save_adapter
 from tinygrad_llm.train import TrainConfig, Trainer
-from tinygrad_llm.cli import run_main
+from tinygrad_llm.cli import (Parser, claim_run_folder, ignore_further_ctrl_c, int_at_least, nonnegative_float,
+                              nonnegative_int, positive_float, positive_int, run_main)
 from tinygrad_llm.weights import PRETRAINED
 
 ADAPTER = "adapter.safetensors"
@@ -38,7 +38,7 @@ SMALL_MODEL_LR = 3e-3
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     a = p.add_argument
     a("--data", required=True, metavar="PATH", help="JSON list (or JSON lines) of instruction/input/output entries")
     a("--init-from", default="runs/pretrain/model", metavar="DIR|gpt2",
@@ -46,49 +46,31 @@ def build_parser():
     a("--tokenizer", default=None, help="gpt2 or a directory with encoder.json and vocab.bpe "
                                         "(default: the model directory's, else gpt2)")
     a("--device", default="cpu", choices=["cpu", "cuda"])
-    a("--epochs", type=int, default=2)
-    a("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
-    a("--lr", type=float, default=None, help="peak learning rate (default: the book's 5e-5 for GPT-2's published "
+    a("--epochs", type=positive_int, default=2)
+    a("--max-steps", type=positive_int, default=None, help="stop after this many steps (overrides --epochs)")
+    a("--lr", type=positive_float, default=None, help="peak learning rate (default: the book's 5e-5 for GPT-2's published "
       f"weights, {SMALL_MODEL_LR:g} otherwise, the best of those tried on examples/pretrain.py's model)")
-    a("--weight-decay", type=float, default=0.1)
-    a("--warmup", type=int, default=0, help="warmup steps")
-    a("--batch-size", type=int, default=8)
-    a("--max-length", type=int, default=None, help="cut examples to this many tokens (default: the model's context)")
+    a("--weight-decay", type=nonnegative_float, default=0.1)
+    a("--warmup", type=nonnegative_int, default=0, help="warmup steps")
+    a("--batch-size", type=positive_int, default=8)
+    a("--max-length", type=int_at_least(2), default=None,
+      help="cut examples to this many tokens, at least 2: an input and its next token (default: the model's context)")
     a("--mask-prompt", action="store_true", help="train on the responses only (the prompt's targets are ignored)")
-    a("--eval-every", type=int, default=50, help="steps between evaluations")
-    a("--eval-batches", type=int, default=5, help="batches per split in each evaluation (0: all)")
-    a("--max-new-tokens", type=int, default=256, help="longest answer generated for a test entry")
+    a("--eval-every", type=positive_int, default=50, help="steps between evaluations")
+    a("--eval-batches", type=nonnegative_int, default=5, help="batches per split in each evaluation (0: all)")
+    a("--max-new-tokens", type=nonnegative_int, default=256, help="longest answer generated for a test entry")
     a("--on-bad", default="skip", choices=["skip", "error"],
       help="entries with a missing or non-string field: leave them out with a warning, or stop")
-    a("--lora", type=int, default=None, metavar="R", help="train rank-R LoRA adapters instead of every weight")
-    a("--lora-alpha", type=float, default=16.0, help="LoRA's update is scaled by alpha / R")
+    a("--lora", type=positive_int, default=None, metavar="R", help="train rank-R LoRA adapters instead of every weight")
+    a("--lora-alpha", type=positive_float, default=16.0, help="LoRA's update is scaled by alpha / R")
     a("--judge-url", default=None, metavar="URL",
       help=f"score the answers with Ollama at URL (e.g. {judge.DEFAULT_URL})")
     a("--judge-model", default=judge.DEFAULT_MODEL)
     a("--out", default="runs/instruct",
       help="output folder: checkpoint, metrics.jsonl, loss.png, model/, the test responses")
-    a("--seed", type=int, default=123)
+    a("--overwrite", action="store_true", help="replace the run that --out holds (its checkpoint.safetensors)")
+    a("--seed", type=nonnegative_int, default=123)
     return p
-
-
-def check_flags(args):
-    """Flags out of range, before anything is loaded."""
-    problems = [(args.lr <= 0, f"--lr must be positive, got {args.lr}"),
-                (args.epochs < 1, f"--epochs must be at least 1, got {args.epochs}"),
-                (args.max_steps is not None and args.max_steps < 1,
-                 f"--max-steps must be at least 1, got {args.max_steps}"),
-                (args.batch_size < 1, f"--batch-size must be at least 1, got {args.batch_size}"),
-                (args.max_length is not None and args.max_length < 2,
-                 f"--max-length must be at least 2 (an input and its next token), got {args.max_length}"),
-                (args.weight_decay < 0 or args.warmup < 0, "--weight-decay and --warmup must not be negative"),
-                (args.eval_every < 1 or args.eval_batches < 0,
-                 "--eval-every must be at least 1, --eval-batches at least 0"),
-                (args.max_new_tokens < 0, f"--max-new-tokens must not be negative, got {args.max_new_tokens}"),
-                (args.lora is not None and args.lora < 1, f"--lora must be a rank of at least 1, got {args.lora}"),
-                (args.lora_alpha <= 0, f"--lora-alpha must be positive, got {args.lora_alpha}")]
-    for bad, message in problems:
-        if bad:
-            raise ValueError(message)
 
 
 def writable(out):
@@ -102,11 +84,11 @@ def run(argv):
     args = build_parser().parse_args(argv)
     if args.lr is None:
         args.lr = BOOK_LR if args.init_from in PRETRAINED else SMALL_MODEL_LR
-    check_flags(args)
     if args.device == "cuda":
         backend.xp_for("cuda")  # DeviceError now, not after loading
     out = Path(args.out)
     writable(out)
+    claim_run_folder(out, overwrite=args.overwrite, can_resume=False)
     if args.judge_url:
         judge.check_judge(args.judge_url, args.judge_model)  # before training, not after
 
@@ -141,7 +123,9 @@ def run(argv):
     try:
         records = trainer.fit()
     except KeyboardInterrupt:
-        print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}", file=sys.stderr)
+        ignore_further_ctrl_c()
+        saved = "checkpoint saved" if trainer.saved_step == trainer.step else "the checkpoint was NOT saved"
+        print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; {saved}", file=sys.stderr)
         return 130
     first, last = records[0], records[-1]
     val_text = lambda r: f", val loss {r['val_loss']:.3f}" if r["val_loss"] is not None else ""  # noqa: E731

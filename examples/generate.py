@@ -10,27 +10,26 @@ or a directory in Hugging Face's GPT-2 layout (config.json + model.safetensors),
 files on first use; offline pass --tokenizer DIR with GPT-2's encoder.json and vocab.bpe).
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 from autograd import backend
-from tinygrad_llm.cli import run_main
+from tinygrad_llm.cli import Parser, nonnegative_float, nonnegative_int, positive_int, probability, run_main
 from tinygrad_llm.generate import decode_stream, stream
 from tinygrad_llm.model import GPT
 from tinygrad_llm.tokenizer import ENDOFTEXT, get_tokenizer
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="gpt2", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a checkpoint directory")
     p.add_argument("--prompt", default="Every effort moves you")
-    p.add_argument("--max-new-tokens", type=int, default=50)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 picks the most likely token (greedy)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="sample among the most likely tokens holding mass p")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=nonnegative_int, default=50)
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 picks the most likely token (greedy)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=probability, default=None, help="sample among the most likely tokens holding mass p")
+    p.add_argument("--seed", type=nonnegative_int, default=None)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--no-cache", action="store_true", help="recompute every position each step (no KV cache)")
     p.add_argument("--tokenizer", default=None, help="gpt2 or a directory with encoder.json and vocab.bpe "

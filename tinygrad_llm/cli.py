@@ -57,13 +57,17 @@ def run_main(run, argv=None):
 # Flags
 
 
+class FlagError(ValueError):
+    """A flag that argparse refused; its message names the flag."""
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with the programs' one-line contract: a bad flag prints `error: ...` (argparse's own
-    message, which names the flag) and exits with status 2, without the usage block."""
+    """argparse with the programs' one-line contract: a bad flag raises FlagError (argparse's own message,
+    which names the flag), which `run_main` prints as `error: ...` with status 2, without the usage
+    block argparse would print and without leaving the process (so main(argv) returns 2 in a test too)."""
 
     def error(self, message):
-        print(f"error: {one_line(message)}", file=sys.stderr)
-        sys.exit(2)
+        raise FlagError(message)
 
 
 def int_at_least(low):
@@ -81,10 +85,11 @@ def int_at_least(low):
     return parse
 
 
-def finite_float(low=None, high=None, *, low_open=False, high_open=False):
+def finite_float(low=None, high=None, *, low_open=False, high_open=False, wanted=None):
     """An argparse `type=`: a finite float within [low, high] (an open end with low_open/high_open;
-    None: unbounded). float() accepts "nan" and "inf", and `nan <= 0` is False, so a plain
-    `type=float` plus a `<= 0` check lets NaN through: this refuses both first.
+    None: unbounded); `wanted` words the range in its message. float() accepts "nan" and "inf", and
+    `nan <= 0` is False, so a plain `type=float` plus a `<= 0` check lets NaN through: this refuses both
+    first.
 
         finite_float(0, low_open=True)("1e-3") == 0.001;  ("nan"), ("inf"), ("0") raise ArgumentTypeError
     """
@@ -93,7 +98,7 @@ def finite_float(low=None, high=None, *, low_open=False, high_open=False):
         bounds.append(f"{'>' if low_open else '>='} {low:g}")
     if high is not None:
         bounds.append(f"{'<' if high_open else '<='} {high:g}")
-    wanted = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
+    wanted = wanted or "a finite number" + (" " + " and ".join(bounds) if bounds else "")
 
     def parse(text):
         try:
@@ -112,10 +117,10 @@ def finite_float(low=None, high=None, *, low_open=False, high_open=False):
 
 positive_int = int_at_least(1)          # sizes, counts, periods
 nonnegative_int = int_at_least(0)       # counts where 0 means none (or off), seeds
-positive_float = finite_float(0, low_open=True)    # learning rates, LoRA's alpha
-nonnegative_float = finite_float(0)     # weight decay, gradient clip, temperature
-fraction = finite_float(0, 1, low_open=True, high_open=True)   # a share strictly between 0 and 1
-probability = finite_float(0, 1, low_open=True)                # top-p: (0, 1]
+positive_float = finite_float(0, low_open=True, wanted="a positive finite number")  # learning rates, LoRA alpha
+nonnegative_float = finite_float(0, wanted="a finite number >= 0")  # weight decay, gradient clip, temperature
+fraction = finite_float(0, 1, low_open=True, high_open=True, wanted="a number between 0 and 1 (both excluded)")
+probability = finite_float(0, 1, low_open=True, wanted="a number > 0 and <= 1")  # top-p
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,6 +142,6 @@ def claim_run_folder(out, *, resume=False, overwrite=False, can_resume=True):
     checkpoint.unlink()
 
 
-__all__ = ["USER_ERRORS", "one_line", "run_main", "ignore_further_ctrl_c", "Parser", "int_at_least",
+__all__ = ["USER_ERRORS", "one_line", "run_main", "ignore_further_ctrl_c", "FlagError", "Parser", "int_at_least",
            "finite_float", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float", "fraction",
            "probability", "claim_run_folder"]
