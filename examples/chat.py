@@ -16,7 +16,7 @@ from tinygrad_llm.cli import Parser, nonnegative_float, nonnegative_int, positiv
 from tinygrad_llm.generate import decode_stream, stream
 
 
-def parse_args(argv=None):
+def build_parser():
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="runs/instruct/model", help="a fine-tuned model directory")
     p.add_argument("--tokenizer", default=None, help="gpt2 or a directory with encoder.json and vocab.bpe "
@@ -26,7 +26,11 @@ def parse_args(argv=None):
     p.add_argument("--top-k", type=positive_int, default=None)
     p.add_argument("--seed", type=nonnegative_int, default=None)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def lines(interactive):

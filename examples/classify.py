@@ -16,13 +16,17 @@ from tinygrad_llm.classifier import GPTClassifier
 from tinygrad_llm.cli import Parser, positive_int
 
 
-def run(argv):
+def build_parser():
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("texts", nargs="*", help="texts to classify; none: read stdin, one per line")
     p.add_argument("--model", default="runs/classify/model", help="the classifier's directory")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-size", type=positive_int, default=32)
-    args = p.parse_args(argv)
+    return p
+
+
+def run(argv):
+    args = build_parser().parse_args(argv)
     model = GPTClassifier.from_pretrained(args.model, device=args.device)
     texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
     if not texts:

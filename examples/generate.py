@@ -21,7 +21,7 @@ from tinygrad_llm.model import GPT
 from tinygrad_llm.tokenizer import ENDOFTEXT, get_tokenizer
 
 
-def parse_args(argv=None):
+def build_parser():
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="gpt2", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a checkpoint directory")
     p.add_argument("--prompt", default="Every effort moves you")
@@ -35,7 +35,11 @@ def parse_args(argv=None):
     p.add_argument("--tokenizer", default=None, help="gpt2 or a directory with encoder.json and vocab.bpe "
                                                      "(default: the model directory's, else gpt2)")
     p.add_argument("--cache-dir", default=None, help="where downloaded weights are kept")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def run(argv=None):
