@@ -279,4 +279,5 @@ def load_state(path, model=None, optimizer=None, scheduler=None, strict=True):
     return meta.get("extra", {})
 
 
-__all__ = ["CheckpointError", "atomic_write", "remove_stale_temporaries", "save_checkpoint", "load_checkpoint", "save_state", "load_state"]
+__all__ = ["CheckpointError", "atomic_write", "remove_stale_temporaries", "save_checkpoint", "load_checkpoint",
+           "save_state", "load_state"]

@@ -48,7 +48,8 @@ def build_parser():
     a("--device", default="cpu", choices=["cpu", "cuda"])
     a("--epochs", type=positive_int, default=2)
     a("--max-steps", type=positive_int, default=None, help="stop after this many steps (overrides --epochs)")
-    a("--lr", type=positive_float, default=None, help="peak learning rate (default: the book's 5e-5 for GPT-2's published "
+    a("--lr", type=positive_float, default=None,
+      help="peak learning rate (default: the book's 5e-5 for GPT-2's published "
       f"weights, {SMALL_MODEL_LR:g} otherwise, the best of those tried on examples/pretrain.py's model)")
     a("--weight-decay", type=nonnegative_float, default=0.1)
     a("--warmup", type=nonnegative_int, default=0, help="warmup steps")

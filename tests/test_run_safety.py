@@ -135,9 +135,13 @@ def test_skip_leaves_parameters_and_optimizer_state_as_they_were(tok, ids, tmp_p
     model, train, _ = make(tok, ids, drop_rate=0.0)
     loss_fn, trainer_of = poisoned(3, until=3)
     states, logged = {}, []
-    snapshot = lambda t: states.__setitem__(t.step, ([p.data.copy() for p in t.model.parameters()],  # noqa: E731
-                                                    {k: v["step"] for k, v in t.optimizer.state_dict()["state"].items()}))
-    cfg = TrainConfig(max_steps=5, eval_every=100, eval_batches=1, on_nonfinite="skip", out_dir=str(tmp_path), **quiet())
+
+    def snapshot(t):  # the parameters and Adam's step counts after each step
+        adam_steps = {k: v["step"] for k, v in t.optimizer.state_dict()["state"].items()}
+        states[t.step] = ([p.data.copy() for p in t.model.parameters()], adam_steps)
+
+    cfg = TrainConfig(max_steps=5, eval_every=100, eval_batches=1, on_nonfinite="skip", out_dir=str(tmp_path),
+                      **quiet())
     trainer = Trainer(model, train, None, cfg, loss_fn=loss_fn, log=logged.append, on_step=snapshot)
     trainer_of.append(trainer)
     trainer.fit()
@@ -288,7 +292,7 @@ def test_a_full_disk_keeps_the_previous_file_and_removes_the_temporary_one(tmp_p
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint.os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
-    with pytest.raises(OSError, match="could not write .*state.json: no space left on the disk .* previous file is kept"):
+    with pytest.raises(OSError, match="could not write .*state.json: no space left on the disk .* file is kept"):
         write_text(path, "the new state")
     assert path.read_text() == "the previous state"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]

@@ -391,7 +391,7 @@ class Trainer:
         what = _nonfinite_words(float(values[0]), float(values[1]))
         if self._skips_in_a_row > self.config.max_nonfinite_skips:
             raise NonFiniteError(f"{self._skips_in_a_row} steps in a row (up to step {step}) were skipped: {what}; "
-                                 f"the run diverged, nothing was saved after step {self.saved_step}. Lower the "
+                                 f"the run diverged; nothing was saved after it ({self._last_checkpoint()}). Lower the "
                                  f"learning rate")
         self.log(f"step {step}: {what}: step skipped (no update of the parameters or the optimizer state)")
         return False
@@ -414,10 +414,12 @@ class Trainer:
         for step, loss, norm in zip(steps, losses, norms):
             if not math.isfinite(loss) or (norm is not None and not math.isfinite(norm)):
                 raise NonFiniteError(f"training diverged at step {step}: {_nonfinite_words(loss, norm)}. Nothing "
-                                     f"was saved after it (last checkpoint: "
-                                     f"{'none' if self.saved_step is None else f'step {self.saved_step}'}). "
+                                     f"was saved after it ({self._last_checkpoint()}). "
                                      "Lower the learning rate, or skip such steps with on_nonfinite='skip' "
                                      "(--on-nonfinite skip)")
+
+    def _last_checkpoint(self):
+        return "no checkpoint yet" if self.saved_step is None else f"last checkpoint: step {self.saved_step}"
 
     @contextlib.contextmanager
     def _uninterruptible(self):
@@ -695,6 +697,7 @@ def _nonfinite_words(loss, norm):
 
 
 __all__ = [
-    "TrainConfig", "Trainer", "NonFiniteError", "json_safe", "checkpoint_tokenizer", "evaluate", "lm_loss", "batch_tokens", "param_groups", "plot_metrics",
+    "TrainConfig", "Trainer", "NonFiniteError", "json_safe", "checkpoint_tokenizer", "evaluate", "lm_loss",
+    "batch_tokens", "param_groups", "plot_metrics",
     "read_checkpoint_metadata", "tokenizer_record", "CHECKPOINT", "METRICS",
 ]
