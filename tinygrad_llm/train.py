@@ -16,6 +16,9 @@ metrics so far. The data order is a function of seed and epoch (`DataLoader.iter
 run sees the same batches, with the same dropout masks, as one that never stopped: its losses are the
 same bit for bit on the CPU. Ctrl-C finishes the current step, saves a checkpoint and raises
 KeyboardInterrupt (a second Ctrl-C stops at once).
+
+Data-parallel runs pass `comm` (tinygrad_llm/distributed.py): each rank computes its share of the
+step's micro-batches, the gradients are averaged before clipping, and rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import autograd.functional as F
 from autograd import backend, no_grad
 from autograd.checkpoint import CheckpointError, atomic_write, load_state, read_metadata, save_state, write_text
 from autograd.optim import AdamW, LRScheduler, clip_grad_norm_, cosine_with_warmup
+from tinygrad_llm.distributed import Communicator, DistributedError, GradientBuckets
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
@@ -56,7 +60,7 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
     clip_after_warmup: bool = False  # True: clip only from step warmup_steps on (counting from 0), as appendix D
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = 1  # micro-batches per step, over all ranks together in a distributed run
     epochs: int = 1
     max_steps: int | None = None  # when set, the run stops here instead of after `epochs`
     eval_every: int = 100
@@ -70,10 +74,13 @@ class TrainConfig:
     out_dir: str | None = None
     seed: int = 0  # for sampling; data order and dropout have their own seeds
     progress: bool = True
+    check_sync: int = 0  # distributed runs: every this many steps, check all ranks hold the same parameters
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.check_sync < 0:
+            raise ValueError(f"check_sync must be >= 0 (0: never), got {self.check_sync}")
         if self.grad_accum_steps < 1 or self.eval_every < 1 or self.log_every < 1:
             raise ValueError("grad_accum_steps, eval_every and log_every must be at least 1")
         if self.max_steps is not None and self.max_steps < 0:
@@ -210,13 +217,14 @@ class Trainer:
     tokens_fn(batch) -> tokens in a batch; tokenizer: for samples and saved with checkpoints;
     on_step(trainer) after each step, on_eval(trainer, record) after each evaluation, before the record
     is written (it may add keys, e.g. an accuracy); metadata: JSON-serializable, saved with each
-    checkpoint (the CLI keeps its data settings there); log: where messages go.
+    checkpoint (the CLI keeps its data settings there); log: where messages go; comm: the ranks of a data-parallel run (a
+    tinygrad_llm.distributed.Communicator; default: this process alone).
     After `fit()`: `step_losses` (the training loss of each step this session), `records` (evaluations).
     """
 
     def __init__(self, model, train_loader, val_loader=None, config=None, *, optimizer=None,
                  loss_fn=lm_loss, tokens_fn=batch_tokens, tokenizer=None, on_step=None, on_eval=None,
-                 metadata=None, log=tqdm.write):
+                 metadata=None, log=tqdm.write, comm=None):
         self.model, self.train_loader, self.val_loader = model, train_loader, val_loader
         self.config = cfg = config if config is not None else TrainConfig()
         self.loss_fn, self.tokens_fn, self.tokenizer = loss_fn, tokens_fn, tokenizer
@@ -232,6 +240,8 @@ class Trainer:
         self._pending = []  # device scalars: the losses of steps not yet read
         self._stop = False
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+        self.comm = comm if comm is not None else Communicator()
+        self._setup_data_parallel()
 
     def _lr_fn(self):
         """step (counted from 0) -> lr. Without `initial_lr` the schedule is evaluated one step on, so the
@@ -271,20 +281,59 @@ class Trainer:
                 raise ValueError("the train loader yields no batches")
             epoch, index = epoch + 1, 0
 
+    # ---- data parallel (tinygrad_llm/distributed.py) -------------------------------------------------
+
+    def _setup_data_parallel(self):
+        """This rank's share of each step: micro-batches rank*k .. rank*k + k - 1 of the step's
+        grad_accum_steps = size * k. Ranks other than 0 log nothing."""
+        comm, accum = self.comm, self.config.grad_accum_steps
+        if accum % comm.size:
+            raise ValueError(f"grad_accum_steps={accum} micro-batches per step do not split over {comm.size} ranks: "
+                             f"use a multiple of {comm.size} (each rank then runs grad_accum_steps / {comm.size})")
+        self._local_accum = accum // comm.size
+        self._my_micro_batches = range(comm.rank * self._local_accum, (comm.rank + 1) * self._local_accum)
+        self._buckets = None  # GradientBuckets, made on the first step
+        if not comm.is_main:
+            self.log = lambda message: None
+
+    def _parameter_names(self):
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [names.get(id(p), f"parameter {i}") for i, p in enumerate(self.optimizer._params())]
+
+    def _average_gradients(self):
+        """Every gradient replaced by its mean over the ranks, through reused flat buckets."""
+        if self._buckets is None:
+            self._buckets = GradientBuckets(self.optimizer._params(), self._parameter_names())
+        self._buckets.average_(self.comm)
+
+    def _check_sync(self):
+        """Stop with the step and the first parameter whose values differ between the ranks."""
+        params = self.optimizer._params()
+        name = self.comm.first_difference(zip(self._parameter_names(), (p.data for p in params)))
+        if name is not None:
+            raise DistributedError(f"after step {self.step} the ranks hold different parameters, first {name}: "
+                                   "the ranks did not make the same update")
+
     # ---- one step -----------------------------------------------------------------------------------
 
     def _train_step(self, stream):
         """Accumulate gradients over grad_accum_steps micro-batches, clip, update. Returns the step's
-        mean loss as a device scalar, the tokens it saw and the data position after it."""
+        mean loss as a device scalar, the tokens it saw and the data position after it. With several
+        ranks, each computes its own share of the micro-batches and the gradients are averaged before
+        clipping; the loss is this rank's mean (averaged over the ranks in _sync_losses)."""
         cfg, model = self.config, self.model
-        scale = 1.0 / cfg.grad_accum_steps
+        scale = 1.0 / self._local_accum
         total, tokens = None, 0
-        for _ in range(cfg.grad_accum_steps):
+        for i in range(cfg.grad_accum_steps):
             batch, epoch, index = next(stream)
-            loss = self.loss_fn(model, batch)
-            (loss * scale if cfg.grad_accum_steps > 1 else loss).backward()
-            total = loss.data * scale if total is None else total + loss.data * scale
             tokens += self.tokens_fn(batch)
+            if i not in self._my_micro_batches:  # another rank's share of the global batch
+                continue
+            loss = self.loss_fn(model, batch)
+            (loss * scale if self._local_accum > 1 else loss).backward()
+            total = loss.data * scale if total is None else total + loss.data * scale
+        if self.comm.size > 1:
+            self._average_gradients()
         # clip_after_warmup: appendix D's `if global_step >= warmup_steps`, the steps after the warmup steps
         # 0 .. warmup_steps - 1 (the printed book had `>`, which skipped one more); self.step is this step's index
         if cfg.grad_clip > 0 and not (cfg.clip_after_warmup and self.step < cfg.warmup_steps):
@@ -297,10 +346,12 @@ class Trainer:
         return total, tokens, (epoch, index)
 
     def _sync_losses(self):
-        """Read the pending losses from the device (the one sync between log points)."""
+        """Read the pending losses from the device (the one sync between log points), averaged over
+        the ranks in one call: every rank calls this at the same steps."""
         if self._pending:
-            self.step_losses.extend(float(x) for x in backend.to_host(backend.get_array_module(
-                self._pending[0]).stack(self._pending)))
+            losses = backend.get_array_module(self._pending[0]).stack(self._pending)
+            self.comm.allreduce_mean_([losses])
+            self.step_losses.extend(float(x) for x in backend.to_host(losses))
             self._pending = []
 
     # ---- fit ----------------------------------------------------------------------------------------
@@ -312,12 +363,13 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.model.train()
         restore_sigint = self._install_sigint()
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not cfg.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step",
+                   disable=not cfg.progress or not self.comm.is_main, dynamic_ncols=True)
         self._updating, saved, rng = False, False, None
+        self.comm.broadcast_parameters_(self.model.parameters())  # rank 0's parameters on every rank
         try:
             if self.step == 0 and not self.records:
-                if self.out_dir is not None:
+                if self.out_dir is not None and self.comm.is_main:
                     (self.out_dir / METRICS).write_text("", encoding="utf-8")  # a fresh run
                 self.evaluate_and_log()
             stream = self._micro_batches()
@@ -347,6 +399,9 @@ class Trainer:
                     saved = True
                 if self.on_step is not None:
                     self.on_step(self)
+                if cfg.check_sync and self.step % cfg.check_sync == 0:
+                    self._check_sync()
+                self._stop = self.comm.any_(self._stop)  # all ranks stop at the same step
                 if self._stop:
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
@@ -389,6 +444,8 @@ class Trainer:
         """Evaluate, sample, log, and append the record to metrics.jsonl (and the plot)."""
         cfg = self.config
         self._sync_losses()
+        if not self.comm.is_main:  # rank 0 evaluates alone; the others wait for it in the next step
+            return None
         train_loss = evaluate(self.model, self.train_loader, cfg.eval_batches, self.loss_fn)
         val_loss = None
         if self.val_loader is not None:
@@ -444,7 +501,7 @@ class Trainer:
     def export_model(self):
         """At the end of a run: out_dir/model in Hugging Face's GPT-2 layout, with the tokenizer's files
         beside it when it is a BPE of ours, so examples/generate.py and other tools can load it."""
-        if self.out_dir is None or not hasattr(self.model, "save_pretrained"):
+        if self.out_dir is None or not self.comm.is_main or not hasattr(self.model, "save_pretrained"):
             return None
         self.model.save_pretrained(self.out_dir / "model")
         record = tokenizer_record(self.tokenizer)
@@ -458,6 +515,8 @@ class Trainer:
         if self.out_dir is None:
             return None
         self._sync_losses()
+        if not self.comm.is_main:  # rank 0 writes for all: every rank holds the same state
+            return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         record = tokenizer_record(self.tokenizer)
         if record is not None and record["kind"] == "bpe":
@@ -501,7 +560,7 @@ class Trainer:
             self.records = list(extra["records"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path} holds no training state (missing {e})") from None
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.comm.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in self.records))
         return extra
