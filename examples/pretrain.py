@@ -6,6 +6,12 @@ help topics (`pydoc_data`, part of the standard library), with a byte-level BPE 
     .venv/bin/python examples/pretrain.py                                   # the default run, in runs/pretrain
     .venv/bin/python examples/pretrain.py --data book.txt --max-steps 2000  # your text (files, a dir, a URL)
     .venv/bin/python examples/pretrain.py --out runs/pretrain --resume      # continue where a run stopped
+    .venv/bin/mpiexec -n 2 .venv/bin/python examples/pretrain.py --grad-accum 2   # data parallel, 2 ranks
+
+Data parallel (the `mpi` extra): started by mpiexec/mpirun, each rank computes its share of the
+--grad-accum micro-batches of every step (a multiple of the number of ranks), the gradients are
+averaged over MPI, and rank 0 alone prints and writes. The global batch does not depend on the number of
+ranks, so a run resumes with any number that divides --grad-accum. If one rank fails, every rank stops.
 
 Bad input (missing or empty data, non-UTF-8 text, a corpus shorter than one window, an output folder that
 cannot be written, a corrupt checkpoint, "cuda" without a GPU, an unknown preset) prints one line,
@@ -17,6 +23,7 @@ import hashlib
 import os
 import shlex
 import sys
+import traceback
 import urllib.error
 from pathlib import Path
 
@@ -25,15 +32,16 @@ import numpy as np
 from autograd import backend
 from tinygrad_llm.data import DataLoader, GPTDataset, load_text, train_val_split
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
-from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
+from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
 from tinygrad_llm.train import TrainConfig, Trainer, read_checkpoint_metadata
 from tinygrad_llm.cli import one_line, run_main
 from tinygrad_llm.download import default_cache_dir, download_file
+from tinygrad_llm.distributed import DistributedError, init_communicator
 
 DEFAULT_CORPUS = "pydoc"  # Python's help topics, from the standard library
 # flags that a resumed run may change; the rest (model, data, tokenizer) come from the checkpoint
 RESUMABLE = {"device", "epochs", "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
-             "sample_prompt", "sample_tokens", "temperature", "top_k"}
+             "sample_prompt", "sample_tokens", "temperature", "top_k", "check_sync"}
 
 
 def build_parser(suppress=False):
@@ -76,6 +84,8 @@ def build_parser(suppress=False):
     a("--out", default=d("runs/pretrain"), help="output folder: checkpoint, metrics.jsonl, loss.png, model/")
     a("--resume", action="store_true", default=d(False), help="continue the run saved in --out")
     a("--seed", type=int, default=d(123))
+    a("--check-sync", type=int, default=d(0), metavar="K",
+      help="data-parallel runs: every K steps, stop with an error if the ranks' parameters differ (a debug check)")
     return p
 
 
@@ -128,7 +138,7 @@ def setup(args, saved=None):
         raise ValueError(f"unknown preset {args.config!r}; choose one of: {', '.join(PRESETS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write-test"
+    probe = out / f".write-test-{os.getpid()}"  # one per process: ranks of a distributed run probe at once
     probe.write_text("")
     probe.unlink()
     text = read_corpus(args.data)
@@ -172,10 +182,20 @@ def train_config(args, prompt):
         grad_accum_steps=args.grad_accum, epochs=args.epochs, max_steps=args.max_steps,
         eval_every=args.eval_every, eval_batches=args.eval_batches, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, sample_prompt=prompt, sample_tokens=args.sample_tokens,
-        sample_temperature=args.temperature, sample_top_k=args.top_k, out_dir=args.out, seed=args.seed)
+        sample_temperature=args.temperature, sample_top_k=args.top_k, out_dir=args.out, seed=args.seed,
+        check_sync=args.check_sync)
 
 
-def run(argv):
+def check_same_data(comm, tok, train):
+    """Every rank built the same tokenizer and training tokens (each trains its own BPE from the same
+    text), or a DistributedError naming what differs."""
+    fingerprint = np.frombuffer(tokenizer_fingerprint(tok).encode(), dtype=np.uint8)
+    different = comm.first_difference([("tokenizer", fingerprint), ("training tokens", train.dataset.token_ids)])
+    if different is not None:
+        raise DistributedError(f"the ranks built different {different}; run every rank on the same data and settings")
+
+
+def run(argv, comm):
     args = build_parser().parse_args(argv)
     saved = None
     if args.resume:
@@ -186,13 +206,19 @@ def run(argv):
         if ignored:
             print(f"note: resuming with the checkpoint's settings; ignoring --{', --'.join(ignored)}")
         args = argparse.Namespace(**{**settings, "out": args.out, "resume": True})
+    if comm.size > 1:
+        print(f"data parallel over {comm.backend_name}: {comm.size} ranks, process ids "
+              + ", ".join(f"rank {r}: {pid}" for r, pid in enumerate(comm.pids())))
+        if args.device != "cpu":
+            raise ValueError("distributed training runs on the CPU (MPI): drop --device cuda, or run one process")
     prompt = args.sample_prompt
     if prompt is None:
         prompt = "The built-in function" if args.data == [DEFAULT_CORPUS] else "Every effort moves you"
     tok, model, train, val = setup(args, saved)
+    check_same_data(comm, tok, train)
     saved_args = {k: v for k, v in vars(args).items() if k != "resume"}
     trainer = Trainer(model, train, val, train_config(args, prompt), tokenizer=tok,
-                      metadata={"args": saved_args})
+                      metadata={"args": saved_args}, comm=comm)
     if saved is not None:
         trainer.resume()
         print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
@@ -204,6 +230,8 @@ def run(argv):
               f"{Path(args.out) / 'checkpoint.safetensors'}.\nresume with: {this_command()} "
               f"--out {shlex.quote(str(args.out))} --resume", file=sys.stderr)
         return 130
+    if not comm.is_main:
+        return 0
     first, last = records[0], records[-1]
     print(f"done: {trainer.step} steps, {trainer.tokens_seen:,} tokens in {trainer.elapsed:.0f} s; "
           f"train loss {first['train_loss']:.3f} -> {last['train_loss']:.3f}, "
@@ -213,9 +241,37 @@ def run(argv):
     return 0
 
 
+def run_ranks(comm, argv):
+    """run() on one rank of a distributed job. Rank 0 speaks for the job: the others' standard output
+    goes nowhere (their errors still reach stderr). A rank that fails alone would leave the others
+    waiting in the next all-reduce forever, so any failure stops the whole job (MPI_Abort); Ctrl-C
+    (status 130) reaches every rank, which stop together after rank 0 saved a checkpoint."""
+    if not comm.is_main:
+        sys.stdout = open(os.devnull, "w")
+    try:
+        status = run_main(lambda a: run(a, comm), argv)
+    except DistributedError as e:  # the ranks disagree (--check-sync): each of them raises it
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        status = 1
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    if status not in (0, 130):
+        print(f"rank {comm.rank} of {comm.size} failed (status {status}): stopping every rank", file=sys.stderr)
+        comm.abort(status)
+    return status
+
+
 def main(argv=None):
     backend.keep_freed_memory()  # reuse freed memory: fresh pages for each step's temporaries are slow
-    return run_main(run, argv)
+    try:
+        comm = init_communicator()  # a single process unless an MPI launcher started several
+    except DistributedError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    if comm.size > 1:
+        return run_ranks(comm, argv)
+    return run_main(lambda a: run(a, comm), argv)
 
 
 if __name__ == "__main__":

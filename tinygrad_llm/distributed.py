@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,8 +164,12 @@ class Communicator:
         differ = np.flatnonzero(low != high)
         return names[differ[0]] if differ.size else None
 
-    def describe(self):
-        return f"{self.backend_name}, rank {self.rank} of {self.size}"
+    def pids(self):
+        """The process id of every rank, in rank order: a launcher reports a dead process by its id, and
+        this says which rank that was."""
+        pids = np.zeros(self.size, dtype=np.int64)
+        pids[self.rank] = os.getpid()
+        return self.allreduce_(pids, "sum").tolist()
 
 
 class MPICommunicator(Communicator):
@@ -176,7 +181,9 @@ class MPICommunicator(Communicator):
 
     def __init__(self, info: LaunchInfo):
         try:
-            from mpi4py import MPI  # starts MPI: only here, in a run a launcher made distributed
+            with warnings.catch_warnings():  # mpi4py warns of a foreign launcher; the check below says it in one line
+                warnings.simplefilter("ignore", RuntimeWarning)
+                from mpi4py import MPI  # starts MPI: only here, in a run a launcher made distributed
         except ImportError:
             raise DistributedError(
                 f"this process is rank {info.rank} of {info.size} ranks started by an MPI launcher, but "
@@ -210,13 +217,6 @@ class MPICommunicator(Communicator):
     def abort(self, status):
         sys.stderr.flush()
         self.comm.Abort(status)
-
-    def pids(self):
-        """The process id of every rank, in rank order (to tell which rank a launcher's message about a
-        dead process id means)."""
-        pids = np.zeros(self.size, dtype=np.int64)
-        pids[self.rank] = os.getpid()
-        return self.allreduce_(pids, "sum").tolist()
 
 
 def init_communicator(environ=None) -> Communicator:
