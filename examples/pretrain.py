@@ -226,6 +226,8 @@ def run(argv, comm):
     try:
         records = trainer.fit()
     except KeyboardInterrupt:
+        if not comm.is_main:  # every rank stopped at this step; rank 0 says so
+            return 130
         print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; checkpoint saved in "
               f"{Path(args.out) / 'checkpoint.safetensors'}.\nresume with: {this_command()} "
               f"--out {shlex.quote(str(args.out))} --resume", file=sys.stderr)
