@@ -6,6 +6,12 @@ help topics (`pydoc_data`, part of the standard library), with a byte-level BPE 
     .venv/bin/python examples/pretrain.py                                   # the default run, in runs/pretrain
     .venv/bin/python examples/pretrain.py --data book.txt --max-steps 2000  # your text (files, a dir, a URL)
     .venv/bin/python examples/pretrain.py --out runs/pretrain --resume      # continue where a run stopped
+    .venv/bin/mpiexec -n 2 .venv/bin/python examples/pretrain.py --grad-accum 2   # data parallel, 2 ranks
+
+Data parallel (the `mpi` extra): started by mpiexec/mpirun, each rank computes its share of the
+--grad-accum micro-batches of every step (a multiple of the number of ranks), the gradients are
+averaged over MPI, and rank 0 alone prints and writes. The global batch does not depend on the number of
+ranks, so a run resumes with any number that divides --grad-accum. If one rank fails, every rank stops.
 
 Bad input (a flag out of range, NaN or infinite, missing or empty data, non-UTF-8 text, a corpus shorter
 than one window, an output folder that cannot be written or that holds an earlier run without --resume or
@@ -25,23 +31,27 @@ import hashlib
 import os
 import shlex
 import sys
+import traceback
 import urllib.error
 from pathlib import Path
+
+import numpy as np
 
 from autograd import backend
 from tinygrad_llm.data import (DataLoader, GPTDataset, encode_pieces, file_fingerprint, read_chunks, text_files,
                                train_val_split)
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
-from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
+from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
 from tinygrad_llm.train import TrainConfig, Trainer, checkpoint_tokenizer, read_checkpoint_metadata
 from tinygrad_llm.cli import (Parser, claim_run_folder, fraction, ignore_further_ctrl_c, int_at_least,
                               nonnegative_float, nonnegative_int, one_line, positive_float, positive_int, run_main)
 from tinygrad_llm.download import default_cache_dir, download_file
+from tinygrad_llm.distributed import DistributedError, init_communicator
 
 DEFAULT_CORPUS = "pydoc"  # Python's help topics, from the standard library
 # flags that a resumed run may change; the rest (model, data, tokenizer) come from the checkpoint
 RESUMABLE = {"device", "epochs", "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
-             "sample_prompt", "sample_tokens", "temperature", "top_k", "on_nonfinite"}
+             "sample_prompt", "sample_tokens", "temperature", "top_k", "on_nonfinite", "check_sync"}
 BPE_SAMPLE_CHARS = 8 << 20  # the BPE is trained on at most this much of the start of the training text
 
 
@@ -90,6 +100,8 @@ def build_parser(suppress=False):
     a("--overwrite", action="store_true", default=d(False),
       help="start a new run in an --out that holds one, replacing it")
     a("--seed", type=nonnegative_int, default=d(123))
+    a("--check-sync", type=nonnegative_int, default=d(0), metavar="K",
+      help="data-parallel runs: every K steps, stop with an error if the ranks' parameters differ (a debug check)")
     return p
 
 
@@ -187,7 +199,7 @@ def windows(ids, context, what):
     return GPTDataset(ids, context, stride=context)
 
 
-def setup(args, saved=None):
+def setup(args, saved=None, comm=None):
     """Tokenizer, model and loaders from the arguments (and a checkpoint's metadata when resuming)."""
     if args.device == "cuda":
         backend.xp_for("cuda")  # DeviceError now, not after minutes of setup
@@ -195,10 +207,13 @@ def setup(args, saved=None):
         raise ValueError(f"unknown preset {args.config!r}; choose one of: {', '.join(PRESETS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write-test"
+    probe = out / f".write-test-{os.getpid()}"  # one per process: ranks of a distributed run probe at once
     probe.write_text("")
     probe.unlink()
-    claim_run_folder(out, resume=saved is not None, overwrite=args.overwrite)
+    if comm is None or comm.is_main:  # one rank replaces an earlier run, the others wait for it
+        claim_run_folder(out, resume=saved is not None, overwrite=args.overwrite)
+    if comm is not None:
+        comm.barrier()
     corpus = Corpus(args.data)
     if saved is not None:  # the checkpoint's own tokenizer, and the data it was trained on
         check_same_data(corpus, saved, out)
@@ -242,10 +257,19 @@ def train_config(args, prompt):
         eval_every=args.eval_every, eval_batches=args.eval_batches, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, sample_prompt=prompt, sample_tokens=args.sample_tokens,
         sample_temperature=args.temperature, sample_top_k=args.top_k, out_dir=args.out, seed=args.seed,
-        on_nonfinite=args.on_nonfinite)
+        on_nonfinite=args.on_nonfinite, check_sync=args.check_sync)
 
 
-def run(argv):
+def check_ranks_agree(comm, tok, train):
+    """Every rank built the same tokenizer and training tokens (each trains its own BPE from the same
+    text), or a DistributedError naming what differs."""
+    fingerprint = np.frombuffer(tokenizer_fingerprint(tok).encode(), dtype=np.uint8)
+    different = comm.first_difference([("tokenizer", fingerprint), ("training tokens", train.dataset.token_ids)])
+    if different is not None:
+        raise DistributedError(f"the ranks built different {different}; run every rank on the same data and settings")
+
+
+def run(argv, comm):
     args = build_parser().parse_args(argv)
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
@@ -259,13 +283,19 @@ def run(argv):
         if ignored:
             print(f"note: resuming with the checkpoint's settings; ignoring --{', --'.join(ignored)}")
         args = argparse.Namespace(**{**settings, "out": args.out, "resume": True, "overwrite": False})
+    if comm.size > 1:
+        print(f"data parallel over {comm.backend_name}: {comm.size} ranks, process ids "
+              + ", ".join(f"rank {r}: {pid}" for r, pid in enumerate(comm.pids())))
+        if args.device != "cpu":
+            raise ValueError("distributed training runs on the CPU (MPI): drop --device cuda, or run one process")
     prompt = args.sample_prompt
     if prompt is None:
         prompt = "The built-in function" if args.data == [DEFAULT_CORPUS] else "Every effort moves you"
-    tok, model, train, val, corpus = setup(args, saved)
+    tok, model, train, val, corpus = setup(args, saved, comm)
+    check_ranks_agree(comm, tok, train)
     saved_args = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
     trainer = Trainer(model, train, val, train_config(args, prompt), tokenizer=tok,
-                      metadata={"args": saved_args, "data_fingerprint": corpus.fingerprint})
+                      metadata={"args": saved_args, "data_fingerprint": corpus.fingerprint}, comm=comm)
     if saved is not None:
         trainer.resume()
         print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
@@ -274,6 +304,8 @@ def run(argv):
         records = trainer.fit()
     except KeyboardInterrupt:
         ignore_further_ctrl_c()  # this report must be whole, and the status 130
+        if not comm.is_main:  # every rank stopped at this step; rank 0 says so
+            return 130
         path = Path(args.out) / "checkpoint.safetensors"
         resume = f"resume with: {this_command()} --out {shlex.quote(str(args.out))} --resume"
         if trainer.saved_step == trainer.step:
@@ -286,6 +318,8 @@ def run(argv):
             print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; the checkpoint was NOT saved, "
                   "and this run has none to resume from", file=sys.stderr)
         return 130
+    if not comm.is_main:
+        return 0
     first, last = records[0], records[-1]
     print(f"done: {trainer.step} steps, {trainer.tokens_seen:,} tokens in {trainer.elapsed:.0f} s; "
           f"train loss {first['train_loss']:.3f} -> {last['train_loss']:.3f}, "
@@ -295,9 +329,37 @@ def run(argv):
     return 0
 
 
+def run_ranks(comm, argv):
+    """run() on one rank of a distributed job. Rank 0 speaks for the job: the others' standard output
+    goes nowhere (their errors still reach stderr). A rank that fails alone would leave the others
+    waiting in the next all-reduce forever, so any failure stops the whole job (MPI_Abort); Ctrl-C
+    (status 130) reaches every rank, which stop together after rank 0 saved a checkpoint."""
+    if not comm.is_main:
+        sys.stdout = open(os.devnull, "w")
+    try:
+        status = run_main(lambda a: run(a, comm), argv)
+    except DistributedError as e:  # the ranks disagree (--check-sync): each of them raises it
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        status = 1
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    if status not in (0, 130):
+        print(f"rank {comm.rank} of {comm.size} failed (status {status}): stopping every rank", file=sys.stderr)
+        comm.abort(status)
+    return status
+
+
 def main(argv=None):
     backend.keep_freed_memory()  # reuse freed memory: fresh pages for each step's temporaries are slow
-    return run_main(run, argv)
+    try:
+        comm = init_communicator()  # a single process unless an MPI launcher started several
+    except DistributedError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    if comm.size > 1:
+        return run_ranks(comm, argv)
+    return run_main(lambda a: run(a, comm), argv)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ BAD = {
     ("pretrain", "--eval-batches"): ["0"], ("pretrain", "--log-every"): ["0"],
     ("pretrain", "--checkpoint-every"): ["-1"], ("pretrain", "--sample-tokens"): ["-1"],
     ("pretrain", "--temperature"): ["-0.5", NOT_A_NUMBER, INFINITE], ("pretrain", "--top-k"): ["0"],
-    ("pretrain", "--seed"): ["-1"],
+    ("pretrain", "--seed"): ["-1"], ("pretrain", "--check-sync"): ["-1", "1.5"],
     ("generate", "--max-new-tokens"): ["-1"], ("generate", "--temperature"): ["-1", NOT_A_NUMBER, INFINITE],
     ("generate", "--top-k"): ["0"], ("generate", "--top-p"): ["0", "1.01", NOT_A_NUMBER],
     ("generate", "--seed"): ["-1"],

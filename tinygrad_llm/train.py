@@ -28,6 +28,9 @@ checkpoint is never cut in half. `saved_step` says which step the last checkpoin
 
 A loss or gradient norm that is NaN or infinite stops the run with `NonFiniteError` before anything is
 saved (on_nonfinite="error"), or skips that step's update (on_nonfinite="skip").
+
+Data-parallel runs pass `comm` (tinygrad_llm/distributed.py): each rank computes its share of the
+step's micro-batches, the gradients are averaged before clipping, and rank 0 alone evaluates and writes.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from autograd import backend, no_grad
 from autograd.checkpoint import (CheckpointError, atomic_write, load_state, read_metadata, remove_stale_temporaries,
                                  save_state, write_text)
 from autograd.optim import AdamW, LRScheduler, clip_grad_norm_, cosine_with_warmup, grad_norm
+from tinygrad_llm.distributed import Communicator, DistributedError, GradientBuckets
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -71,7 +75,7 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
     clip_after_warmup: bool = False  # True: clip only from step warmup_steps on (counting from 0), as appendix D
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = 1  # micro-batches per step, over all ranks together in a distributed run
     epochs: int = 1
     max_steps: int | None = None  # when set, the run stops here instead of after `epochs`
     eval_every: int = 100
@@ -90,12 +94,15 @@ class TrainConfig:
     # more than max_nonfinite_skips steps in a row were skipped
     on_nonfinite: str = "error"
     max_nonfinite_skips: int = 5
+    check_sync: int = 0  # distributed runs: every this many steps, check all ranks hold the same parameters
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.on_nonfinite not in ("error", "skip"):
             raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {self.on_nonfinite!r}")
+        if self.check_sync < 0:
+            raise ValueError(f"check_sync must be >= 0 (0: never), got {self.check_sync}")
         if self.grad_accum_steps < 1 or self.eval_every < 1 or self.log_every < 1:
             raise ValueError("grad_accum_steps, eval_every and log_every must be at least 1")
         if self.max_steps is not None and self.max_steps < 0:
@@ -279,7 +286,8 @@ class Trainer:
     tokens_fn(batch) -> tokens in a batch; tokenizer: for samples and saved with checkpoints;
     on_step(trainer) after each step, on_eval(trainer, record) after each evaluation, before the record
     is written (it may add keys, e.g. an accuracy); metadata: JSON-serializable, saved with each
-    checkpoint (the CLI keeps its data settings there); log: where messages go.
+    checkpoint (the CLI keeps its data settings there); log: where messages go; comm: the ranks of a
+    data-parallel run (a tinygrad_llm.distributed.Communicator; default: this process alone).
     After `fit()`: `step_losses` (the training loss of each step this session), `records` (evaluations),
     `skipped_steps` (steps whose update was skipped, on_nonfinite="skip"), `saved_step` (the step of the
     last checkpoint written this session, None before the first).
@@ -287,7 +295,7 @@ class Trainer:
 
     def __init__(self, model, train_loader, val_loader=None, config=None, *, optimizer=None,
                  loss_fn=lm_loss, tokens_fn=batch_tokens, tokenizer=None, on_step=None, on_eval=None,
-                 metadata=None, log=tqdm.write):
+                 metadata=None, log=tqdm.write, comm=None):
         self.model, self.train_loader, self.val_loader = model, train_loader, val_loader
         self.config = cfg = config if config is not None else TrainConfig()
         self.loss_fn, self.tokens_fn, self.tokenizer = loss_fn, tokens_fn, tokenizer
@@ -308,6 +316,8 @@ class Trainer:
         self._deferred_interrupt = False  # a second Ctrl-C came during such a write
         self._tokenizer_on_disk = None  # the folder where this tokenizer's files are known to be written
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+        self.comm = comm if comm is not None else Communicator()
+        self._setup_data_parallel()
 
     def _lr_fn(self):
         """step (counted from 0) -> lr. Without `initial_lr` the schedule is evaluated one step on, so the
@@ -347,21 +357,60 @@ class Trainer:
                 raise ValueError("the train loader yields no batches")
             epoch, index = epoch + 1, 0
 
+    # ---- data parallel (tinygrad_llm/distributed.py) -------------------------------------------------
+
+    def _setup_data_parallel(self):
+        """This rank's share of each step: micro-batches rank*k .. rank*k + k - 1 of the step's
+        grad_accum_steps = size * k. Ranks other than 0 log nothing."""
+        comm, accum = self.comm, self.config.grad_accum_steps
+        if accum % comm.size:
+            raise ValueError(f"grad_accum_steps={accum} micro-batches per step do not split over {comm.size} ranks: "
+                             f"use a multiple of {comm.size} (each rank then runs grad_accum_steps / {comm.size})")
+        self._local_accum = accum // comm.size
+        self._my_micro_batches = range(comm.rank * self._local_accum, (comm.rank + 1) * self._local_accum)
+        self._buckets = None  # GradientBuckets, made on the first step
+        if not comm.is_main:
+            self.log = lambda message: None
+
+    def _parameter_names(self):
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [names.get(id(p), f"parameter {i}") for i, p in enumerate(self.optimizer._params())]
+
+    def _average_gradients(self):
+        """Every gradient replaced by its mean over the ranks, through reused flat buckets."""
+        if self._buckets is None:
+            self._buckets = GradientBuckets(self.optimizer._params(), self._parameter_names())
+        self._buckets.average_(self.comm)
+
+    def _check_sync(self):
+        """Stop with the step and the first parameter whose values differ between the ranks."""
+        params = self.optimizer._params()
+        name = self.comm.first_difference(zip(self._parameter_names(), (p.data for p in params)))
+        if name is not None:
+            raise DistributedError(f"after step {self.step} the ranks hold different parameters, first {name}: "
+                                   "the ranks did not make the same update")
+
     # ---- one step -----------------------------------------------------------------------------------
 
     def _gradients(self, stream):
         """Accumulate gradients over grad_accum_steps micro-batches and clip them. Returns the step's mean
         loss and its gradient norm before clipping (device scalars; the norm None when it was not
-        computed), the tokens it saw and the data position after it. No parameter has changed yet."""
+        computed), the tokens it saw and the data position after it. No parameter has changed yet.
+        With several ranks, each computes its own share of the micro-batches and the gradients are
+        averaged before clipping; the loss is this rank's mean (averaged over the ranks in _sync_losses)."""
         cfg, model = self.config, self.model
-        scale = 1.0 / cfg.grad_accum_steps
+        scale = 1.0 / self._local_accum
         total, tokens = None, 0
-        for _ in range(cfg.grad_accum_steps):
+        for i in range(cfg.grad_accum_steps):
             batch, epoch, index = next(stream)
-            loss = self.loss_fn(model, batch)
-            (loss * scale if cfg.grad_accum_steps > 1 else loss).backward()
-            total = loss.data * scale if total is None else total + loss.data * scale
             tokens += self.tokens_fn(batch)
+            if i not in self._my_micro_batches:  # another rank's share of the global batch
+                continue
+            loss = self.loss_fn(model, batch)
+            (loss * scale if self._local_accum > 1 else loss).backward()
+            total = loss.data * scale if total is None else total + loss.data * scale
+        if self.comm.size > 1:
+            self._average_gradients()
         norm = None
         # clip_after_warmup: appendix D's `if global_step >= warmup_steps`, the steps after the warmup steps
         # 0 .. warmup_steps - 1 (the printed book had `>`, which skipped one more); self.step is this step's index
@@ -382,7 +431,8 @@ class Trainer:
         micro-batch: the price of deciding before the update) and return False, after dropping the
         gradients and logging the skip, when either is not finite."""
         values = backend.to_host(backend.get_array_module(loss).stack([loss, norm]))
-        if all(math.isfinite(float(v)) for v in values):
+        # the loss is this rank's own: the ranks agree on skipping, or they would drift apart
+        if not self.comm.any_(not all(math.isfinite(float(v)) for v in values)):
             self._skips_in_a_row = 0
             return True
         self.optimizer.zero_grad()
@@ -398,13 +448,18 @@ class Trainer:
 
     def _sync_losses(self):
         """Read the pending losses (and gradient norms) from the device: the one sync between log points.
+        With several ranks the losses are averaged over them in one call (every rank calls this at the
+        same steps; the norms are the same on every rank, taken after the gradients were averaged).
         With on_nonfinite="error", a NaN or infinite value raises NonFiniteError here, before anything is
         saved: every checkpoint, evaluation and export reads the losses first."""
         if not self._pending:
             return
         steps = [step for step, _, _ in self._pending]
         scalars = [loss for _, loss, _ in self._pending] + [norm for _, _, norm in self._pending if norm is not None]
-        values = [float(x) for x in backend.to_host(backend.get_array_module(scalars[0]).stack(scalars))]
+        values = backend.to_host(backend.get_array_module(scalars[0]).stack(scalars))
+        if self.comm.size > 1:
+            self.comm.allreduce_mean_([values[:len(steps)]])  # in place: a contiguous host view
+        values = [float(x) for x in values]
         losses, norms = values[:len(steps)], iter(values[len(steps):])
         norms = [next(norms) if norm is not None else None for _, _, norm in self._pending]
         self._pending = []
@@ -446,21 +501,23 @@ class Trainer:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             for folder in (self.out_dir, self.out_dir / "tokenizer", self.out_dir / "model"):
-                remove_stale_temporaries(folder)  # the leftovers of a run killed mid-write
+                if self.comm.is_main:  # the writer's folder: only rank 0 writes there
+                    remove_stale_temporaries(folder)  # the leftovers of a run killed mid-write
         self.model.train()
         restore_sigint = self._install_sigint()
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", disable=not cfg.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step",
+                   disable=not cfg.progress or not self.comm.is_main, dynamic_ncols=True)
         rng = None
+        self.comm.broadcast_parameters_(self.model.parameters())  # rank 0's parameters on every rank
         try:
             if self.step == 0 and not self.records:
-                if self.out_dir is not None:
+                if self.out_dir is not None and self.comm.is_main:
                     write_text(self.out_dir / METRICS, "")  # a fresh run
                 self.evaluate_and_log()
             stream = self._micro_batches()
             t_log, tokens_log, start_elapsed, t0 = time.perf_counter(), 0, self.elapsed, time.perf_counter()
             while self.step < self.total_steps:
-                if self._stop:
+                if self._stop and self.comm.size == 1:  # ranks stop only where they agreed to (below)
                     raise KeyboardInterrupt
                 rng = self.model.rng_states()  # restored if a second Ctrl-C cuts this step short
                 loss, norm, tokens, position = self._gradients(stream)
@@ -491,6 +548,9 @@ class Trainer:
                     self.save_checkpoint()
                 if self.on_step is not None:
                     self.on_step(self)
+                if cfg.check_sync and self.step % cfg.check_sync == 0:
+                    self._check_sync()
+                self._stop = self.comm.any_(self._stop)  # all ranks stop at the same step
                 if self._stop:
                     raise KeyboardInterrupt
             self._sync_losses()
@@ -543,6 +603,8 @@ class Trainer:
         """Evaluate, sample, log, and append the record to metrics.jsonl (and the plot)."""
         cfg = self.config
         self._sync_losses()
+        if not self.comm.is_main:  # rank 0 evaluates alone; the others wait for it in the next step
+            return None
         train_loss = evaluate(self.model, self.train_loader, cfg.eval_batches, self.loss_fn)
         val_loss = None
         if self.val_loader is not None:
@@ -604,6 +666,8 @@ class Trainer:
         if self.out_dir is None or not hasattr(self.model, "save_pretrained"):
             return None
         self._sync_losses()  # a diverged run raises here and keeps the last good export
+        if not self.comm.is_main:  # rank 0 writes for all
+            return None
         with self._uninterruptible():
             self.model.save_pretrained(self.out_dir / "model")
             record = tokenizer_record(self.tokenizer)
@@ -618,6 +682,8 @@ class Trainer:
         if self.out_dir is None:
             return None
         self._sync_losses()
+        if not self.comm.is_main:  # rank 0 writes for all: every rank holds the same state
+            return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         record = tokenizer_record(self.tokenizer)
         extra = {
@@ -680,7 +746,7 @@ class Trainer:
             self.records = list(extra["records"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path} holds no training state (missing {e})") from None
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.comm.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.out_dir / METRICS,
                        "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in self.records))
