@@ -276,8 +276,9 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens is longer than the context length {self.config.context_length}; "
                 "crop the input to its last context_length tokens"
             )
-        xp = backend.xp_for(self.wte.weight.device)
-        pos = xp.arange(start, start + T)
+        # positions made on the host: the embedding's range check of them costs no device sync; the token
+        # ids are checked there too, once per batch, as they enter the model (-1 would read the last row)
+        pos = np.arange(start, start + T)
         x = self.wte(ids) + self.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
         x = self.drop(x)
         for i, block in enumerate(self.h):
