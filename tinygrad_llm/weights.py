@@ -20,6 +20,7 @@ once, with a progress bar, resuming a partial download and verifying its size an
 
 import http.client
 import json
+import math
 import os
 import re
 import urllib.error
@@ -99,7 +100,16 @@ def config_from_hf(d, source="config.json"):
 
 def read_safetensors_header(path):
     """({name: {"dtype", "shape", "data_offsets"}}, metadata, offset of the data) of a safetensors file,
-    checked against the file's size."""
+    checked as the format's specification asks, since a header that is well-formed JSON can still point
+    a tensor at another tensor's bytes: every entry has a known dtype, a shape of non-negative ints and
+    integer offsets with 0 <= begin <= end <= the data's length; a tensor's byte size is
+    prod(shape) * itemsize; the tensors tile the data region with no gap and no overlap; metadata is
+    {str: str}. A violation is a CheckpointError naming the file and the tensor.
+
+    Why a reader of our own: the `safetensors` package's NumPy reader (`safe_open`, which
+    autograd/checkpoint.py uses) cannot return BF16 tensors, and it memory-maps the file, so loading a
+    checkpoint through it makes the whole file resident beside the model (tests/test_weights.py measures
+    the peak)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
@@ -109,18 +119,49 @@ def read_safetensors_header(path):
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
     metadata = header.pop("__metadata__", {}) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: the header's __metadata__ must be an object of strings, got {metadata!r:.80}")
+    data_size = size - 8 - n
+    extents = []
     for name, info in header.items():
-        try:
-            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: malformed header entry for tensor {name}: {info}") from None
-        itemsize = _ITEMSIZE.get(dtype)
-        if itemsize is not None and end - begin != itemsize * int(np.prod(shape, dtype=np.int64)):
-            raise CheckpointError(f"{path}: tensor {name} holds {end - begin} bytes, not {dtype} {tuple(shape)}")
-        if 8 + n + end > size:
-            raise CheckpointError(f"{path} is truncated: tensor {name} ends at byte {8 + n + end} of {size}")
+        begin, end = _check_entry(path, name, info, data_size)
+        extents.append((begin, end, name))
+    covered = 0  # the tensors, in file order, must cover [0, data_size) exactly
+    for begin, end, name in sorted(extents):
+        if begin != covered:
+            problem = "overlaps the tensor before it" if begin < covered else f"leaves a gap at byte {covered}"
+            raise CheckpointError(f"{path}: tensor {name} (bytes {begin} to {end}) {problem}")
+        covered = end
+    if covered != data_size:
+        raise CheckpointError(f"{path}: the tensors cover {covered} of the {data_size} data bytes "
+                              "(trailing bytes that no tensor owns)")
     return header, metadata, 8 + n
+
+
+def _check_entry(path, name, info, data_size):
+    """(begin, end) of one header entry, after checking it against the specification."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise CheckpointError(f"{path}: tensor {name}: malformed header entry {info!r:.120} "
+                              "(needs dtype, shape and data_offsets)")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _ITEMSIZE:
+        raise CheckpointError(f"{path}: tensor {name}: unknown dtype {dtype!r} (known: {', '.join(_ITEMSIZE)})")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise CheckpointError(f"{path}: tensor {name}: shape {shape!r:.80} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
+        raise CheckpointError(f"{path}: tensor {name}: data_offsets {offsets!r:.80} is not two integers")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        raise CheckpointError(f"{path}: tensor {name}: data_offsets [{begin}, {end}] lie outside the "
+                              f"{data_size} data bytes (the file is truncated or its header is corrupt)")
+    nbytes = _ITEMSIZE[dtype] * math.prod(shape)  # Python ints: no overflow for absurd shapes
+    if end - begin != nbytes:
+        raise CheckpointError(f"{path}: tensor {name} holds {end - begin} bytes, not the {nbytes} of "
+                              f"{dtype} {tuple(shape)}")
+    return begin, end
 
 
 def _read_tensor(f, info, start, out):
