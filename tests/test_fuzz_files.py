@@ -108,3 +108,16 @@ def test_a_mutated_file_loads_or_raises_the_project_error(originals, tmp_path, f
         shutil.copy(originals / name, work / name)
         _mutate(work / name, mutation)
         _loads_or_clean_error(lambda: load(work / name))
+
+
+@pytest.mark.parametrize("record", [{"kind": "tiktoken"}, ["gpt2"], "gpt2", {"kind": "sentencepiece", "name": "x"}])
+def test_a_classifier_with_a_malformed_tokenizer_record_is_one_clear_error(tmp_path, record):
+    from tinygrad_llm.classifier import GPTClassifier
+
+    gpt = GPT(GPTConfig.preset("cpu-tiny", vocab_size=40, context_length=8, n_layers=1))
+    GPTClassifier(gpt, 2, labels=["ham", "spam"]).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["tokenizer"] = record
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FileFormatError, match="config.json: the field tokenizer is"):
+        GPTClassifier.from_pretrained(tmp_path)
