@@ -31,7 +31,13 @@ META_KEY = "tinygrad_llm"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class FileFormatError(ValueError):
+    """A file the project reads (tokenizer files, config.json, a safetensors header, a checkpoint's
+    metadata, a dataset) that is malformed, inconsistent or holds absurd values. The message is one
+    line naming the file and the field; command-line programs print it as `error: ...`."""
+
+
+class CheckpointError(FileFormatError):
     """A checkpoint file that cannot be read or does not fit what it is loaded into."""
 
 
@@ -279,5 +285,5 @@ def load_state(path, model=None, optimizer=None, scheduler=None, strict=True):
     return meta.get("extra", {})
 
 
-__all__ = ["CheckpointError", "atomic_write", "remove_stale_temporaries", "save_checkpoint", "load_checkpoint",
-           "save_state", "load_state"]
+__all__ = ["FileFormatError", "CheckpointError", "atomic_write", "remove_stale_temporaries", "save_checkpoint",
+           "load_checkpoint", "save_state", "load_state"]

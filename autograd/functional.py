@@ -23,14 +23,49 @@ def _tensor(x, like=None):
     return Tensor(x, device=like.device if like is not None else None)
 
 
-def _ids(ids, like):
-    """Ids or targets: an integer Tensor or array, on `like`'s device."""
+def _ids(ids, like, n=None, what="ids", ignore_index=None):
+    """Ids or targets: an integer Tensor or array, on `like`'s device. With `n`, checked to lie in [0, n)
+    (see `check_ids`) before they move: host ids are checked on the host, without a device sync."""
     data = ids.data if isinstance(ids, Tensor) else ids
     if not hasattr(data, "dtype"):
         data = np.asarray(data)
     if data.dtype.kind not in "iu":
         raise TypeError(f"ids must be integers, got dtype {data.dtype}")
+    if n is not None:
+        check_ids(data, n, what, ignore_index)
     return backend.to_device(data, like.device)
+
+
+def check_ids(ids, n, what, ignore_index=None):
+    """Raise ValueError unless every id lies in [0, n) (or equals `ignore_index`), naming the first bad
+    id, its position and n. Python indexing would otherwise read -1 as the last row (and CuPy clips ids
+    past the end), so a bad id silently gives another token's numbers.
+
+    The test is one min and one max over the array as given: free for the host arrays a data loader
+    makes, one host sync for a device array. Callers check once per batch where the ids enter (the
+    embedding lookup, the loss's targets), never per layer. Only a failing check searches for the
+    position.
+
+        check_ids(np.array([[3, -1]]), 10, "token ids")  # ValueError: token ids: id -1 at position (0, 1) ...
+    """
+    if ids.size == 0:
+        return
+    xp = backend.get_array_module(ids)
+    low, high = int(ids.min()), int(ids.max())
+    if low >= 0 and high < n:
+        return
+    bad = (ids < 0) | (ids >= n)
+    if ignore_index is not None:
+        bad &= ids != ignore_index
+        if not bool(bad.any()):
+            return
+    first = int(xp.argmax(bad.reshape(-1)))  # the first True
+    position = tuple(int(i) for i in np.unravel_index(first, ids.shape))
+    value = int(ids.reshape(-1)[first])
+    where = position[0] if len(position) == 1 else position
+    allowed = f" or the ignore index {ignore_index}" if ignore_index is not None else ""
+    raise ValueError(f"{what}: id {value} at position {where} is outside [0, {n}) "
+                     f"(a vocabulary of {n}){allowed}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -133,9 +168,10 @@ class CrossEntropy(Function):
 
 
 def cross_entropy(logits, targets, ignore_index=-100):
-    """Mean cross-entropy of (N, V) or (B, T, V) logits against integer targets of shape (N,) or (B, T)."""
+    """Mean cross-entropy of (N, V) or (B, T, V) logits against integer targets of shape (N,) or (B, T).
+    A target equal to `ignore_index` is left out; any other target outside [0, V) is a ValueError."""
     logits = _tensor(logits)
-    targets = _ids(targets, logits)
+    targets = _ids(targets, logits, logits.shape[-1], "cross_entropy targets", ignore_index)
     if logits.ndim not in (2, 3) or tuple(targets.shape) != logits.shape[:-1]:
         raise ValueError(
             f"cross_entropy: logits of shape {logits.shape} need targets of shape {logits.shape[:-1]} "
@@ -368,13 +404,7 @@ class Embedding(Function):
 
     def forward(self, weight, ids):
         self.ids, self.shape = ids, weight.shape
-        try:
-            return weight[ids]
-        except IndexError:
-            raise IndexError(
-                f"embedding: ids must lie in [0, {weight.shape[0]}) for a table of {weight.shape[0]} rows; "
-                f"got values from {int(ids.min())} to {int(ids.max())}"
-            ) from None
+        return weight[ids]  # `embedding` checked the ids: -1 would read the last row
 
     def backward(self, grad):
         xp = backend.get_array_module(grad)
@@ -384,8 +414,9 @@ class Embedding(Function):
 
 
 def embedding(ids, weight):
-    """Rows of `weight` (V, C) picked by integer `ids` of any shape: (...,) -> (..., C)."""
-    ids = _ids(ids, weight)
+    """Rows of `weight` (V, C) picked by integer `ids` of any shape: (...,) -> (..., C). An id outside
+    [0, V) is a ValueError naming it (checked once per call: a model's entry, once per batch)."""
+    ids = _ids(ids, weight, weight.shape[0], "embedding ids")
     return Embedding.apply(weight, Tensor._make(ids, weight.device, False))
 
 

@@ -10,6 +10,7 @@ each pair equal (values and gradients), and `GPTConfig(fused=False)` runs the wh
 
 import math
 
+from autograd.functional import check_ids
 from autograd.tensor import Tensor
 
 
@@ -44,6 +45,7 @@ def cross_entropy(logits, targets, ignore_index=-100):
     xp_targets = targets.data if isinstance(targets, Tensor) else targets
     logits = logits.reshape(-1, logits.shape[-1])  # (B, T, V) -> (B*T, V)
     flat = xp_targets.reshape(-1)
+    check_ids(xp_targets, logits.shape[-1], "cross_entropy targets", ignore_index)  # -1 would pick the last class
     keep = (flat != ignore_index).nonzero()[0]
     shifted = logits - logits.max(axis=-1, keepdims=True).detach()
     log_probs = shifted - shifted.exp().sum(axis=-1, keepdims=True).log()  # log softmax

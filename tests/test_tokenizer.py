@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from autograd.checkpoint import FileFormatError
 from tinygrad_llm.tokenizer import (
     ENDOFTEXT,
     GPT2_PATTERN,
@@ -257,3 +258,73 @@ def trained_reference(trained):
 @given(texts)
 def test_trained_parity_with_tiktoken_on_the_same_ranks(trained, trained_reference, text):
     assert trained.encode_ordinary(text) == trained_reference.encode_ordinary(text)
+
+
+# ---- one long pre-token, and files that do not fit together ----------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from("aeiouxyz tn1é"), min_size=1, max_size=300))
+def test_fast_bpe_equals_the_simple_reference(ours, text):
+    data = text.encode("utf-8")
+    if data not in ours._token_ids:  # the whole-token shortcut is the fast path's alone
+        assert ours._bpe(data) == ours._bpe_simple(data)
+
+
+def test_one_long_pretoken_is_not_quadratic(ours, reference):
+    """160,000 random letters are one pre-token; the rescanning bpe() took about a minute on them."""
+    import random
+    import time
+
+    rng = random.Random(0)
+    text = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(160_000))
+    start = time.perf_counter()
+    ids = ours.encode(text)
+    elapsed = time.perf_counter() - start
+    assert ids == reference.encode(text)
+    assert elapsed < 20, f"{elapsed:.1f} s for one pre-token of 160,000 letters"
+
+
+def _copy_gpt2_files(gpt2_files, directory, merges=None):
+    directory.mkdir()
+    encoder_text = gpt2_files[0].read_text(encoding="utf-8")
+    lines = gpt2_files[1].read_text(encoding="utf-8").split("\n")
+    if merges is not None:
+        lines = lines[:1 + merges] + [""]  # cut at a line boundary: a well-formed, shorter file
+    (directory / "encoder.json").write_text(encoder_text, encoding="utf-8")
+    (directory / "vocab.bpe").write_text("\n".join(lines), encoding="utf-8")
+    return directory
+
+
+def test_truncated_vocab_bpe_is_an_error_not_special_tokens(gpt2_files, tmp_path):
+    directory = _copy_gpt2_files(gpt2_files, tmp_path / "cut", merges=49_000)
+    with pytest.raises(FileFormatError) as e:
+        BPETokenizer.load(directory)
+    message = str(e.value)
+    assert f"{directory / 'encoder.json'} and {directory / 'vocab.bpe'} disagree: 1000 encoder entries" in message
+    assert "49000 merges for 50000 merged tokens" in message and "truncated" in message
+
+
+def test_merge_missing_from_the_encoder_names_the_line(trained, tmp_path):
+    trained.save(tmp_path)
+    with open(tmp_path / "vocab.bpe", "a", encoding="utf-8") as f:
+        f.write("Ġq Ġz\n")
+    with pytest.raises(FileFormatError, match=r"vocab.bpe, line \d+: merge 'Ġq Ġz' needs 'Ġq', 'Ġz', 'ĠqĠz', "
+                                              r"which .*encoder.json does not hold"):
+        BPETokenizer.load(tmp_path)
+
+
+@pytest.mark.parametrize("encoder, words", [
+    ("[1, 2, 3]", "holds a JSON list, not the object"),
+    ('{"a": "7"}', "the id of 'a' is '7', not an integer"),
+    ('{"a": -1}', "the id of 'a' is -1, not an integer"),
+    ('{"a": 1000000000000}', "the id of 'a' is 1000000000000, not an integer"),
+    ('{"a": 1, "b": 1}', "'a' and 'b' have the same id 1"),
+    ('{"a": 1', "is not valid JSON"),
+])
+def test_malformed_encoder_json_is_one_clear_error(trained, tmp_path, encoder, words):
+    trained.save(tmp_path)
+    (tmp_path / "encoder.json").write_text(encoder, encoding="utf-8")
+    with pytest.raises(FileFormatError, match="encoder.json") as e:
+        BPETokenizer.load(tmp_path)
+    assert words in str(e.value)

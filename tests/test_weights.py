@@ -6,8 +6,6 @@ import hashlib
 import http.server
 import json
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +17,7 @@ from autograd import no_grad
 from autograd.checkpoint import CheckpointError
 from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.download import DownloadError, download_file
-from tinygrad_llm.weights import (WeightsUnavailableError, download_pretrained,
-                                  load_weights, read_safetensors_header)
+from tinygrad_llm.weights import WeightsUnavailableError, load_weights, read_safetensors_header
 from tests.conftest import tiny_config, tiny_gpt
 
 V, CTX, C, L, H = 50, 16, 32, 2, 4
@@ -214,15 +211,15 @@ def test_loading_reads_tensor_by_tensor(tmp_path):
 
 
 def test_offline_error_says_what_to_do(tmp_path, monkeypatch):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    from huggingface_hub import constants
 
-    monkeypatch.setattr(urllib.request.OpenerDirector, "open", offline)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets
     with pytest.raises(WeightsUnavailableError) as e:
-        GPT.from_pretrained("gpt2", cache_dir=tmp_path)
+        GPT.from_pretrained("gpt2", cache_dir=tmp_path)  # an empty Hugging Face cache
     msg = str(e.value)
-    for part in ("config.json", "model.safetensors", "https://huggingface.co/gpt2/resolve/main/model.safetensors",
-                 "GPT.from_pretrained('/path/to/dir')", "name resolution"):
+    for part in (f"not in the Hugging Face cache {tmp_path}", "HF_HUB_OFFLINE", "config.json and model.safetensors",
+                 "https://huggingface.co/openai-community/gpt2", "GPT.from_pretrained('/path/to/dir')",
+                 "huggingface-cli download openai-community/gpt2 config.json model.safetensors"):
         assert part in msg
 
 
@@ -270,25 +267,34 @@ def hub(tmp_path):
     server.server_close()
 
 
+def _interrupted(part, data, url, keep):
+    """A .part as an interrupted download leaves it: its first `keep` bytes and the record of the whole."""
+    part.write_bytes(data[:keep])
+    part.with_name(part.name + ".json").write_text(json.dumps({"url": url, "size": len(data), "etag": None,
+                                                               "sha256": None}))
+
+
 def test_download_resumes_and_verifies(tmp_path, hub):
-    cache = tmp_path / "cache"
     data = _Hub.files["model.safetensors"]
-    (cache / "gpt2").mkdir(parents=True)
-    (cache / "gpt2" / "model.safetensors.part").write_bytes(data[:1000])  # an interrupted download
-    directory = download_pretrained("gpt2", cache, base_url=hub, progress=True)
+    url = f"{hub}/gpt2/resolve/main/model.safetensors"
+    dest = tmp_path / "gpt2" / "model.safetensors"
+    dest.parent.mkdir()
+    _interrupted(tmp_path / "gpt2" / "model.safetensors.part", data, url, 1000)
+    download_file(f"{hub}/gpt2/resolve/main/config.json", dest.parent / "config.json", progress=False)
+    download_file(url, dest, progress=True)
     assert _Hub.ranges == [None, "bytes=1000-"]  # config.json whole, the weights resumed
-    assert (directory / "model.safetensors").read_bytes() == data
-    assert not (directory / "model.safetensors.part").exists()
-    model = GPT.from_pretrained("gpt2", cache_dir=cache)  # now cached: no request at all
-    assert _Hub.ranges == [None, "bytes=1000-"]
+    assert dest.read_bytes() == data
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["config.json", "model.safetensors"]
+    model = GPT.from_pretrained(dest.parent)
     np.testing.assert_allclose(logits_of(model, IDS), reference_logits(hf_params(), IDS), rtol=1e-4, atol=1e-4)
 
 
 def test_download_rejects_corrupt_bytes(tmp_path, hub):
     dest = tmp_path / "model.safetensors"
     part = tmp_path / "model.safetensors.part"
-    part.write_bytes(b"\0" * 1000)  # a partial file whose bytes are wrong: the sha256 cannot match
-    with pytest.raises(DownloadError, match="sha256"):
+    url = f"{hub}/gpt2/resolve/main/model.safetensors"
+    _interrupted(part, b"\0" * len(_Hub.files["model.safetensors"]), url, 1000)  # recorded, but wrong bytes
+    with pytest.raises(DownloadError, match="sha256"):  # the hub's X-Linked-Etag is the file's sha256
         download_file(f"{hub}/gpt2/resolve/main/model.safetensors", dest, progress=False)
     assert not part.exists() and not dest.exists()  # removed, so the next try starts clean
     download_file(f"{hub}/gpt2/resolve/main/model.safetensors", dest, progress=False)

@@ -28,7 +28,7 @@ import numpy as np
 
 import autograd.functional as F
 from autograd import Tensor, backend, nn, no_grad
-from autograd.checkpoint import load_checkpoint, save_checkpoint, write_text
+from autograd.checkpoint import FileFormatError, load_checkpoint, save_checkpoint, write_text
 from tinygrad_llm.classify_data import ClassificationDataset, encode_texts, pad_batch
 from tinygrad_llm.data import DataLoader
 from tinygrad_llm.lora import merged_state_dict
@@ -178,6 +178,9 @@ class GPTClassifier(nn.Module):
         if record == {"kind": "bpe"}:
             tokenizer = BPETokenizer.load(directory)
         elif record is not None:
+            if not (isinstance(record, dict) and record.get("kind") == "tiktoken" and isinstance(record.get("name"), str)):
+                raise FileFormatError(f"{directory / CONFIG}: the field tokenizer is {record!r:.80}; expected "
+                                      '{"kind": "bpe"} or {"kind": "tiktoken", "name": "gpt2"}')
             tokenizer = get_tokenizer(record["name"])
         model = cls(config.gpt, config.num_classes, labels=config.labels, pool=config.pool, pad_id=config.pad_id,
                     max_length=config.max_length, tokenizer=tokenizer)

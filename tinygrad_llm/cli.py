@@ -17,12 +17,13 @@ import sys
 from pathlib import Path
 
 from autograd import DeviceError
-from autograd.checkpoint import CheckpointError
+from autograd.checkpoint import CheckpointError, FileFormatError
 from tinygrad_llm.download import DownloadError
 
 # what a user's input can raise: missing or unreadable files, bad values, a corrupt checkpoint, a device
-# that is not there, a download that failed. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, DeviceError, CheckpointError, DownloadError)
+# that is not there, a download that failed, a file that is malformed (FileFormatError, a ValueError, named
+# for the reader). Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, DeviceError, FileFormatError, CheckpointError, DownloadError)
 
 
 def one_line(error):

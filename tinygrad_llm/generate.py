@@ -112,15 +112,17 @@ def generate(model, ids, max_new_tokens, *, temperature=0.0, top_k=None, top_p=N
     batch, flat = _as_batch(ids)
     done = np.zeros(len(batch), dtype=bool)
     new = []
-    for nxt in _steps(model, batch, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
-        if eos_id is not None:
-            done |= nxt == eos_id
-            if done.all():
-                break
-            nxt = np.where(done, eos_id, nxt)
-        new.append(nxt)
-        if on_token is not None:
-            on_token(nxt)
+    # closing(): a `break` at end-of-text closes the steps at once, so the model's mode is back on return
+    with contextlib.closing(_steps(model, batch, max_new_tokens, temperature, top_k, top_p, seed, use_cache)) as steps:
+        for nxt in steps:
+            if eos_id is not None:
+                done |= nxt == eos_id
+                if done.all():
+                    break
+                nxt = np.where(done, eos_id, nxt)
+            new.append(nxt)
+            if on_token is not None:
+                on_token(nxt)
     out = np.concatenate([batch] + [n[:, None] for n in new], axis=1)
     return out[0] if flat else out
 
@@ -132,10 +134,15 @@ def stream(model, ids, max_new_tokens, *, temperature=0.0, top_k=None, top_p=Non
     batch, _ = _as_batch(ids)
     if len(batch) != 1:
         raise ValueError(f"stream generates one sequence; got a batch of {len(batch)} (use generate)")
-    for nxt in _steps(model, batch, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
-        if eos_id is not None and nxt[0] == eos_id:
-            return
-        yield int(nxt[0])
+    # subtle: closing this generator (the caller stops early) raises GeneratorExit at the yield below;
+    # closing() then closes the inner steps, whose `finally` restores the model's mode. Without it the
+    # inner generator is closed only when the interpreter collects it, which no version promises to do
+    # at once (Python 3.12 did not, and the model stayed in eval mode).
+    with contextlib.closing(_steps(model, batch, max_new_tokens, temperature, top_k, top_p, seed, use_cache)) as steps:
+        for nxt in steps:
+            if eos_id is not None and nxt[0] == eos_id:
+                return
+            yield int(nxt[0])
 
 
 def decode_stream(tokenizer, token_ids):

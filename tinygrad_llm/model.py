@@ -35,6 +35,15 @@ class GPTConfig:
     fused: bool = True
 
     def __post_init__(self):
+        for name, limit in _SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if type(value) is not int or not 1 <= value <= limit:  # bool is an int subclass: excluded
+                raise ValueError(f"{name} must be an integer in [1, {limit}], got {value!r}")
+        for name in ("qkv_bias", "tie_weights", "fused"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if type(self.drop_rate) not in (int, float):
+            raise ValueError(f"drop_rate must be a number, got {self.drop_rate!r}")
         if self.emb_dim % self.n_heads:
             raise ValueError(f"emb_dim {self.emb_dim} must be divisible by n_heads {self.n_heads}")
         if not 0.0 <= self.drop_rate < 1.0:
@@ -64,6 +73,11 @@ class GPTConfig:
             raise ValueError(f"unknown GPTConfig fields: {', '.join(sorted(unknown))}")
         return cls(**d)
 
+
+# Upper bounds that catch a corrupt config.json before it allocates: far above any GPT-2 (vocab 50257,
+# context 1024, width 1600, 48 layers), far below what would fit in memory
+_SIZE_LIMITS = {"vocab_size": 2**31 - 1, "context_length": 2**20, "emb_dim": 2**16, "n_heads": 2**10,
+                "n_layers": 2**10}
 
 _BOOK = dict(qkv_bias=False, tie_weights=False, drop_rate=0.1, init="torch")
 PRESETS = {
@@ -276,8 +290,9 @@ class GPT(nn.Module):
                 f"sequence of {start + T} tokens is longer than the context length {self.config.context_length}; "
                 "crop the input to its last context_length tokens"
             )
-        xp = backend.xp_for(self.wte.weight.device)
-        pos = xp.arange(start, start + T)
+        # positions made on the host: the embedding's range check of them costs no device sync; the token
+        # ids are checked there too, once per batch, as they enter the model (-1 would read the last row)
+        pos = np.arange(start, start + T)
         x = self.wte(ids) + self.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
         x = self.drop(x)
         for i, block in enumerate(self.h):

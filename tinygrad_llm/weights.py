@@ -14,22 +14,21 @@ the same way. A safetensors file is an 8-byte little-endian header length, a JSO
 {name: {"dtype", "shape", "data_offsets"}}, then the raw little-endian arrays; the `safetensors` package
 reads and writes the files of both directions in the tests.
 
-`GPT.from_pretrained("gpt2")` (and -medium, -large, -xl) downloads the two files from the Hugging Face hub
-once, with a progress bar, resuming a partial download and verifying its size and sha256.
+`GPT.from_pretrained("gpt2")` (and -medium, -large, -xl) finds the two files in the Hugging Face cache, or
+downloads them there once with the hub's own client (`huggingface_hub`, which resumes and verifies).
 """
 
-import http.client
 import json
+import math
 import os
 import re
-import urllib.error
 from pathlib import Path
 
 import numpy as np
 
 from autograd import backend
 from autograd.checkpoint import CheckpointError, write_safetensors, write_text
-from tinygrad_llm.download import DownloadError, default_cache_dir, download_file
+from tinygrad_llm.download import DownloadError
 from tinygrad_llm.lora import merged_state_dict
 
 PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -69,10 +68,24 @@ def config_from_hf(d, source="config.json"):
     """GPTConfig's fields (a dict: `GPTConfig.from_dict` builds it) from GPT2Config keys. A config we wrote
     carries its exact GPTConfig; one from another tool gets qkv_bias=True and drop_rate=0.0 (GPT-2 as
     published, for inference)."""
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{source} holds a JSON {type(d).__name__}, not the object of a GPT2Config")
     if "tinygrad_llm" in d:
+        if not isinstance(d["tinygrad_llm"], dict):
+            raise CheckpointError(f"{source}: the field tinygrad_llm is {d['tinygrad_llm']!r:.60}, not an object")
         return dict(d["tinygrad_llm"])
+    for key, kind in (("n_embd", int), ("n_head", int), ("n_layer", int), ("vocab_size", int),
+                      ("n_positions", int), ("n_ctx", int), ("n_inner", int), ("layer_norm_epsilon", float),
+                      ("activation_function", str), ("model_type", str), ("tie_word_embeddings", bool)):
+        value = d.get(key)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
+              else type(value) is kind)
+        if value is not None and not ok:
+            raise CheckpointError(f"{source}: the field {key} is {value!r:.60}, not {kind.__name__}")
     if d.get("model_type", "gpt2") != "gpt2":
         raise CheckpointError(f"{source}: model_type {d['model_type']!r} is not GPT-2")
+    if "n_embd" not in d:
+        raise CheckpointError(f"{source} lacks the GPT2Config key 'n_embd'")
     n_embd = d["n_embd"]
     problems = []
     if d.get("n_inner") not in (None, 4 * n_embd):
@@ -99,7 +112,16 @@ def config_from_hf(d, source="config.json"):
 
 def read_safetensors_header(path):
     """({name: {"dtype", "shape", "data_offsets"}}, metadata, offset of the data) of a safetensors file,
-    checked against the file's size."""
+    checked as the format's specification asks, since a header that is well-formed JSON can still point
+    a tensor at another tensor's bytes: every entry has a known dtype, a shape of non-negative ints and
+    integer offsets with 0 <= begin <= end <= the data's length; a tensor's byte size is
+    prod(shape) * itemsize; the tensors tile the data region with no gap and no overlap; metadata is
+    {str: str}. A violation is a CheckpointError naming the file and the tensor.
+
+    Why a reader of our own: the `safetensors` package's NumPy reader (`safe_open`, which
+    autograd/checkpoint.py uses) cannot return BF16 tensors, and it memory-maps the file, so loading a
+    checkpoint through it makes the whole file resident beside the model (tests/test_weights.py measures
+    the peak)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
@@ -109,18 +131,49 @@ def read_safetensors_header(path):
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
     metadata = header.pop("__metadata__", {}) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: the header's __metadata__ must be an object of strings, got {metadata!r:.80}")
+    data_size = size - 8 - n
+    extents = []
     for name, info in header.items():
-        try:
-            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: malformed header entry for tensor {name}: {info}") from None
-        itemsize = _ITEMSIZE.get(dtype)
-        if itemsize is not None and end - begin != itemsize * int(np.prod(shape, dtype=np.int64)):
-            raise CheckpointError(f"{path}: tensor {name} holds {end - begin} bytes, not {dtype} {tuple(shape)}")
-        if 8 + n + end > size:
-            raise CheckpointError(f"{path} is truncated: tensor {name} ends at byte {8 + n + end} of {size}")
+        begin, end = _check_entry(path, name, info, data_size)
+        extents.append((begin, end, name))
+    covered = 0  # the tensors, in file order, must cover [0, data_size) exactly
+    for begin, end, name in sorted(extents):
+        if begin != covered:
+            problem = "overlaps the tensor before it" if begin < covered else f"leaves a gap at byte {covered}"
+            raise CheckpointError(f"{path}: tensor {name} (bytes {begin} to {end}) {problem}")
+        covered = end
+    if covered != data_size:
+        raise CheckpointError(f"{path}: the tensors cover {covered} of the {data_size} data bytes "
+                              "(trailing bytes that no tensor owns)")
     return header, metadata, 8 + n
+
+
+def _check_entry(path, name, info, data_size):
+    """(begin, end) of one header entry, after checking it against the specification."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise CheckpointError(f"{path}: tensor {name}: malformed header entry {info!r:.120} "
+                              "(needs dtype, shape and data_offsets)")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _ITEMSIZE:
+        raise CheckpointError(f"{path}: tensor {name}: unknown dtype {dtype!r} (known: {', '.join(_ITEMSIZE)})")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise CheckpointError(f"{path}: tensor {name}: shape {shape!r:.80} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
+        raise CheckpointError(f"{path}: tensor {name}: data_offsets {offsets!r:.80} is not two integers")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        raise CheckpointError(f"{path}: tensor {name}: data_offsets [{begin}, {end}] lie outside the "
+                              f"{data_size} data bytes (the file is truncated or its header is corrupt)")
+    nbytes = _ITEMSIZE[dtype] * math.prod(shape)  # Python ints: no overflow for absurd shapes
+    if end - begin != nbytes:
+        raise CheckpointError(f"{path}: tensor {name} holds {end - begin} bytes, not the {nbytes} of "
+                              f"{dtype} {tuple(shape)}")
+    return begin, end
 
 
 def _read_tensor(f, info, start, out):
@@ -211,7 +264,7 @@ def load_weights(model, path):
 
 def find_pretrained(name_or_path, cache_dir=None):
     """(GPTConfig fields, path of model.safetensors) of a Hugging Face GPT-2 checkpoint directory, or of
-    one of PRETRAINED, downloaded into the cache first (see `download_pretrained`). `GPT.from_pretrained`
+    one of PRETRAINED, from the Hugging Face cache or downloaded into it (see `download_pretrained`). `GPT.from_pretrained`
     builds the model from them and loads it with `load_weights`."""
     directory = Path(name_or_path)
     if not directory.is_dir():
@@ -257,30 +310,36 @@ def save_pretrained(model, directory):
 # Downloading from the Hugging Face hub
 
 
-def download_pretrained(name, cache_dir=None, *, base_url=HF_BASE_URL, timeout=30.0, progress=True):
-    """The directory holding `name`'s config.json and model.safetensors, downloaded from
-    {base_url}/{name}/resolve/main/ unless already there. Offline, a WeightsUnavailableError says which
-    files to fetch and how to pass them instead."""
-    directory = Path(cache_dir or default_cache_dir()) / name
-    directory.mkdir(parents=True, exist_ok=True)
-    urls = {f: f"{base_url}/{name}/resolve/main/{f}" for f in FILES}
-    for file, url in urls.items():
-        if (directory / file).is_file():
-            continue
-        try:
-            download_file(url, directory / file, timeout=timeout, progress=progress)
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            http_error = isinstance(e, urllib.error.HTTPError)
-            reason = f"HTTP {e.code} {e.reason}" if http_error else str(getattr(e, "reason", e))
-            raise WeightsUnavailableError(
-                f"could not download {name}'s {file} ({reason}).\n"
-                f"The weights are two files: {', '.join(f'{f} ({u})' for f, u in urls.items())}.\n"
-                f"Download them on a machine with network access, copy them into one directory, and pass "
-                f"that directory instead of the name: GPT.from_pretrained('/path/to/dir') "
-                f"(or examples/generate.py --model /path/to/dir); or put them in {directory}. "
-                "A partial download is resumed on the next try."
-            ) from e
-    return directory
+def download_pretrained(name, cache_dir=None, *, progress=True):
+    """The directory holding `name`'s config.json and model.safetensors, through the Hugging Face hub's
+    client and its cache (`cache_dir`, else $HF_HUB_CACHE, ~/.cache/huggingface/hub): weights already
+    fetched by transformers or huggingface-cli are used as they are, and a download (resumed and
+    verified by the client) lands there for both. Offline ($HF_HUB_OFFLINE=1) or without network,
+    with nothing cached, a WeightsUnavailableError says where to get the files and how to pass them."""
+    import huggingface_hub as hub
+    from huggingface_hub import constants, errors
+
+    # the hub moved GPT-2 under openai-community/; caches made before the move hold it as models--gpt2
+    repos = (f"openai-community/{name}", name)
+    for repo in repos:
+        paths = [hub.try_to_load_from_cache(repo, f, cache_dir=cache_dir) for f in FILES]
+        if all(isinstance(p, str) for p in paths):  # a path, not None or the "known absent" marker
+            return Path(paths[1]).parent
+    cache = cache_dir or constants.HF_HUB_CACHE
+    where = (f"The weights are two files, {' and '.join(FILES)}, at {HF_BASE_URL}/{repos[0]}. Copy them into "
+             f"one directory and pass it instead of the name: GPT.from_pretrained('/path/to/dir') "
+             f"(or examples/generate.py --model /path/to/dir); or fetch them into the cache where a "
+             f"network is: huggingface-cli download {repos[0]} {' '.join(FILES)}")
+    if constants.HF_HUB_OFFLINE:
+        raise WeightsUnavailableError(f"{name}'s weights are not in the Hugging Face cache {cache} and "
+                                      f"downloads are off (HF_HUB_OFFLINE). {where}")
+    try:
+        paths = [hub.hf_hub_download(repos[0], f, cache_dir=cache_dir) for f in FILES]
+    except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, OSError, ValueError) as e:
+        reason = " ".join(str(e).split())[:200]
+        raise WeightsUnavailableError(f"could not download {name}'s weights ({type(e).__name__}: {reason}). "
+                                      f"{where}") from e
+    return Path(paths[1]).parent
 
 
 __all__ = [
