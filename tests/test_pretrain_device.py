@@ -5,6 +5,7 @@ line saying what to make smaller; --tf32 is refused off the GPU."""
 import gc
 import importlib.util
 import subprocess
+import sys
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -81,3 +82,12 @@ def test_tf32_is_off_by_default_and_a_flag(pretrain):
     parser = pretrain.build_parser()
     assert parser.parse_args([]).tf32 is False
     assert parser.parse_args(["--tf32", "--device", "cuda"]).tf32 is True
+
+
+@pytest.mark.parametrize("script", ["finetune_classifier.py", "finetune_instructions.py"])
+def test_the_fine_tuning_examples_refuse_tf32_on_the_cpu(script, tmp_path):
+    """Refused before the data is read: the missing data file is never reached."""
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--data", tmp_path / "missing.json",
+                             "--out", tmp_path / "o", "--tf32"], capture_output=True, text=True, timeout=120,
+                            cwd=ROOT, check=False)
+    assert_clean_error(result, "TF32", "needs device 'cuda', not 'cpu'")
