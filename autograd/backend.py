@@ -9,9 +9,9 @@ only when that device is asked for): arrays that behave the way CuPy's do where 
 `np.` call on device data fails in CI instead of on a user's GPU.
 
 `keep_freed_memory()` tunes the C library's allocator for training loops; programs that want it call it.
-`device_info`, `peak_memory` and `is_out_of_memory` answer a program's questions about a device (what it
-is, how much memory a run took, whether an error means it ran out) the same way for every device, and
-`enable_tf32` switches CuPy's float32 matmuls to TensorFloat-32.
+`device_info`, `peak_memory`, `is_out_of_memory` and `synchronize` answer a program's questions about a
+device (what it is, how much memory a run took, whether an error means it ran out, when its queued work
+is done) the same way for every device; `enable_tf32` switches CuPy's float32 matmuls to TensorFloat-32.
 """
 
 import ctypes
@@ -190,6 +190,14 @@ def peak_memory(device):
         return 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def synchronize(device):
+    """Wait until `device` has finished the work queued on it: a GPU runs kernels asynchronously, so a
+    timer read without this measures only the launches. Nothing to wait for on "cpu" and "strict"."""
+    check_device(device)
+    if device == "cuda":
+        _cupy().cuda.Device().synchronize()
 
 
 def is_out_of_memory(error):

@@ -111,3 +111,63 @@ def test_tf32_is_refused_once_cupy_is_imported_without_it():
 
 def test_tf32_is_off_by_default():
     assert python("from autograd import backend\nprint(backend.tf32_enabled())") == "False"
+
+
+# ---------------------------------------------------------------------------------------------------
+# On a real GPU (pytest -m gpu; skipped where there is none)
+
+def gpu(test):
+    """Marks a test as needing CuPy and a CUDA GPU (as conftest's "cuda" device does): `pytest -m gpu`."""
+    skip = pytest.mark.skipif(not backend.cuda_available(), reason="needs CuPy and a CUDA GPU; none here")
+    return pytest.mark.gpu(skip(test))
+
+
+@gpu
+def test_device_info_of_the_gpu():
+    import cupy
+
+    info = backend.device_info("cuda")
+    free, total = cupy.cuda.Device().mem_info  # a second source (cudaMemGetInfo) for the same fact
+    assert info["total_memory"] == pytest.approx(total, rel=0.05) and total > 2**30
+    assert info["name"] and info["tf32"] is False
+
+
+@gpu
+def test_peak_memory_of_the_gpu_is_what_the_pool_holds():
+    import cupy
+
+    x = cupy.ones(64 * 2**20 // 4, dtype=cupy.float32)  # 64 MiB
+    backend.synchronize("cuda")
+    assert backend.peak_memory("cuda") == cupy.get_default_memory_pool().total_bytes() >= x.nbytes
+
+
+@gpu
+def test_running_out_of_gpu_memory_is_recognised():
+    import cupy
+
+    with pytest.raises(MemoryError) as e:
+        cupy.empty(2 * backend.device_info("cuda")["total_memory"], dtype=cupy.uint8)
+    assert isinstance(e.value, cupy.cuda.memory.OutOfMemoryError) and backend.is_out_of_memory(e.value)
+
+
+@gpu
+def test_tf32_changes_float32_matmuls_on_the_gpu():
+    """TF32 keeps 10 mantissa bits of each input: a float32 matmul drifts from float64 by ~1e-3 relative
+    with it and ~1e-6 without (on GPUs of compute capability 8.0 and up, where TF32 exists)."""
+    code = ("import sys, numpy as np\nfrom autograd import backend\n"
+            "if sys.argv[1] == 'tf32':\n    backend.enable_tf32('cuda')\n"
+            "cp = backend.xp_for('cuda')\nrng = np.random.default_rng(0)\n"
+            "a, b = (rng.standard_normal((512, 512)).astype(np.float32) for _ in range(2))\n"
+            "got = cp.asnumpy(cp.asarray(a) @ cp.asarray(b)).astype(np.float64)\n"
+            "want = a.astype(np.float64) @ b.astype(np.float64)\n"
+            "print(np.abs(got - want).max() / np.abs(want).max(), backend.device_info('cuda')['tf32'])")
+    errors = {}
+    for mode in ("fp32", "tf32"):
+        proc = subprocess.run([sys.executable, "-c", code, mode], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, env={**{k: v for k, v in os.environ.items() if k != "CUPY_TF32"},
+                                                "PYTHONPATH": str(ROOT)})
+        assert proc.returncode == 0, proc.stderr
+        error, flag = proc.stdout.split()
+        errors[mode] = float(error)
+        assert flag == str(mode == "tf32")
+    assert errors["fp32"] < 1e-5 < errors["tf32"], errors
