@@ -106,22 +106,22 @@ def keep_freed_memory():
 
 def enable_tf32(device):
     """Let CuPy run float32 matmuls in TensorFloat-32 on the GPU's tensor cores (NVIDIA Ampere and later):
-    the inputs are rounded to a 10-bit mantissa, the products summed in float32. Several times faster,
-    about three decimal digits per product instead of seven; PyTorch calls it
+    the inputs are rounded to a 10-bit mantissa, the products summed in float32. Faster, and about three
+    decimal digits per product instead of seven; PyTorch calls it
     `torch.backends.cuda.matmul.allow_tf32`. Off unless a program asks for it.
 
-    CuPy's switch is its documented environment variable CUPY_TF32=1, and when it is read matters: CuPy
+    CuPy's switch is its documented environment variable CUPY_TF32 (default 0), and when it is read matters: CuPy
     reads it once, at the first float32 matmul of the process, and keeps the answer (`get_compute_type` in
     cupy/_core/_routines_linalg.pyx); importing CuPy does not read it. This sets it before the backend
     first imports CuPy, so no matmul can have run yet. Once CuPy is imported a float32 matmul may already
     have fixed the mode, so asking then is refused rather than silently ignored.
-    Only device "cuda" has TF32: the CPU and the strict test device compute float32 exactly, and are
-    refused with a DeviceError instead of a switch that does nothing.
+    Only device "cuda" has TF32: the CPU and the strict test device multiply float32 in full float32, and
+    are refused with a DeviceError instead of a switch that does nothing.
     """
     check_device(device)
     if device != "cuda":
         raise DeviceError(f"TF32 is a math mode of NVIDIA GPUs: it needs device 'cuda', not {device!r} "
-                          "(float32 on the CPU is always exact); leave TF32 off or use device 'cuda'")
+                          "(the CPU multiplies float32 in full float32); leave TF32 off or use device 'cuda'")
     if os.environ.get("CUPY_TF32") == "1":
         return
     if "cupy" in sys.modules:
@@ -161,7 +161,8 @@ def device_info(device):
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         name = props["name"]
         name = name.decode() if isinstance(name, bytes) else str(name)
-        return {"device": device, "name": name, "total_memory": int(props["totalGlobalMem"]), "tf32": tf32_enabled()}
+        return {"device": device, "name": name, "total_memory": int(props["totalGlobalMem"]),
+                "tf32": tf32_enabled()}
     if device == "strict":
         return {"device": device, "name": "strict (a simulated device in host memory)",
                 "total_memory": _strict().memory.limit or _host_memory_bytes(), "tf32": False}

@@ -233,8 +233,8 @@ def table(results, args):
     names = sorted({r["device_name"] for r in results.values() if "device_name" in r})
     shape = next((f"{r['batch']} x {r['context']}" for r in results.values() if r.get("context")), "-")
     lines = [f"# GPU benchmark: ours vs PyTorch on {', '.join(names) or args.device}", "",
-             f"- device {args.device}, config {args.config}; training: batch x context {shape}, AdamW, warm-up {args.warmup}, median of {args.steps} steps; generation: batch 1, "
-             f"{PROMPT_LEN}-token prompt, {args.new_tokens} greedy tokens, KV cache",
+             f"- device {args.device}, config {args.config}; training: batch x context {shape}, AdamW, "
+             f"warm-up {args.warmup}, median of {args.steps} steps; generation: batch 1, {PROMPT_LEN}-token prompt, {args.new_tokens} greedy tokens, KV cache",
              "- peak memory: ours = CuPy pool bytes held; PyTorch = torch.cuda.max_memory_allocated "
              "(on the CPU: process peak RSS for both)",
              "- ratio = ours tokens/s / peer tokens/s (> 1: ours is faster)"]
