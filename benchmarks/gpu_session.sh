@@ -12,6 +12,7 @@
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:-.}" OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-4}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # no network: the peers are built from configs, never downloaded
 OUT="${OUT:-runs/gpu-session}"
 PYTHON="${PYTHON:-python3}"
 mkdir -p "$OUT"
@@ -21,7 +22,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run it with a time limit, output to 
     local name=$1 seconds=$2
     shift 2
     local start=$SECONDS
-    timeout "$seconds" "$@" > "$OUT/$name.txt" 2>&1
+    timeout -k 10 "$seconds" "$@" > "$OUT/$name.txt" 2>&1
     local rc=$?
     echo "$name: exit $rc in $((SECONDS - start)) s" | tee -a "$OUT/status.txt"
     return 0
