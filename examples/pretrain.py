@@ -64,8 +64,9 @@ def build_parser(suppress=False):
     a("--context-length", type=positive_int, default=d(None), help="override the preset's context length")
     a("--init-from", default=d(None), metavar="gpt2|PATH", help="start from pretrained weights")
     a("--device", default=d("cpu"), choices=DEVICE_CHOICES)
-    a("--tf32", action="store_true", default=d(False),
-      help="GPU only: float32 matmuls in TensorFloat-32 on the tensor cores (faster, less precise)")
+    a("--tf32", action=argparse.BooleanOptionalAction, default=d(False),
+      help="GPU only: float32 matmuls in TensorFloat-32 on the tensor cores (faster, less precise); "
+      "--no-tf32 turns it off when resuming a run that had it")
     a("--batch-size", type=positive_int, default=d(8))
     a("--grad-accum", type=positive_int, default=d(1), help="micro-batches per optimizer step")
     a("--epochs", type=positive_int, default=d(6))

@@ -78,10 +78,13 @@ def test_tf32_is_refused_on_the_cpu(corpus, tmp_path):
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
-def test_tf32_is_off_by_default_and_a_flag(pretrain):
+def test_tf32_is_off_by_default_and_a_flag_a_resumed_run_may_change(pretrain):
     parser = pretrain.build_parser()
     assert parser.parse_args([]).tf32 is False
     assert parser.parse_args(["--tf32", "--device", "cuda"]).tf32 is True
+    # a run trained with --tf32 on a GPU can be resumed on the CPU: --no-tf32 overrides its setting
+    given = vars(pretrain.build_parser(suppress=True).parse_args(["--device", "cpu", "--no-tf32"]))
+    assert given == {"device": "cpu", "tf32": False} and "tf32" in pretrain.RESUMABLE
 
 
 @pytest.mark.parametrize("script", ["finetune_classifier.py", "finetune_instructions.py"])
