@@ -9,10 +9,15 @@ only when that device is asked for): arrays that behave the way CuPy's do where 
 `np.` call on device data fails in CI instead of on a user's GPU.
 
 `keep_freed_memory()` tunes the C library's allocator for training loops; programs that want it call it.
+`device_info`, `peak_memory`, `is_out_of_memory` and `synchronize` answer a program's questions about a
+device (what it is, how much memory a run took, whether an error means it ran out, when its queued work
+is done) the same way for every device; `enable_tf32` switches CuPy's float32 matmuls to TensorFloat-32.
 """
 
 import ctypes
 import functools
+import os
+import platform
 import sys
 
 import numpy as np
@@ -34,8 +39,9 @@ def _cupy():
         import cupy
     except ImportError as e:
         raise DeviceError(
-            "device 'cuda' needs CuPy, which is not installed. Install the GPU extra: "
-            "pip install 'tinygrad-llm[gpu]' (CuPy for CUDA 12), or use device 'cpu'."
+            "device 'cuda' needs CuPy, which is not installed. Install the GPU extra for the CUDA version "
+            "that nvidia-smi shows: pip install -e '.[gpu-cuda13]' (CUDA 13) or '.[gpu-cuda12]' (CUDA 12), "
+            "or use device 'cpu'."
         ) from e
     try:
         count = cupy.cuda.runtime.getDeviceCount()
@@ -92,6 +98,114 @@ def keep_freed_memory():
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
+
+
+# ---------------------------------------------------------------------------------------------------
+# TensorFloat-32
+
+
+def enable_tf32(device):
+    """Let CuPy run float32 matmuls in TensorFloat-32 on the GPU's tensor cores (NVIDIA Ampere and later):
+    the inputs are rounded to a 10-bit mantissa, the products summed in float32. Faster, and about three
+    decimal digits per product instead of seven; PyTorch calls it
+    `torch.backends.cuda.matmul.allow_tf32`. Off unless a program asks for it.
+
+    CuPy's switch is its documented environment variable CUPY_TF32 (default 0), and when it is read matters: CuPy
+    reads it once, at the first float32 matmul of the process, and keeps the answer (`get_compute_type` in
+    cupy/_core/_routines_linalg.pyx); importing CuPy does not read it. This sets it before the backend
+    first imports CuPy, so no matmul can have run yet. Once CuPy is imported a float32 matmul may already
+    have fixed the mode, so asking then is refused rather than silently ignored.
+    Only device "cuda" has TF32: the CPU and the strict test device multiply float32 in full float32, and
+    are refused with a DeviceError instead of a switch that does nothing.
+    """
+    check_device(device)
+    if device != "cuda":
+        raise DeviceError(f"TF32 is a math mode of NVIDIA GPUs: it needs device 'cuda', not {device!r} "
+                          "(the CPU multiplies float32 in full float32); leave TF32 off or use device 'cuda'")
+    if os.environ.get("CUPY_TF32") == "1":
+        return
+    if "cupy" in sys.modules:
+        raise DeviceError("TF32 must be switched on before CuPy is first imported (CuPy reads CUPY_TF32 at "
+                          "its first float32 matmul); set CUPY_TF32=1 in the environment instead")
+    os.environ["CUPY_TF32"] = "1"
+
+
+def tf32_enabled():
+    """Whether CuPy's float32 matmuls run in TF32 in this process (CUPY_TF32=1)."""
+    return os.environ.get("CUPY_TF32") == "1"
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a device is, how much memory a run took, and whether it ran out
+
+
+def _host_memory_bytes():
+    """Physical memory of this machine, or 0 where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def device_info(device):
+    """{"device", "name", "total_memory", "tf32"} for `device`: the GPU's name and memory in bytes on "cuda"
+    (from cudaGetDeviceProperties), the host on "cpu", the simulation and its memory limit on "strict";
+    "tf32" says whether float32 matmuls run in TensorFloat-32 there (only ever on "cuda").
+
+    >>> device_info("cpu")  # doctest: +SKIP
+    {'device': 'cpu', 'name': 'x86_64 CPU, 16 cores', 'total_memory': 134217728000, 'tf32': False}
+    """
+    check_device(device)
+    if device == "cuda":
+        cupy = _cupy()
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        return {"device": device, "name": name, "total_memory": int(props["totalGlobalMem"]),
+                "tf32": tf32_enabled()}
+    if device == "strict":
+        return {"device": device, "name": "strict (a simulated device in host memory)",
+                "total_memory": _strict().memory.limit or _host_memory_bytes(), "tf32": False}
+    cpu = f"{platform.machine() or 'unknown'} CPU, {os.cpu_count()} cores"
+    return {"device": device, "name": cpu, "total_memory": _host_memory_bytes(), "tf32": False}
+
+
+def peak_memory(device):
+    """The most memory this process has held on `device` so far, in bytes.
+
+    "cuda": the bytes CuPy's default memory pool holds (`MemoryPool.total_bytes()`). The pool keeps the
+    blocks it frees for reuse instead of returning them to the GPU, so what it holds only grows: after a
+    run it is the run's peak (a caller that empties the pool with `free_all_blocks()` resets it).
+    "strict": the peak of the simulated device's live arrays (autograd/testing.py keeps the count).
+    "cpu": the process's peak resident set size, which includes the interpreter and its libraries
+    (0 where the OS has no getrusage).
+    """
+    check_device(device)
+    if device == "cuda":
+        return int(_cupy().get_default_memory_pool().total_bytes())
+    if device == "strict":
+        return _strict().memory.peak
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def synchronize(device):
+    """Wait until `device` has finished the work queued on it: a GPU runs kernels asynchronously, so a
+    timer read without this measures only the launches. Nothing to wait for on "cpu" and "strict"."""
+    check_device(device)
+    if device == "cuda":
+        _cupy().cuda.Device().synchronize()
+
+
+def is_out_of_memory(error):
+    """Whether `error` says a device ran out of memory: every device raises a MemoryError subclass for it
+    (CuPy's `cupy.cuda.memory.OutOfMemoryError`, NumPy's `_ArrayMemoryError`, the strict device's
+    `OutOfDeviceMemory`), so one check serves all of them without importing CuPy."""
+    return isinstance(error, MemoryError)
 
 
 # ---------------------------------------------------------------------------------------------------

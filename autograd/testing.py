@@ -5,11 +5,70 @@ mixing them with NumPy arrays raises, reductions stay 0-d device arrays, matmul 
 `xp` functions return strict arrays. Every test that takes a device runs on it, so code that would fail
 on a user's GPU fails in CI. The backend (autograd/backend.py) loads this module only when the device
 "strict" is asked for; the library itself never needs it.
+
+It also keeps a device memory count, as CuPy's memory pool does: `memory.in_use` and `memory.peak` are
+the bytes of the live arrays it allocated, and `with memory.limited(nbytes):` makes an allocation past
+`nbytes` raise `OutOfDeviceMemory`, a MemoryError, as CuPy raises its OutOfMemoryError -- so a program's
+out-of-memory handling can be tested without a GPU.
 """
 
+import contextlib
 import types
+import weakref
 
 import numpy as np
+
+
+class OutOfDeviceMemory(MemoryError):
+    """The strict device ran out of memory (CuPy's `cupy.cuda.memory.OutOfMemoryError` is a MemoryError too)."""
+
+
+class DeviceMemory:
+    """The strict device's memory: the bytes of its live arrays (each counted once, from its allocation
+    until it is freed), their peak, and an optional limit.
+
+    >>> with memory.limited(1 << 20):
+    ...     strict_xp.zeros(1 << 20, dtype=np.float32)  # 4 MiB  # doctest: +SKIP
+    OutOfDeviceMemory: Out of memory allocating 4,194,304 bytes on device 'strict' (...)
+    """
+
+    def __init__(self):
+        self.limit = 0  # bytes; 0: no limit
+        self.in_use = 0
+        self.peak = 0
+        self._live = set()  # ids of the host arrays counted, each until it is garbage-collected
+
+    def allocate(self, array):
+        """Count `array` (a host array that owns its memory) as allocated on the device, or raise
+        OutOfDeviceMemory when that would pass the limit."""
+        key = id(array)
+        if key in self._live:
+            return
+        nbytes = array.nbytes
+        if self.limit and self.in_use + nbytes > self.limit:
+            raise OutOfDeviceMemory(
+                f"Out of memory allocating {nbytes:,} bytes on device 'strict' (allocated so far: "
+                f"{self.in_use:,} bytes, limit set to: {self.limit:,} bytes)")
+        self._live.add(key)
+        self.in_use += nbytes
+        self.peak = max(self.peak, self.in_use)
+        weakref.finalize(array, self._free, key, nbytes)
+
+    def _free(self, key, nbytes):
+        self._live.discard(key)
+        self.in_use -= nbytes
+
+    @contextlib.contextmanager
+    def limited(self, nbytes):
+        """Within the block, the device has `nbytes` bytes: an allocation past them raises."""
+        previous, self.limit = self.limit, nbytes
+        try:
+            yield self
+        finally:
+            self.limit = previous
+
+
+memory = DeviceMemory()
 
 
 def _unwrap(obj, allow_host=False):
@@ -30,6 +89,8 @@ def _unwrap(obj, allow_host=False):
 
 def _wrap(obj):
     if isinstance(obj, np.ndarray):
+        if obj.base is None:  # it owns its memory: a new allocation (a view shares its base's)
+            memory.allocate(obj)
         return StrictArray(obj)
     if isinstance(obj, np.generic):  # CuPy keeps reductions as 0-d device arrays, not host scalars
         return StrictArray(np.asarray(obj))

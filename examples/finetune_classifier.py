@@ -62,6 +62,8 @@ def build_parser():
     a("--max-length", type=positive_int, default=None, help="tokens kept per message; default: the longest "
       "training message, at most the context length")
     a("--device", default="cpu", choices=["cpu", "cuda"])
+    a("--tf32", action="store_true",
+      help="GPU only: float32 matmuls in TensorFloat-32 on the tensor cores (faster, less precise)")
     a("--trainable", default=None, choices=TRAINABLE, help="the part that trains; default: all from scratch, "
       "last-block (the book's: last block, final LayerNorm, head) from pretrained weights")
     a("--pool", default="last-token", choices=POOLS, help="the position the head reads")
@@ -110,6 +112,8 @@ def run(argv):
     args = build_parser().parse_args(argv)
     trainable, lr = SCRATCH_DEFAULTS if args.init_from == "none" else PRETRAINED_DEFAULTS
     args.trainable, args.lr = args.trainable or trainable, args.lr or lr
+    if args.tf32:
+        backend.enable_tf32(args.device)  # before the first CuPy import: CuPy reads the mode once
     if args.device == "cuda":
         backend.xp_for("cuda")  # DeviceError now, not after loading everything
     out = Path(args.out)

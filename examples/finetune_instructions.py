@@ -46,6 +46,8 @@ def build_parser():
     a("--tokenizer", default=None, help="gpt2 or a directory with encoder.json and vocab.bpe "
                                         "(default: the model directory's, else gpt2)")
     a("--device", default="cpu", choices=["cpu", "cuda"])
+    a("--tf32", action="store_true",
+      help="GPU only: float32 matmuls in TensorFloat-32 on the tensor cores (faster, less precise)")
     a("--epochs", type=positive_int, default=2)
     a("--max-steps", type=positive_int, default=None, help="stop after this many steps (overrides --epochs)")
     a("--lr", type=positive_float, default=None,
@@ -85,6 +87,8 @@ def run(argv):
     args = build_parser().parse_args(argv)
     if args.lr is None:
         args.lr = BOOK_LR if args.init_from in PRETRAINED else SMALL_MODEL_LR
+    if args.tf32:
+        backend.enable_tf32(args.device)  # before the first CuPy import: CuPy reads the mode once
     if args.device == "cuda":
         backend.xp_for("cuda")  # DeviceError now, not after loading
     out = Path(args.out)

@@ -16,14 +16,16 @@ ranks, so a run resumes with any number that divides --grad-accum. If one rank f
 Bad input (a flag out of range, NaN or infinite, missing or empty data, non-UTF-8 text, a corpus shorter
 than one window, an output folder that cannot be written or that holds an earlier run without --resume or
 --overwrite, a corrupt checkpoint, data changed since the checkpoint, "cuda" without a GPU, an unknown
-preset) prints one line, `error: ...`, and exits with status 2, as does a run whose loss or gradient norm
-turns NaN or infinite (nothing is saved over the last good checkpoint; --on-nonfinite skip skips such
-steps instead). Ctrl-C stops at the end of the step, saves a checkpoint and exits with status 130; a
+preset, --tf32 off the GPU) prints one line, `error: ...`, and exits with status 2, as do running out of
+device memory (the line says what to make smaller) and a run whose loss or gradient norm turns NaN or
+infinite (nothing is saved over the last good checkpoint; --on-nonfinite skip skips such steps
+instead). Ctrl-C stops at the end of the step, saves a checkpoint and exits with status 130; a
 second Ctrl-C stops at once, and the last line says whether the checkpoint was saved.
 
 The corpus is read and tokenized in chunks into an array of 2-byte ids (4 for vocabularies over 65,536
 tokens), and split into training and validation ids by --train-ratio; the checkpoint records each file's
-size and sha256, and --resume refuses data that changed since.
+size and sha256, and --resume refuses data that changed since. A run starts by naming the device and its
+memory and ends with the peak memory it used there (on a GPU: what CuPy's memory pool held).
 """
 
 import argparse
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autograd import backend
+from autograd import DeviceError, backend
 from tinygrad_llm.data import (DataLoader, GPTDataset, encode_pieces, file_fingerprint, read_chunks, text_files,
                                train_val_split)
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
@@ -50,9 +52,10 @@ from tinygrad_llm.distributed import DistributedError, init_communicator
 
 DEFAULT_CORPUS = "pydoc"  # Python's help topics, from the standard library
 # flags that a resumed run may change; the rest (model, data, tokenizer) come from the checkpoint
-RESUMABLE = {"device", "epochs", "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
+RESUMABLE = {"device", "tf32", "epochs", "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
              "sample_prompt", "sample_tokens", "temperature", "top_k", "on_nonfinite", "check_sync"}
 BPE_SAMPLE_CHARS = 8 << 20  # the BPE is trained on at most this much of the start of the training text
+DEVICE_CHOICES = ["cpu", "cuda"]  # the tests add "strict", the simulated device, to run out of its memory
 
 
 def build_parser(suppress=False):
@@ -70,7 +73,10 @@ def build_parser(suppress=False):
     a("--config", default=d("cpu-small"), help=f"model preset: {', '.join(PRESETS)}")
     a("--context-length", type=positive_int, default=d(None), help="override the preset's context length")
     a("--init-from", default=d(None), metavar="gpt2|PATH", help="start from pretrained weights")
-    a("--device", default=d("cpu"), choices=["cpu", "cuda"])
+    a("--device", default=d("cpu"), choices=DEVICE_CHOICES)
+    a("--tf32", action=argparse.BooleanOptionalAction, default=d(False),
+      help="GPU only: float32 matmuls in TensorFloat-32 on the tensor cores (faster, less precise); "
+      "--no-tf32 turns it off when resuming a run that had it")
     a("--batch-size", type=positive_int, default=d(8))
     a("--grad-accum", type=positive_int, default=d(1), help="micro-batches per optimizer step")
     a("--epochs", type=positive_int, default=d(6))
@@ -201,8 +207,13 @@ def windows(ids, context, what):
 
 def setup(args, saved=None, comm=None):
     """Tokenizer, model and loaders from the arguments (and a checkpoint's metadata when resuming)."""
+    if args.tf32:
+        backend.enable_tf32(args.device)  # before the first CuPy import: CuPy reads the mode once
     if args.device == "cuda":
         backend.xp_for("cuda")  # DeviceError now, not after minutes of setup
+    info = backend.device_info(args.device)
+    print(f"device {args.device}: {info['name']}, {size(info['total_memory'])} memory"
+          + (", float32 matmuls in TF32" if info["tf32"] else ""))
     if saved is None and args.init_from is None and args.config not in PRESETS:
         raise ValueError(f"unknown preset {args.config!r}; choose one of: {', '.join(PRESETS)}")
     out = Path(args.out)
@@ -249,6 +260,21 @@ def setup(args, saved=None, comm=None):
     return tok, model, train, val, corpus
 
 
+def size(nbytes):
+    """Bytes for a reader: GiB from one GiB up, MiB below."""
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def out_of_memory(args, error):
+    """The one line for a run that ran out of device memory: what to make smaller."""
+    accum = args.grad_accum
+    return DeviceError(
+        f"out of memory on device {args.device!r}: {one_line(error).rstrip('.')}. Make the run smaller: a lower "
+        f"--batch-size (now {args.batch_size}; raise --grad-accum, now {accum}, by the same factor to keep "
+        f"the global batch of {args.batch_size * accum} sequences), a shorter --context-length, or a smaller "
+        "model (--config)")
+
+
 def train_config(args, prompt):
     return TrainConfig(
         lr=args.lr, min_lr=args.min_lr, warmup_steps=args.warmup, schedule=args.schedule,
@@ -291,6 +317,16 @@ def run(argv, comm):
     prompt = args.sample_prompt
     if prompt is None:
         prompt = "The built-in function" if args.data == [DEFAULT_CORPUS] else "Every effort moves you"
+    try:
+        return train_and_report(args, saved, prompt, comm)
+    except Exception as e:  # setup or training ran out of device memory: say what to make smaller
+        if backend.is_out_of_memory(e):
+            raise out_of_memory(args, e) from None
+        raise
+
+
+def train_and_report(args, saved, prompt, comm):
+    """Set up, train and print the summary: 0, or 130 after Ctrl-C."""
     tok, model, train, val, corpus = setup(args, saved, comm)
     check_ranks_agree(comm, tok, train)
     saved_args = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
@@ -324,6 +360,7 @@ def run(argv, comm):
     print(f"done: {trainer.step} steps, {trainer.tokens_seen:,} tokens in {trainer.elapsed:.0f} s; "
           f"train loss {first['train_loss']:.3f} -> {last['train_loss']:.3f}, "
           f"val loss {first['val_loss']:.3f} -> {last['val_loss']:.3f}")
+    print(f"peak memory on device {args.device}: {size(backend.peak_memory(args.device))}")
     print(f"outputs in {args.out}/: checkpoint.safetensors, metrics.jsonl, model/ (Hugging Face layout)"
           + (", loss.png" if (Path(args.out) / "loss.png").exists() else " (pip install matplotlib for loss.png)"))
     return 0
