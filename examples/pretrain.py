@@ -48,7 +48,7 @@ from tinygrad_llm.train import TrainConfig, Trainer, checkpoint_tokenizer, read_
 from tinygrad_llm.cli import (Parser, claim_run_folder, fraction, ignore_further_ctrl_c, int_at_least,
                               nonnegative_float, nonnegative_int, one_line, positive_float, positive_int, run_main)
 from tinygrad_llm.download import default_cache_dir, download_file
-from tinygrad_llm.distributed import DistributedError, init_communicator
+from tinygrad_llm.distributed import Communicator, DistributedError, init_communicator
 
 DEFAULT_CORPUS = "pydoc"  # Python's help topics, from the standard library
 # flags that a resumed run may change; the rest (model, data, tokenizer) come from the checkpoint
@@ -295,7 +295,8 @@ def check_ranks_agree(comm, tok, train):
         raise DistributedError(f"the ranks built different {different}; run every rank on the same data and settings")
 
 
-def run(argv, comm):
+def run(argv, comm=None):
+    comm = comm if comm is not None else Communicator()  # this process alone unless a launcher started ranks
     args = build_parser().parse_args(argv)
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
