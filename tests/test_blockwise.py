@@ -1,0 +1,61 @@
+"""backend.blockwise: a chain of in-place passes run in cache-sized row blocks on several threads gives
+what one call on the whole arrays gives."""
+
+import numpy as np
+import pytest
+
+import autograd.functional as F
+from autograd import Tensor, backend
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    monkeypatch.setattr(backend, "HOST_THREADS", 2)
+
+
+def test_gelu_in_blocks_equals_gelu_in_one_call(two_threads):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 50, 1001), dtype=np.float32) * 3  # 150 rows of 1001: blocks of 65 rows
+    g = rng.standard_normal(x.shape, dtype=np.float32)
+    x2, t, y = (np.empty_like(x) for _ in range(3))
+    F._gelu_forward(np, x, x2, t, y)  # the whole arrays at once
+    dy = x2.copy()
+    F._gelu_backward(np, x, t, g, dy)
+
+    xt = Tensor(x, requires_grad=True)
+    out = F.gelu(xt)
+    out.backward(g)
+    assert out.data.dtype == np.float32 and xt.grad.dtype == np.float32
+    np.testing.assert_array_equal(out.data, y)
+    np.testing.assert_array_equal(xt.grad, dy)
+
+
+def test_row_blocks_keep_rows_whole_and_cover_every_row_once(two_threads):
+    x = np.arange(7 * 40_000, dtype=np.float32).reshape(7, 40_000)  # 1 row per block of 65,536 elements
+    sums = np.zeros((7, 1), dtype=np.float32)
+    calls = []
+
+    def row_sum(xp, x, out):
+        calls.append(x.shape[0])
+        out += x.sum(axis=-1, keepdims=True)
+
+    backend.blockwise(row_sum, x, sums)
+    np.testing.assert_array_equal(sums, x.sum(axis=-1, keepdims=True))
+    assert sorted(calls) == [1] * 7
+
+
+def test_small_or_strided_arrays_are_one_call(two_threads):
+    calls = []
+    a = np.ones((4, 8), np.float32)
+    backend.blockwise(lambda xp, x: calls.append(x.shape), a)
+    big = np.ones((400, 1000), np.float32)
+    backend.blockwise(lambda xp, x: calls.append(x.shape), big[:, ::2])
+    assert calls == [(4, 8), (400, 500)]
+
+
+def test_an_error_in_a_block_reaches_the_caller(two_threads):
+    def fail(xp, x):
+        raise ValueError("bad block")
+
+    with pytest.raises(ValueError, match="bad block"):
+        backend.blockwise(fail, np.ones((400, 1000), np.float32))
