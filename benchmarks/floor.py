@@ -6,12 +6,14 @@ No implementation that does the model's arithmetic in float32 through this machi
 so `ours / floor` says how much of a step is still ours to win back.
 
   train floor  = every matmul of the step (forward and backward), each shape timed alone at its best
-                 on this machine (np.matmul on C-contiguous operands, BLAS threads as configured)
+                 on this machine (np.matmul, the fastest of three operand layouts, BLAS threads as
+                 configured)
                + AdamW's traffic (read parameter, gradient, m, v; write parameter, m, v: 28 bytes per
                  parameter) at the memory bandwidth measured here with all cores.
-  decode floor = every float32 weight read once per token: each of the model's matrix-vector products
-                 for one token, timed alone (batch 1, KV cache: the attention over the cache is left out,
-                 it is small next to the weights for short contexts).
+  decode floor = every float32 weight read once per token: the model's matrix-vector products for one
+                 token, all matrices allocated and read in the model's order (batch 1, KV cache: the
+                 attention over the cache is left out, it is small next to the weights for short
+                 contexts).
 
 The step's matmuls, per layer for N = batch x context tokens, width C, T context, V vocabulary:
 forward x @ W for qkv (C -> 3C), the output projection (C -> C), the MLP (C -> 4C -> C), attention's
@@ -54,12 +56,16 @@ def best_time(fn, repeat=5, min_time=0.05):
 
 
 def matmul_time(batch, m, k, n, rng, min_time=0.05):
-    """Seconds for one (batch x) (m, k) @ (k, n) float32 product, operands C-contiguous."""
-    shape_a, shape_b = ((batch, m, k), (batch, k, n)) if batch > 1 else ((m, k), (k, n))
-    a = rng.standard_normal(shape_a, dtype=np.float32)
-    b = rng.standard_normal(shape_b, dtype=np.float32)
-    out = np.empty(np.broadcast_shapes(shape_a[:-1] + (1,), shape_b[:-2] + (1, 1))[:-1] + (n,), np.float32)
-    return best_time(lambda: np.matmul(a, b, out=out), min_time=min_time)
+    """Seconds for one (batch x) (m, k) @ (k, n) float32 product: the best of the three operand layouts a
+    step uses (both row-major; the second stored transposed, as x @ W.T; the first stored transposed,
+    as g.T @ x), since BLAS runs them at different speeds and a floor must not be slower than us."""
+    lead = (batch,) if batch > 1 else ()
+    out = np.empty(lead + (m, n), np.float32)
+    a = rng.standard_normal(lead + (m, k), dtype=np.float32)
+    b = rng.standard_normal(lead + (k, n), dtype=np.float32)
+    b_t = rng.standard_normal(lead + (n, k), dtype=np.float32).swapaxes(-1, -2)  # (k, n) view of (n, k)
+    a_t = rng.standard_normal(lead + (k, m), dtype=np.float32).swapaxes(-1, -2)  # (m, k) view of (k, m)
+    return min(best_time(lambda: np.matmul(x, y, out=out), min_time=min_time) for x, y in ((a, b), (a, b_t), (a_t, b)))
 
 
 def step_products(dims, batch, context):
@@ -133,15 +139,29 @@ def train_floor(config, batch, context, dims=None, n_params=None, bandwidth_floa
             "params": n_params}
 
 
-def decode_floor(config, dims=None, min_time=0.05):
-    """The floor of decoding one token at batch 1: every weight matrix read once, at the speed of a
-    matrix-vector product on this machine."""
+def decode_floor(config, dims=None, repeat=7):
+    """The floor of decoding one token at batch 1: every weight matrix read once, in the model's order,
+    as one row times the matrix. The matrices are all allocated, as in the model, so each is read from
+    memory and not from a cache that still holds it from the last token (timing each shape alone would:
+    a 7 MB layer matrix stays in L3 and reads 3-4x faster than it does inside a model of 500 MB)."""
     dims = dims or common.CONFIGS[config][0]
     rng = np.random.default_rng(0)
-    seconds, weight_bytes = 0.0, 0
-    for count, m, k, n in decode_products(dims):
-        seconds += count * matmul_time(1, m, k, n, rng, min_time)
-        weight_bytes += count * k * n * 4
+    weights = [rng.standard_normal((k, n), dtype=np.float32)
+               for count, m, k, n in decode_products(dims) for _ in range(count)]
+    rows = {w.shape[0]: rng.standard_normal((1, w.shape[0]), dtype=np.float32) for w in weights}
+    outs = [np.empty((1, w.shape[1]), np.float32) for w in weights]
+
+    def one_token():
+        for w, out in zip(weights, outs):
+            np.matmul(rows[w.shape[0]], w, out=out)
+
+    one_token()
+    seconds = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        one_token()
+        seconds = min(seconds, time.perf_counter() - start)
+    weight_bytes = sum(w.nbytes for w in weights)
     return {"token_s": seconds, "tokens_per_s": 1 / seconds, "weight_mib": weight_bytes / 2**20,
             "gemv_gbs": weight_bytes / seconds / 1e9}
 
