@@ -150,10 +150,10 @@ class CrossEntropy(Function):
         valid = targets != ignore_index
         safe = xp.where(valid, targets, 0)
         rows = xp.arange(n)
-        p = logits - logits.max(axis=1, keepdims=True)
-        picked = p[rows, safe]  # shifted logit of each target
-        xp.exp(p, out=p)
-        total = p.sum(axis=1)
+        p, top, total = xp.empty_like(logits), xp.empty((n, 1), logits.dtype), xp.empty((n, 1), logits.dtype)
+        backend.blockwise(_shifted_exp, logits, p, top, total)  # row blocks, on every host core
+        picked = logits[rows, safe] - top[:, 0]  # shifted logit of each target
+        total = total[:, 0]
         self.e, self.total, self.rows, self.safe, self.valid = p, total, rows, safe, valid
         self.count = xp.maximum(valid.sum(), 1).astype(logits.dtype)
         nll = (xp.log(total) - picked) * valid
@@ -162,9 +162,21 @@ class CrossEntropy(Function):
     def backward(self, grad):
         e = self.e.copy() if self.retain_graph else self.e  # e becomes the gradient in place
         scale = (self.valid * (grad / self.count)).astype(e.dtype)  # (N,): 1/n on counted rows, else 0
-        e *= (scale / self.total)[:, None]  # e / s / n = p / n, one pass
+        backend.blockwise(_scale_rows, e, (scale / self.total)[:, None])  # e / s / n = p / n, one pass
         e[self.rows, self.safe] -= scale
         return e, None
+
+
+def _shifted_exp(xp, logits, e, top, total):
+    """Per row: top = max, e = exp(logits - top), total = sum of e."""
+    xp.max(logits, axis=-1, keepdims=True, out=top)
+    xp.subtract(logits, top, out=e)
+    xp.exp(e, out=e)
+    xp.sum(e, axis=-1, keepdims=True, out=total)
+
+
+def _scale_rows(xp, e, factor):
+    e *= factor
 
 
 def cross_entropy(logits, targets, ignore_index=-100):
@@ -480,12 +492,18 @@ def _attention_forward(ctx, q, k, v, causal, dropout_p, generator):
     tq, tk, d = q.shape[-2], k.shape[-2], q.shape[-1]
     ctx.scale = 1.0 / math.sqrt(d)  # a Python float: a NumPy float64 scalar would promote to float64
     s = q @ k.swapaxes(-1, -2)  # (B, H, Tq, D) @ (B, H, D, Tk) -> (B, H, Tq, Tk)
-    s *= ctx.scale
-    if causal and tq > 1:
-        # an additive 0 / -inf mask: one broadcast add, much faster than a boolean assignment
-        s += xp.triu(xp.full((tq, tk), -np.inf, dtype=s.dtype), k=tk - tq + 1)
-    s -= s.max(axis=-1, keepdims=True)
-    _exp_normalize_(xp, s, -1)  # the attention weights, in place
+    # an additive 0 / -inf mask: one broadcast add, much faster than a boolean assignment
+    mask = xp.triu(xp.full((tq, tk), -np.inf, dtype=s.dtype), k=tk - tq + 1) if causal and tq > 1 else None
+
+    def weights(xp, s):  # scale, mask and softmax, in place, on a block of whole (Tq, Tk) score matrices
+        s = s.reshape(-1, tq, tk)
+        s *= ctx.scale
+        if mask is not None:
+            s += mask
+        s -= s.max(axis=-1, keepdims=True)
+        _exp_normalize_(xp, s, -1)
+
+    backend.blockwise(weights, s.reshape(-1, tq * tk))  # the attention weights, in place: one head per row
     ctx.mask = None
     a_used = s
     if dropout_p > 0.0:
@@ -502,10 +520,16 @@ def _attention_backward(ctx, grad):
     da = grad @ v.swapaxes(-1, -2)
     if ctx.mask is not None:
         da *= ctx.mask
+    tq, tk = a.shape[-2:]
+
+    def softmax_backward(xp, ds, a):  # ds = a * (da - sum(da * a)) * scale, in place, whole heads
+        ds, a = ds.reshape(-1, tq, tk), a.reshape(-1, tq, tk)
+        ds *= a
+        ds -= a * ds.sum(axis=-1, keepdims=True)
+        ds *= ctx.scale
+
     ds = da
-    ds *= a
-    ds -= a * ds.sum(axis=-1, keepdims=True)
-    ds *= ctx.scale
+    backend.blockwise(softmax_backward, ds.reshape(-1, tq * tk), a.reshape(-1, tq * tk))
     dq = ds @ k
     dk = ds.swapaxes(-1, -2) @ q
     return dq, dk, dv

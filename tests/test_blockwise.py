@@ -59,3 +59,30 @@ def test_an_error_in_a_block_reaches_the_caller(two_threads):
 
     with pytest.raises(ValueError, match="bad block"):
         backend.blockwise(fail, np.ones((400, 1000), np.float32))
+
+
+def _loss_and_grads(fn, *arrays):
+    ts = [Tensor(a, requires_grad=True) for a in arrays]
+    out = fn(*ts)
+    out.backward(np.ones(out.shape, np.float32))
+    return [out.data] + [t.grad for t in ts]
+
+
+@pytest.mark.parametrize("op", ["cross_entropy", "attention"])
+def test_softmax_ops_in_blocks_equal_one_call(monkeypatch, op):
+    rng = np.random.default_rng(1)
+    if op == "cross_entropy":  # (40, 5000) logits: one row per block
+        targets = rng.integers(0, 5000, 40)
+        targets[3] = -100
+        arrays = [rng.standard_normal((40, 5000), dtype=np.float32) * 4]
+        fn = lambda x: F.cross_entropy(x, targets)  # noqa: E731
+    else:  # 6 heads of (200, 200) scores: one head per block
+        arrays = [rng.standard_normal((2, 3, 200, 16), dtype=np.float32) for _ in range(3)]
+        fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=True)  # noqa: E731
+    monkeypatch.setattr(backend, "HOST_THREADS", 1)  # one call on the whole arrays
+    whole = _loss_and_grads(fn, *arrays)
+    monkeypatch.setattr(backend, "HOST_THREADS", 2)
+    blocks = _loss_and_grads(fn, *arrays)
+    for a, b in zip(whole, blocks):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
