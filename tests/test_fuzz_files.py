@@ -121,3 +121,36 @@ def test_a_classifier_with_a_malformed_tokenizer_record_is_one_clear_error(tmp_p
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(FileFormatError, match="config.json: the field tokenizer is"):
         GPTClassifier.from_pretrained(tmp_path)
+
+
+def _instruction_entries(path):
+    from tinygrad_llm.instruct import check_entries, load_entries
+
+    return check_entries(load_entries(path))
+
+
+def _spam_lines(path):
+    from tinygrad_llm.classify_data import read_labeled_tsv
+
+    return read_labeled_tsv(path)
+
+
+DATA_CASES = [("data.json", json.dumps([{"instruction": f"Say {i}.", "input": "", "output": str(i)}
+                                        for i in range(6)], indent=1), _instruction_entries),
+              ("data.tsv", "".join(f"{'spam' if i % 3 else 'ham'}\tmessage number {i}\n" for i in range(8)),
+               _spam_lines)]
+
+
+@pytest.mark.parametrize("name, text, load", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutation=mutations)
+def test_a_mutated_dataset_loads_or_raises_one_clear_line(tmp_path, name, text, load, mutation):
+    """The instruction JSON and the spam TSV: the examples turn a ValueError into one `error:` line, so
+    a mutated file must load or raise a ValueError of one line, never another exception."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    _mutate(path, mutation)
+    try:
+        load(path)
+    except ValueError as e:
+        assert "\n" not in str(e).strip()
