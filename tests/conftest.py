@@ -8,11 +8,14 @@ the whole suite within a few minutes on 2 cores).
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+from pydoc_data.topics import topics
 
 from autograd import cuda_available
 from tinygrad_llm.model import GPT, GPTConfig
+from tinygrad_llm.tokenizer import BPETokenizer
 
 settings.register_profile(
     "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -45,6 +48,22 @@ def device(request):
     """Each test that takes `device` runs on the host, on the strict simulated device, and on a real GPU
     where there is one."""
     return request.param
+
+
+# A small English text that every Python has (its help topics): the training tests' corpus, and its BPE.
+TEXT = topics["assert"] + topics["for"] + topics["while"] + topics["if"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """A 300-token BPE trained on TEXT (test files that need another tokenizer define their own `tok`)."""
+    return BPETokenizer.train(TEXT, 300)
+
+
+@pytest.fixture(scope="module")
+def ids(tok):
+    """TEXT's token ids under `tok`."""
+    return np.asarray(tok.encode(TEXT), dtype=np.int64)
 
 
 def tiny_config(vocab_size=97, context_length=16, **overrides):

@@ -20,7 +20,7 @@ from autograd.checkpoint import load_checkpoint
 from autograd.nn import Parameter
 from autograd.optim import SGD
 from tests.conftest import assert_clean_error
-from tinygrad_llm.distributed import (Communicator, DistributedError, GradientBuckets, LaunchInfo, init_communicator,
+from tinygrad_llm.distributed import (Communicator, DistributedError, GradientBuckets, LaunchInfo,
                                       launch_info)
 from tinygrad_llm.train import CHECKPOINT, TrainConfig, Trainer
 

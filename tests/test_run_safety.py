@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from pydoc_data.topics import topics
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,27 +17,15 @@ import pytest
 
 import autograd.checkpoint as checkpoint
 from autograd.checkpoint import CheckpointError, atomic_write, remove_stale_temporaries, write_text
-from tests.conftest import assert_clean_error
+from tests.conftest import TEXT, assert_clean_error
 from tinygrad_llm.cli import claim_run_folder
 from tinygrad_llm.data import encode_pieces, file_fingerprint, read_chunks
-from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer
 from tinygrad_llm.train import (METRICS, NonFiniteError, TrainConfig, Trainer, checkpoint_tokenizer, lm_loss,
                                 read_checkpoint_metadata)
 from tests.test_train import make, quiet
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT = topics["assert"] + topics["for"] + topics["while"] + topics["if"]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return BPETokenizer.train(TEXT, 300)
-
-
-@pytest.fixture(scope="module")
-def ids(tok):
-    return np.asarray(tok.encode(TEXT), dtype=np.int64)
 
 
 def strict_json_lines(path):

@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 from itertools import pairwise
-from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
@@ -27,19 +26,8 @@ from tinygrad_llm.train import (
     plot_metrics,
     read_checkpoint_metadata,
 )
-from tests.conftest import tiny_config
+from tests.conftest import TEXT, tiny_config
 
-TEXT = topics["assert"] + topics["for"] + topics["while"] + topics["if"]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return BPETokenizer.train(TEXT, 300)
-
-
-@pytest.fixture(scope="module")
-def ids(tok):
-    return np.asarray(tok.encode(TEXT), dtype=np.int64)
 
 
 def make(tok, ids, drop_rate=0.1, seed=0):
