@@ -44,7 +44,8 @@ from tinygrad_llm.data import (DataLoader, GPTDataset, encode_pieces, file_finge
                                train_val_split)
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
-from tinygrad_llm.train import TrainConfig, Trainer, checkpoint_tokenizer, read_checkpoint_metadata
+from tinygrad_llm.train import TrainConfig, Trainer
+from tinygrad_llm.run_folder import checkpoint_tokenizer, read_checkpoint_metadata
 from tinygrad_llm.cli import (Parser, claim_run_folder, fraction, ignore_further_ctrl_c, int_at_least,
                               nonnegative_float, nonnegative_int, one_line, positive_float, positive_int, run_main)
 from tinygrad_llm.download import default_cache_dir, download_file

@@ -22,7 +22,8 @@ from autograd.optim import SGD
 from tests.conftest import assert_clean_error
 from tinygrad_llm.distributed import (Communicator, DistributedError, GradientBuckets, LaunchInfo,
                                       launch_info)
-from tinygrad_llm.train import CHECKPOINT, TrainConfig, Trainer
+from tinygrad_llm.train import TrainConfig, Trainer
+from tinygrad_llm.run_folder import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ROOT / "examples" / "pretrain.py"

@@ -21,8 +21,8 @@ from tests.conftest import TEXT, assert_clean_error
 from tinygrad_llm.cli import claim_run_folder
 from tinygrad_llm.data import encode_pieces, file_fingerprint, read_chunks
 from tinygrad_llm.tokenizer import BPETokenizer
-from tinygrad_llm.train import (METRICS, NonFiniteError, TrainConfig, Trainer, checkpoint_tokenizer, lm_loss,
-                                read_checkpoint_metadata)
+from tinygrad_llm.train import NonFiniteError, TrainConfig, Trainer, lm_loss
+from tinygrad_llm.run_folder import METRICS, checkpoint_tokenizer, read_checkpoint_metadata
 from tests.test_train import make, quiet
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,17 +15,8 @@ from autograd.nn import Module, Parameter
 from tinygrad_llm.data import DataLoader, GPTDataset
 from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer
-from tinygrad_llm.train import (
-    CHECKPOINT,
-    METRICS,
-    TrainConfig,
-    Trainer,
-    evaluate,
-    lm_loss,
-    param_groups,
-    plot_metrics,
-    read_checkpoint_metadata,
-)
+from tinygrad_llm.train import TrainConfig, Trainer, evaluate, lm_loss, param_groups
+from tinygrad_llm.run_folder import CHECKPOINT, METRICS, plot_metrics, read_checkpoint_metadata
 from tests.conftest import TEXT, tiny_config
 
 

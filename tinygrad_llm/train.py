@@ -17,7 +17,7 @@ run sees the same batches, with the same dropout masks, as one that never stoppe
 same bit for bit on the CPU.
 
 A checkpoint and the files it needs are one unit: the tokenizer's files are written once (and again only
-when they differ), and the checkpoint records the tokenizer's fingerprint, which `checkpoint_tokenizer`
+when they differ), and the checkpoint records the tokenizer's fingerprint, which `run_folder.checkpoint_tokenizer`
 checks at resume. Every file goes through `atomic_write`, so a run killed at any instant leaves the
 previous checkpoint or the new one; the temporary files of a killed writer are removed by the next `fit`.
 
@@ -49,14 +49,13 @@ from tqdm.auto import tqdm
 
 import autograd.functional as F
 from autograd import backend, no_grad
-from autograd.checkpoint import (CheckpointError, atomic_write, load_state, read_metadata, remove_stale_temporaries,
-                                 save_state, write_text)
+from autograd.checkpoint import CheckpointError, load_state, remove_stale_temporaries, save_state, write_text
 from autograd.optim import AdamW, LRScheduler, clip_grad_norm_, cosine_with_warmup, grad_norm
 from tinygrad_llm.distributed import Communicator, DistributedError, GradientBuckets
-from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
+from tinygrad_llm.run_folder import (CHECKPOINT, METRICS, json_safe, plot_metrics, read_checkpoint_metadata,
+                                     tokenizer_record)
+from tinygrad_llm.tokenizer import BPETokenizer, tokenizer_fingerprint
 
-CHECKPOINT = "checkpoint.safetensors"
-METRICS = "metrics.jsonl"
 
 
 @dataclass
@@ -137,13 +136,6 @@ class NonFiniteError(ValueError):
     """A training step whose loss or gradient norm is NaN or infinite: the run diverged."""
 
 
-def json_safe(record):
-    """`record` with each NaN or infinite float replaced by None. JSON has no NaN or Infinity (Python's
-    json writes them, but they make the line invalid JSON for other readers), so metrics.jsonl and the
-    checkpoint's records hold null where a value was not a finite number."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-
-
 # ---------------------------------------------------------------------------------------------------
 # Losses
 
@@ -199,79 +191,6 @@ def param_groups(model, weight_decay, decay_all=False):
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
-
-
-def tokenizer_record(tokenizer):
-    """How a checkpoint names its tokenizer: {"kind": "bpe", "path": "tokenizer"} (files saved beside it)
-    or {"kind": "tiktoken", "name": ...}."""
-    if tokenizer is None:
-        return None
-    if hasattr(tokenizer, "save"):
-        return {"kind": "bpe", "path": "tokenizer"}
-    return {"kind": "tiktoken", "name": tokenizer.name}
-
-
-def checkpoint_tokenizer(out_dir, extra):
-    """The tokenizer a checkpoint was trained with (its `extra` metadata, from `read_checkpoint_metadata`):
-    read from its files beside the checkpoint, or tiktoken's by name; None when it has none. Its
-    fingerprint must be the one the checkpoint recorded, else CheckpointError: the files beside it were
-    changed or belong to another run, and the ids the model learned would mean other text."""
-    record = extra.get("tokenizer")
-    if record is None:
-        return None
-    if record["kind"] == "bpe":
-        where = Path(out_dir) / record["path"]
-        try:
-            tok = BPETokenizer.load(where)
-        except (OSError, ValueError) as e:  # missing, or a JSON that does not parse
-            raise CheckpointError(f"the tokenizer files of {Path(out_dir) / CHECKPOINT} in {where} cannot be read "
-                                  f"({e}); restore them, or start the run over") from None
-    else:
-        where, tok = record["name"], get_tokenizer(record["name"])
-    expected = extra.get("tokenizer_fingerprint")
-    if expected is not None and tokenizer_fingerprint(tok) != expected:
-        raise CheckpointError(f"the tokenizer in {where} is not the one {Path(out_dir) / CHECKPOINT} was trained "
-                              f"with (fingerprint {tokenizer_fingerprint(tok)}, expected {expected}); restore "
-                              "its files, or start the run over")
-    return tok
-
-
-def read_checkpoint_metadata(out_dir):
-    """The `extra` metadata of `out_dir`'s checkpoint (step, configs, tokenizer, ...), without loading
-    the model. Raises FileNotFoundError or CheckpointError."""
-    path = Path(out_dir) / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume from: {path} not found")
-    meta = read_metadata(path)
-    extra = meta.get("extra") if isinstance(meta, dict) else None
-    if not isinstance(extra, dict) or "step" not in extra:
-        raise CheckpointError(f"checkpoint {path} holds no training state (was it written by Trainer?)")
-    return extra
-
-
-def plot_metrics(records, path):
-    """Train and validation loss against tokens seen, as a PNG. Returns the path, or None when
-    matplotlib (the optional `plot` extra) is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    tokens = [r["tokens_seen"] for r in records]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(tokens, [r["train_loss"] for r in records], label="train")
-    if any(r.get("val_loss") is not None for r in records):
-        ax.plot(tokens, [r.get("val_loss") for r in records], linestyle="-.", label="validation")
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -762,8 +681,4 @@ def _nonfinite_words(loss, norm):
     return f"the grad norm is {norm} (loss {loss:g})"
 
 
-__all__ = [
-    "TrainConfig", "Trainer", "NonFiniteError", "json_safe", "checkpoint_tokenizer", "evaluate", "lm_loss",
-    "batch_tokens", "param_groups", "plot_metrics",
-    "read_checkpoint_metadata", "tokenizer_record", "CHECKPOINT", "METRICS",
-]
+__all__ = ["TrainConfig", "Trainer", "NonFiniteError", "evaluate", "lm_loss", "batch_tokens", "param_groups"]
