@@ -356,7 +356,15 @@ class Linear(Module):
     """y = x W^T + b with W of shape (out_features, in_features), as torch.nn.Linear.
 
     Initialised as PyTorch does: W and b ~ U(-1/sqrt(in), 1/sqrt(in)), drawn from `rng`.
+
+    `compute_dtype` (None: compute in the parameters' own float32) is mixed precision (autograd/amp.py):
+    with np.float16 the forward casts x, W and b to float16, multiplies there, and casts y back to x's
+    dtype. The casts are `Cast` ops, whose backward casts the gradient back, so W.grad stays float32 and
+    W itself is never rounded: the float32 "master weights". It is an attribute, not a parameter, so the
+    state dict and the checkpoint's names do not change.
     """
+
+    compute_dtype = None
 
     def __init__(self, in_features, out_features, bias=True, rng=None):
         super().__init__()
@@ -370,7 +378,12 @@ class Linear(Module):
             self.bias = None
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)  # (..., in) -> (..., out)
+        if self.compute_dtype is None:
+            return F.linear(x, self.weight, self.bias)  # (..., in) -> (..., out)
+        low = self.compute_dtype
+        bias = None if self.bias is None else self.bias.astype(low)
+        y = F.linear(x.astype(low), self.weight.astype(low), bias)  # the GEMM in low precision
+        return y.astype(x.dtype)  # the layers around it (LayerNorm, softmax, residual) stay in x's dtype
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

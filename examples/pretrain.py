@@ -16,7 +16,7 @@ ranks, so a run resumes with any number that divides --grad-accum. If one rank f
 Bad input (a flag out of range, NaN or infinite, missing or empty data, non-UTF-8 text, a corpus shorter
 than one window, an output folder that cannot be written or that holds an earlier run without --resume or
 --overwrite, a corrupt checkpoint, data changed since the checkpoint, "cuda" without a GPU, an unknown
-preset, --tf32 off the GPU) prints one line, `error: ...`, and exits with status 2, as do running out of
+preset, --tf32 off the GPU, --dtype bf16) prints one line, `error: ...`, and exits with status 2, as do running out of
 device memory (the line says what to make smaller) and a run whose loss or gradient norm turns NaN or
 infinite (nothing is saved over the last good checkpoint; --on-nonfinite skip skips such steps
 instead). Ctrl-C stops at the end of the step, saves a checkpoint and exits with status 130; a
@@ -46,7 +46,7 @@ from tinygrad_llm.model import GPT, PRESETS, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
 from tinygrad_llm.train import TrainConfig, Trainer
 from tinygrad_llm.run_folder import checkpoint_tokenizer, read_checkpoint_metadata
-from tinygrad_llm.cli import (Parser, claim_run_folder, fraction, ignore_further_ctrl_c, int_at_least,
+from tinygrad_llm.cli import (Parser, claim_run_folder, compute_dtype, fraction, ignore_further_ctrl_c, int_at_least,
                               nonnegative_float, nonnegative_int, one_line, positive_float, positive_int, run_main)
 from tinygrad_llm.download import default_cache_dir, download_file
 from tinygrad_llm.distributed import Communicator, DistributedError, init_communicator
@@ -54,7 +54,7 @@ from tinygrad_llm.distributed import Communicator, DistributedError, init_commun
 DEFAULT_CORPUS = "pydoc"  # Python's help topics, from the standard library
 # flags that a resumed run may change; the rest (model, data, tokenizer) come from the checkpoint
 RESUMABLE = {"device", "tf32", "epochs", "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
-             "sample_prompt", "sample_tokens", "temperature", "top_k", "on_nonfinite", "check_sync"}
+             "sample_prompt", "sample_tokens", "temperature", "top_k", "on_nonfinite", "check_sync", "dtype"}
 BPE_SAMPLE_CHARS = 8 << 20  # the BPE is trained on at most this much of the start of the training text
 DEVICE_CHOICES = ["cpu", "cuda"]  # the tests add "strict", the simulated device, to run out of its memory
 
@@ -78,6 +78,9 @@ def build_parser(suppress=False):
     a("--tf32", action=argparse.BooleanOptionalAction, default=d(False),
       help="GPU only: float32 matmuls in TensorFloat-32 on the tensor cores (faster, less precise); "
       "--no-tf32 turns it off when resuming a run that had it")
+    a("--dtype", type=compute_dtype, default=d("float32"), metavar="float32|float16",
+      help="float16: the Linear layers' matrix products in half precision with dynamic loss scaling; weights, "
+           "gradients and optimizer state stay float32. Meant for GPUs: on the CPU it is slower")
     a("--batch-size", type=positive_int, default=d(8))
     a("--grad-accum", type=positive_int, default=d(1), help="micro-batches per optimizer step")
     a("--epochs", type=positive_int, default=d(6))
@@ -284,7 +287,7 @@ def train_config(args, prompt):
         eval_every=args.eval_every, eval_batches=args.eval_batches, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, sample_prompt=prompt, sample_tokens=args.sample_tokens,
         sample_temperature=args.temperature, sample_top_k=args.top_k, out_dir=args.out, seed=args.seed,
-        on_nonfinite=args.on_nonfinite, check_sync=args.check_sync)
+        on_nonfinite=args.on_nonfinite, check_sync=args.check_sync, dtype=args.dtype)
 
 
 def check_ranks_agree(comm, tok, train):
@@ -362,6 +365,9 @@ def train_and_report(args, saved, prompt, comm):
     print(f"done: {trainer.step} steps, {trainer.tokens_seen:,} tokens in {trainer.elapsed:.0f} s; "
           f"train loss {first['train_loss']:.3f} -> {last['train_loss']:.3f}, "
           f"val loss {first['val_loss']:.3f} -> {last['val_loss']:.3f}")
+    if trainer.scaler is not None:
+        print(f"float16: final loss scale {trainer.scaler.scale_value:g}, {trainer.scaler.skipped_steps} steps "
+              "skipped for overflowing gradients")
     print(f"peak memory on device {args.device}: {size(backend.peak_memory(args.device))}")
     print(f"outputs in {args.out}/: checkpoint.safetensors, metrics.jsonl, model/ (Hugging Face layout)"
           + (", loss.png" if (Path(args.out) / "loss.png").exists() else " (pip install matplotlib for loss.png)"))

@@ -29,6 +29,12 @@ checkpoint is never cut in half. `saved_step` says which step the last checkpoin
 A loss or gradient norm that is NaN or infinite stops the run with `NonFiniteError` before anything is
 saved (on_nonfinite="error"), or skips that step's update (on_nonfinite="skip").
 
+Mixed precision (TrainConfig(dtype="float16"), autograd/amp.py): the Linear layers multiply in float16
+while the parameters, gradients and AdamW state stay float32; the loss is scaled before backward and the
+gradients unscaled before clipping. A step whose float16 gradients overflowed is skipped (parameters and
+optimizer state unchanged, the schedule moving on) and the scale halved: that is the scaler at work, not
+divergence, so it is handled before the non-finite checks above, which still stop a NaN loss.
+
 Data-parallel runs pass `comm` (tinygrad_llm/distributed.py): each rank computes its share of the
 step's micro-batches, the gradients are averaged before clipping, and rank 0 alone evaluates and writes.
 """
@@ -49,6 +55,7 @@ from tqdm.auto import tqdm
 
 import autograd.functional as F
 from autograd import backend, no_grad
+from autograd.amp import COMPUTE_DTYPES, GradScaler, compute_in
 from autograd.checkpoint import CheckpointError, load_state, remove_stale_temporaries, save_state, write_text
 from autograd.optim import AdamW, LRScheduler, clip_grad_norm_, cosine_with_warmup, grad_norm
 from tinygrad_llm.distributed import Communicator, DistributedError, GradientBuckets
@@ -94,12 +101,17 @@ class TrainConfig:
     on_nonfinite: str = "error"
     max_nonfinite_skips: int = 5
     check_sync: int = 0  # distributed runs: every this many steps, check all ranks hold the same parameters
+    # "float16": the Linear layers' matrix products in float16 with dynamic loss scaling (autograd/amp.py);
+    # parameters, gradients and optimizer state stay float32 either way
+    dtype: str = "float32"
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.on_nonfinite not in ("error", "skip"):
             raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {self.on_nonfinite!r}")
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(map(repr, COMPUTE_DTYPES))}, got {self.dtype!r}")
         if self.check_sync < 0:
             raise ValueError(f"check_sync must be >= 0 (0: never), got {self.check_sync}")
         if self.grad_accum_steps < 1 or self.eval_every < 1 or self.log_every < 1:
@@ -208,8 +220,9 @@ class Trainer:
     checkpoint (the CLI keeps its data settings there); log: where messages go; comm: the ranks of a
     data-parallel run (a tinygrad_llm.distributed.Communicator; default: this process alone).
     After `fit()`: `step_losses` (the training loss of each step this session), `records` (evaluations),
-    `skipped_steps` (steps whose update was skipped, on_nonfinite="skip"), `saved_step` (the step of the
-    last checkpoint written this session, None before the first).
+    `skipped_steps` (steps whose update was skipped: on_nonfinite="skip", or float16 gradients that
+    overflowed), `saved_step` (the step of the last checkpoint written this session, None before the
+    first), `scaler` (the GradScaler of a dtype="float16" run, else None).
     """
 
     def __init__(self, model, train_loader, val_loader=None, config=None, *, optimizer=None,
@@ -237,6 +250,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
         self.comm = comm if comm is not None else Communicator()
         self._setup_data_parallel()
+        self.scaler = GradScaler() if cfg.dtype == "float16" else None
 
     def _lr_fn(self):
         """step (counted from 0) -> lr. Without `initial_lr` the schedule is evaluated one step on, so the
@@ -314,11 +328,15 @@ class Trainer:
     def _gradients(self, stream):
         """Accumulate gradients over grad_accum_steps micro-batches and clip them. Returns the step's mean
         loss and its gradient norm before clipping (device scalars; the norm None when it was not
-        computed), the tokens it saw and the data position after it. No parameter has changed yet.
+        computed), the tokens it saw, the data position after it, and whether float16 gradients
+        overflowed (then they are neither clipped nor to be used). No parameter has changed yet.
         With several ranks, each computes its own share of the micro-batches and the gradients are
-        averaged before clipping; the loss is this rank's mean (averaged over the ranks in _sync_losses)."""
+        averaged before clipping; the loss is this rank's mean (averaged over the ranks in _sync_losses).
+        With a scaler the loss is multiplied by the loss scale before backward and the gradients divided
+        by it after the averaging, before anything reads them."""
         cfg, model = self.config, self.model
         scale = 1.0 / self._local_accum
+        backward_scale = scale * (self.scaler.scale_value if self.scaler is not None else 1.0)
         total, tokens = None, 0
         for i in range(cfg.grad_accum_steps):
             batch, epoch, index = next(stream)
@@ -326,10 +344,14 @@ class Trainer:
             if i not in self._my_micro_batches:  # another rank's share of the global batch
                 continue
             loss = self.loss_fn(model, batch)
-            (loss * scale if self._local_accum > 1 else loss).backward()
+            (loss * backward_scale if backward_scale != 1.0 else loss).backward()
             total = loss.data * scale if total is None else total + loss.data * scale
         if self.comm.size > 1:
             self._average_gradients()
+        if self.scaler is not None:
+            # the ranks agree, as in _finite_or_skip: one rank skipping alone would leave the others apart
+            if self.comm.any_(self.scaler.unscale_(self.optimizer._params())):
+                return total, None, tokens, (epoch, index), True
         norm = None
         # clip_after_warmup: appendix D's `if global_step >= warmup_steps`, the steps after the warmup steps
         # 0 .. warmup_steps - 1 (the printed book had `>`, which skipped one more); self.step is this step's index
@@ -337,13 +359,27 @@ class Trainer:
             norm = clip_grad_norm_(self.optimizer._params(), cfg.grad_clip)
         elif cfg.on_nonfinite == "skip":  # skipping needs the norm even without clipping
             norm = grad_norm(self.optimizer._params())
-        return total, norm, tokens, (epoch, index)
+        return total, norm, tokens, (epoch, index), False
 
     def _update(self):
         """The optimizer step and the next learning rate."""
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.scheduler.step()
+
+    def _skip_overflow(self, step):
+        """float16 gradients overflowed at this step's loss scale: drop them and log the skip (the scaler
+        halves its scale in `fit`, with the step's other counters). Overflows at a scale of 1 or below are
+        not the scale's doing: gradients that do not fit float16 unscaled are divergence, NonFiniteError."""
+        self.optimizer.zero_grad()
+        self.skipped_steps.append(step)
+        scale = self.scaler.scale_value
+        if scale <= 1.0:
+            raise NonFiniteError(f"the float16 gradients of step {step} overflowed even at loss scale {scale:g}: "
+                                 f"the run diverged; nothing was saved after it ({self._last_checkpoint()}). Lower "
+                                 "the learning rate, or train in float32 (--dtype float32)")
+        self.log(f"step {step}: float16 gradients overflowed at loss scale {scale:g}: step skipped, loss scale "
+                 f"now {scale * self.scaler.backoff_factor:g}")
 
     def _finite_or_skip(self, step, loss, norm):
         """on_nonfinite="skip": read this step's loss and gradient norm (one host read per step, not per
@@ -415,7 +451,15 @@ class Trainer:
         """Train until max_steps (or the epochs) are done, then save a checkpoint and export the model.
         Returns the evaluation records. Raises KeyboardInterrupt after a Ctrl-C (having saved a checkpoint
         unless that failed: `saved_step == step` says whether it did) and NonFiniteError when the run
-        diverged (nothing saved after the last good checkpoint)."""
+        diverged (nothing saved after the last good checkpoint). With dtype="float16" the model's Linear
+        layers compute in float16 during the run (evaluations and samples included) and in whatever they
+        did before after it."""
+        if self.scaler is None:
+            return self._fit()
+        with compute_in(self.model, COMPUTE_DTYPES[self.config.dtype]):
+            return self._fit()
+
+    def _fit(self):
         cfg = self.config
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -439,10 +483,16 @@ class Trainer:
                 if self._stop and self.comm.size == 1:  # ranks stop only where they agreed to (below)
                     raise KeyboardInterrupt
                 rng = self.model.rng_states()  # restored if a second Ctrl-C cuts this step short
-                loss, norm, tokens, position = self._gradients(stream)
+                loss, norm, tokens, position, overflow = self._gradients(stream)
                 step = self.step + 1
-                finite = cfg.on_nonfinite != "skip" or self._finite_or_skip(step, loss, norm)
+                if overflow:  # before the non-finite checks: the scaler's business, not divergence
+                    self._skip_overflow(step)
+                    finite = False
+                else:
+                    finite = cfg.on_nonfinite != "skip" or self._finite_or_skip(step, loss, norm)
                 with self._uninterruptible():  # the update and the counters that say it happened, together
+                    if self.scaler is not None:
+                        self.scaler.update(overflow)
                     if finite:
                         self._update()
                     else:
@@ -613,6 +663,7 @@ class Trainer:
             "tokenizer": record, "records": [json_safe(r) for r in self.records], "metadata": self.metadata,
             # what the tokenizer files beside it must be: checked by checkpoint_tokenizer at resume
             "tokenizer_fingerprint": tokenizer_fingerprint(self.tokenizer) if record is not None else None,
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
         path = self.out_dir / CHECKPOINT
         with self._uninterruptible():
@@ -665,6 +716,12 @@ class Trainer:
             self.records = list(extra["records"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path} holds no training state (missing {e})") from None
+        # a float16 run goes on with its loss scale; a float32 checkpoint resumed in float16 starts a new one
+        if self.scaler is not None and extra.get("grad_scaler") is not None:
+            try:
+                self.scaler.load_state_dict(extra["grad_scaler"])
+            except ValueError as e:
+                raise CheckpointError(f"checkpoint {path}: {e}") from None
         if self.out_dir is not None and self.comm.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.out_dir / METRICS,
