@@ -42,6 +42,7 @@ BAD = {
     ("pretrain", "--checkpoint-every"): ["-1"], ("pretrain", "--sample-tokens"): ["-1"],
     ("pretrain", "--temperature"): ["-0.5", NOT_A_NUMBER, INFINITE], ("pretrain", "--top-k"): ["0"],
     ("pretrain", "--seed"): ["-1"], ("pretrain", "--check-sync"): ["-1", "1.5"],
+    ("pretrain", "--dtype"): ["bf16", "float64", "half"],
     ("generate", "--max-new-tokens"): ["-1"], ("generate", "--temperature"): ["-1", NOT_A_NUMBER, INFINITE],
     ("generate", "--top-k"): ["0"], ("generate", "--top-p"): ["0", "1.01", NOT_A_NUMBER],
     ("generate", "--seed"): ["-1"],
