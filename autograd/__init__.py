@@ -1,7 +1,8 @@
 """A small reverse-mode autograd library on NumPy (CuPy on a GPU).
 
 Read it in this order: backend (devices) -> function (the op base, grad mode) -> ops (basic ops) ->
-tensor (Tensor and backward) -> functional (fused ops) -> nn (modules) -> optim (optimizers).
+tensor (Tensor and backward) -> functional (fused ops) -> nn (modules) -> optim (optimizers) ->
+amp (mixed precision: float16 matrix products, loss scaling).
 """
 
 from autograd.backend import DeviceError, cuda_available

@@ -13,6 +13,7 @@ import pytest
 import autograd.functional as F
 from autograd import Function, backend, is_grad_enabled, nn
 from autograd.amp import GradScaler, cast_linears, compute_in
+from tinygrad_llm.distributed import Communicator, LaunchInfo
 from tinygrad_llm.run_folder import read_checkpoint_metadata
 from tinygrad_llm.train import NonFiniteError, TrainConfig, Trainer
 from tests.conftest import assert_clean_error, tiny_gpt
@@ -215,3 +216,31 @@ def test_pretrain_trains_in_float16_end_to_end(tmp_path):
                                           ("float64", "must be float32 or float16, got 'float64'")])
 def test_a_bad_dtype_is_one_error_line(value, words, tmp_path):
     assert_clean_error(cli("--dtype", value, "--out", tmp_path / "out"), "argument --dtype:", words)
+
+
+class OtherRankOverflows(Communicator):
+    """Rank 0 of two, the other rank simulated: it holds the same gradients and losses as this one
+    (sums double, means are unchanged), except that its float16 gradients overflow at step `at_step`,
+    which it reports through the "max" reduction of `any_` while that step's gradients are pending."""
+
+    def __init__(self, at_step):
+        super().__init__(LaunchInfo(rank=0, size=2, local_rank=0))
+        self.at_step, self.trainer = at_step, None
+
+    def allreduce_(self, array, op="sum"):
+        if op == "sum":
+            array *= 2
+        elif op == "max":
+            pending = any(p.grad is not None for p in self.trainer.model.parameters())
+            if pending and self.trainer.step + 1 == self.at_step:
+                array[...] = 1
+        return array
+
+
+def test_the_ranks_agree_to_skip_when_another_ranks_gradients_overflowed():
+    comm = OtherRankOverflows(at_step=2)
+    trainer = Trainer(tiny_gpt(), batches(), config=config(max_steps=3, grad_accum_steps=2), comm=comm, log=None)
+    comm.trainer = trainer
+    trainer.fit()
+    assert trainer.skipped_steps == [2]  # this rank's own gradients were finite
+    assert trainer.scaler.scale_value == 2.0 ** 15 and trainer.scaler.skipped_steps == 1
