@@ -38,10 +38,14 @@ stage pytest-gpu 150 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider -rs --jun
 stage pretrain-tf32 75 "$PYTHON" examples/pretrain.py --device cuda --tf32 --config cpu-tiny \
     --context-length 64 --vocab-size 300 --batch-size 8 --max-steps 20 --eval-every 10 --eval-batches 2 \
     --out "$OUT/pretrain-tf32"
+# ... mixed precision: float16 matmuls, the loss scale, the summary line (expect exit 0) ...
+stage pretrain-fp16 45 "$PYTHON" examples/pretrain.py --device cuda --dtype float16 --config cpu-tiny \
+    --context-length 64 --vocab-size 300 --batch-size 8 --max-steps 20 --eval-every 10 --eval-batches 2 \
+    --out "$OUT/pretrain-fp16"
 # ... and a run far too big for the GPU: one `error: out of memory ...` line (expect exit 2)
-stage pretrain-oom 75 "$PYTHON" examples/pretrain.py --device cuda --config gpt2-medium --context-length 1024 \
+stage pretrain-oom 60 "$PYTHON" examples/pretrain.py --device cuda --config gpt2-medium --context-length 1024 \
     --vocab-size 300 --batch-size 128 --max-steps 1 --out "$OUT/pretrain-oom"
 
-stage gpu-bench 270 "$PYTHON" -m benchmarks.gpu --device cuda --config gpt2-small --timeout 100 \
+stage gpu-bench 240 "$PYTHON" -m benchmarks.gpu --device cuda --config gpt2-small --timeout 90 \
     --save "$OUT/gpu-bench.json"
 cat "$OUT/status.txt"
