@@ -1,9 +1,7 @@
 """Classification fine-tuning (book chapter 6): reading labeled lines, balancing, splitting, padding, the
 position the head reads, the head swap, which parameters train, saving and loading, and a run that learns."""
 
-import http.server
 import io
-import threading
 import zipfile
 from dataclasses import replace
 from functools import partial
@@ -38,6 +36,7 @@ from tinygrad_llm.model import GPT, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer
 from tinygrad_llm.train import TrainConfig, Trainer, param_groups
 from tests.conftest import tiny_config
+from tests.helpers import FileServer
 
 TINY = tiny_config(vocab_size=300, context_length=16, emb_dim=32, n_heads=2)
 HAM = ["see you at home tonight", "ok lar, on my way", "call me when you are free", "dinner at six?"]
@@ -312,28 +311,9 @@ def zipped(members):
 
 @pytest.fixture
 def server():
-    """A local HTTP server serving `files` ({path: bytes}); yields (base url, files)."""
-    files = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", files
-    httpd.shutdown()
+    """A local HTTP server serving `files` ({path: bytes}, filled by the test); yields (base url, files)."""
+    with FileServer({}) as running:
+        yield running.url, running.files
 
 
 def test_download_unzips_and_checks_the_archive_once(server, tmp_path):
