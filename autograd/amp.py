@@ -23,7 +23,7 @@ One training step (what `tinygrad_llm.train.Trainer` does with TrainConfig(dtype
         scaler.scale(loss).backward()
         found_inf = scaler.unscale_(params)      # the step's one host read
         if not found_inf:
-            clip_grad_norm_(params, 1.0)
+            clip_grad_norm_(params, 1.0, norm=scaler.norm)
             optimizer.step()
         optimizer.zero_grad()
         scaler.update(found_inf)
@@ -96,6 +96,7 @@ class GradScaler:
         self.growth_interval = int(growth_interval)
         self.good_steps = 0  # finite steps since the scale last changed
         self.skipped_steps = 0  # steps whose gradients overflowed, over the whole run
+        self.norm = None  # the global gradient norm the last unscale_ found
 
     def scale(self, loss):
         """The loss times the scale, to call backward on (a Python float: the loss keeps its dtype)."""
@@ -104,12 +105,14 @@ class GradScaler:
     def unscale_(self, parameters):
         """Divide every gradient by the scale, in place, and return True when any is NaN or infinite.
         Finiteness is read from the global gradient norm, which is finite exactly when every gradient is:
-        one host read per step, not one per parameter."""
+        one host read per step, not one per parameter. The norm is kept as `self.norm` (on the device),
+        so clipping can use it instead of computing it again: `clip_grad_norm_(params, 1.0, norm=...)`."""
         parameters = [p for p in parameters if p.grad is not None]
         inverse = 1.0 / self.scale_value
         for p in parameters:
             p.grad *= inverse  # float32 times a Python float stays float32
-        return not math.isfinite(float(grad_norm(parameters)))  # the host read
+        self.norm = grad_norm(parameters)
+        return not math.isfinite(float(self.norm))  # the host read
 
     def update(self, found_inf):
         """After a step: halve the scale when the gradients overflowed, double it after growth_interval

@@ -318,17 +318,19 @@ def grad_norm(parameters):
     return xp.sqrt(xp.asarray(total, dtype=grads[0].dtype))
 
 
-def clip_grad_norm_(parameters, max_norm):
+def clip_grad_norm_(parameters, max_norm, norm=None):
     """Scale all gradients in place so their global L2 norm (`grad_norm`) is at most `max_norm`; returns
     the norm before clipping, left on the gradients' device: call `.item()` on it outside the hot loop to
     read it, since on a GPU that waits for the device. The scale min(1, max_norm / (norm + 1e-6)) is
-    computed on the device."""
+    computed on the device. `norm`: the gradients' norm when the caller has just computed it (a loss
+    scaler's finiteness test), which saves a pass over every gradient."""
     parameters = list(parameters)
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return np.zeros((), dtype=np.float32)
     xp = backend.get_array_module(grads[0])
-    norm = grad_norm(parameters)
+    if norm is None:
+        norm = grad_norm(parameters)
     scale = xp.minimum(max_norm / (norm + 1e-6), 1.0).astype(grads[0].dtype)
     for g in grads:
         g *= scale

@@ -302,3 +302,20 @@ def test_threaded_block_updates_match_one_pass_bit_for_bit():
     assert opt_a._pool is not None  # the threaded path ran
     for pa, pb in zip(a, b):
         np.testing.assert_array_equal(pa.data, pb.data)
+
+
+def test_clip_grad_norm_with_a_known_norm_clips_as_without_it():
+    from autograd.optim import grad_norm
+
+    rng = np.random.default_rng(3)
+    grads = [rng.standard_normal(s).astype(np.float32) * 5 for s in ((4, 3), (7,))]
+    runs = []
+    for given in (False, True):
+        params = [nn.Parameter(np.zeros_like(g)) for g in grads]
+        for p, g in zip(params, grads):
+            p.grad = g.copy()
+        norm = clip_grad_norm_(params, 1.0, norm=grad_norm(params) if given else None)
+        runs.append((float(norm), [p.grad for p in params]))
+    assert runs[0][0] == runs[1][0] > 1.0
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)

@@ -149,7 +149,7 @@ def test_clip_after_warmup_clips_only_after_the_warmup_steps(tok, ids, monkeypat
     clipped = []
     real = train_module.clip_grad_norm_
     monkeypatch.setattr(train_module, "clip_grad_norm_",
-                        lambda params, max_norm: (clipped.append(trainer.step), real(params, max_norm))[1])
+                        lambda params, max_norm, norm=None: (clipped.append(trainer.step), real(params, max_norm, norm))[1])
     model, train, _ = make(tok, ids)
     trainer = Trainer(model, train, None, TrainConfig(warmup_steps=3, max_steps=6, grad_clip=1.0, eval_every=100,
                                                       eval_batches=1, clip_after_warmup=True, **quiet()), log=None)

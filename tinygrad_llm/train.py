@@ -355,10 +355,11 @@ class Trainer:
         norm = None
         # clip_after_warmup: appendix D's `if global_step >= warmup_steps`, the steps after the warmup steps
         # 0 .. warmup_steps - 1 (the printed book had `>`, which skipped one more); self.step is this step's index
+        known = self.scaler.norm if self.scaler is not None else None  # unscale_ just computed it
         if cfg.grad_clip > 0 and not (cfg.clip_after_warmup and self.step < cfg.warmup_steps):
-            norm = clip_grad_norm_(self.optimizer._params(), cfg.grad_clip)
+            norm = clip_grad_norm_(self.optimizer._params(), cfg.grad_clip, norm=known)
         elif cfg.on_nonfinite == "skip":  # skipping needs the norm even without clipping
-            norm = grad_norm(self.optimizer._params())
+            norm = known if known is not None else grad_norm(self.optimizer._params())
         return total, norm, tokens, (epoch, index), False
 
     def _update(self):
