@@ -45,7 +45,7 @@ from tinygrad_llm.data import (DataLoader, GPTDataset, encode_pieces, file_finge
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig
 from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
 from tinygrad_llm.train import TrainConfig, Trainer
-from tinygrad_llm.run_folder import checkpoint_tokenizer, read_checkpoint_metadata
+from tinygrad_llm.run_folder import CHECKPOINT, checkpoint_tokenizer, read_checkpoint_metadata
 from tinygrad_llm.cli import (Parser, claim_run_folder, compute_dtype, fraction, ignore_further_ctrl_c, int_at_least,
                               nonnegative_float, nonnegative_int, one_line, positive_float, positive_int, run_main)
 from tinygrad_llm.download import default_cache_dir, download_file
@@ -347,7 +347,7 @@ def train_and_report(args, saved, prompt, comm):
         ignore_further_ctrl_c()  # this report must be whole, and the status 130
         if not comm.is_main:  # every rank stopped at this step; rank 0 says so
             return 130
-        path = Path(args.out) / "checkpoint.safetensors"
+        path = Path(args.out) / CHECKPOINT
         resume = f"resume with: {this_command()} --out {shlex.quote(str(args.out))} --resume"
         if trainer.saved_step == trainer.step:
             print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; checkpoint saved in {path}.\n"

@@ -19,6 +19,7 @@ from pathlib import Path
 from autograd import DeviceError
 from autograd.checkpoint import CheckpointError, FileFormatError
 from tinygrad_llm.download import DownloadError
+from tinygrad_llm.run_folder import CHECKPOINT
 
 # what a user's input can raise: missing or unreadable files, bad values, a corrupt checkpoint, a device
 # that is not there, a download that failed, a file that is malformed (FileFormatError, a ValueError, named
@@ -152,7 +153,7 @@ def claim_run_folder(out, *, resume=False, overwrite=False, can_resume=True):
     checkpoint is an earlier run, which a fresh run must not replace without a word. It needs --resume
     (where the program has it) or --overwrite; with --overwrite the old checkpoint is removed now, so
     that a new run stopped before its first checkpoint cannot be resumed as the old one."""
-    checkpoint = Path(out) / "checkpoint.safetensors"
+    checkpoint = Path(out) / CHECKPOINT
     if resume or not checkpoint.exists():
         return
     if not overwrite:
