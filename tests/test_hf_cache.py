@@ -54,3 +54,18 @@ def test_offline_with_nothing_cached_is_one_clear_error(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: gpt2's weights are not in the Hugging Face cache "
                                                    f"{tmp_path / 'empty'} and downloads are off (HF_HUB_OFFLINE)")
+
+
+def test_no_network_with_nothing_cached_is_one_clear_error(tmp_path):
+    """Downloads on but the hub unreachable (a closed local port stands in for a machine without
+    network): one `error:` line, without the client's warning per failed request before it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_CACHE": str(tmp_path / "empty"),
+           "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2", "OPENBLAS_NUM_THREADS": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    code = ("from tinygrad_llm.model import GPT\nfrom tinygrad_llm.cli import run_main\n"
+            "raise SystemExit(run_main(lambda argv: GPT.from_pretrained('gpt2')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                       check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: could not download gpt2's weights"), r.stderr

@@ -19,6 +19,7 @@ downloads them there once with the hub's own client (`huggingface_hub`, which re
 """
 
 import json
+import logging
 import math
 import os
 import re
@@ -333,12 +334,19 @@ def download_pretrained(name, cache_dir=None, *, progress=True):
     if constants.HF_HUB_OFFLINE:
         raise WeightsUnavailableError(f"{name}'s weights are not in the Hugging Face cache {cache} and "
                                       f"downloads are off (HF_HUB_OFFLINE). {where}")
+    # the client logs a warning for each failed request before it raises; the error below says it all in
+    # one line, so its warnings are held back while it runs
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
     try:
         paths = [hub.hf_hub_download(repos[0], f, cache_dir=cache_dir) for f in FILES]
     except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, OSError, ValueError) as e:
         reason = " ".join(str(e).split())[:200]
         raise WeightsUnavailableError(f"could not download {name}'s weights ({type(e).__name__}: {reason}). "
                                       f"{where}") from e
+    finally:
+        hub_log.setLevel(level)
     return Path(paths[1]).parent
 
 
