@@ -17,6 +17,7 @@ Layout of a `save_state` file:
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import tempfile
@@ -170,8 +171,100 @@ def write_safetensors(path, tensors, metadata=None):
             f.write(np.ascontiguousarray(host.T if transpose else host, dtype=host.dtype.newbyteorder("<")).data)
 
 
+# the float dtypes read_tensor_into reads, as NumPy dtypes (bfloat16: the top half of a float32)
+READ_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
+_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8, "U64": 8,
+             "F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 _SAFETENSORS_DTYPES = {"f4": "F32", "f8": "F64", "f2": "F16", "i8": "I64", "i4": "I32", "i2": "I16", "i1": "I8",
                        "u8": "U64", "u4": "U32", "u2": "U16", "u1": "U8", "b1": "BOOL"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# safetensors, read tensor by tensor (GPT-2's weights: tinygrad_llm/weights.py)
+
+
+def read_safetensors_header(path):
+    """({name: {"dtype", "shape", "data_offsets"}}, metadata, offset of the data) of a safetensors file,
+    checked as the format's specification asks, since a header that is well-formed JSON can still point
+    a tensor at another tensor's bytes: every entry has a known dtype, a shape of non-negative ints and
+    integer offsets with 0 <= begin <= end <= the data's length; a tensor's byte size is
+    prod(shape) * itemsize; the tensors tile the data region with no gap and no overlap; metadata is
+    {str: str}. A violation is a CheckpointError naming the file and the tensor.
+
+    Why a reader of our own beside `safe_open` (which `load_checkpoint` below uses): the `safetensors`
+    package's NumPy reader cannot return BF16 tensors, and it memory-maps the file, so loading a
+    checkpoint through it makes the whole file resident beside the model (tests/test_weights.py measures
+    the peak)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n > size - 8:
+            raise CheckpointError(f"{path} is not a safetensors file (header length {n}, file size {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", {}) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: the header's __metadata__ must be an object of strings, got {metadata!r:.80}")
+    data_size = size - 8 - n
+    extents = []
+    for name, info in header.items():
+        begin, end = _check_entry(path, name, info, data_size)
+        extents.append((begin, end, name))
+    covered = 0  # the tensors, in file order, must cover [0, data_size) exactly
+    for begin, end, name in sorted(extents):
+        if begin != covered:
+            problem = "overlaps the tensor before it" if begin < covered else f"leaves a gap at byte {covered}"
+            raise CheckpointError(f"{path}: tensor {name} (bytes {begin} to {end}) {problem}")
+        covered = end
+    if covered != data_size:
+        raise CheckpointError(f"{path}: the tensors cover {covered} of the {data_size} data bytes "
+                              "(trailing bytes that no tensor owns)")
+    return header, metadata, 8 + n
+
+
+def _check_entry(path, name, info, data_size):
+    """(begin, end) of one header entry, after checking it against the specification."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise CheckpointError(f"{path}: tensor {name}: malformed header entry {info!r:.120} "
+                              "(needs dtype, shape and data_offsets)")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _ITEMSIZE:
+        raise CheckpointError(f"{path}: tensor {name}: unknown dtype {dtype!r} (known: {', '.join(_ITEMSIZE)})")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise CheckpointError(f"{path}: tensor {name}: shape {shape!r:.80} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
+        raise CheckpointError(f"{path}: tensor {name}: data_offsets {offsets!r:.80} is not two integers")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        raise CheckpointError(f"{path}: tensor {name}: data_offsets [{begin}, {end}] lie outside the "
+                              f"{data_size} data bytes (the file is truncated or its header is corrupt)")
+    nbytes = _ITEMSIZE[dtype] * math.prod(shape)  # Python ints: no overflow for absurd shapes
+    if end - begin != nbytes:
+        raise CheckpointError(f"{path}: tensor {name} holds {end - begin} bytes, not the {nbytes} of "
+                              f"{dtype} {tuple(shape)}")
+    return begin, end
+
+
+def read_tensor_into(f, info, start, out):
+    """Read one tensor into `out` (float32, its file shape); without a temporary when the file holds float32."""
+    begin, end = info["data_offsets"]
+    f.seek(start + begin)
+    raw = np.empty(tuple(info["shape"]), dtype=READ_DTYPES[info["dtype"]]) if info["dtype"] != "F32" else out
+    view = memoryview(raw.reshape(-1).view(np.uint8))
+    got = 0
+    while got < end - begin:
+        k = f.readinto(view[got:])
+        if not k:
+            raise CheckpointError(f"unexpected end of file while reading a {info['dtype']} tensor")
+        got += k
+    if info["dtype"] == "BF16":
+        out[...] = (raw.astype(np.uint32) << 16).view(np.float32)
+    elif raw is not out:
+        out[...] = raw
 
 
 def save_checkpoint(path, tensors, metadata=None):
@@ -285,5 +378,6 @@ def load_state(path, model=None, optimizer=None, scheduler=None, strict=True):
     return meta.get("extra", {})
 
 
-__all__ = ["FileFormatError", "CheckpointError", "atomic_write", "remove_stale_temporaries", "save_checkpoint",
+__all__ = ["FileFormatError", "CheckpointError", "atomic_write", "remove_stale_temporaries", "read_safetensors_header",
+           "read_tensor_into", "READ_DTYPES", "save_checkpoint",
            "load_checkpoint", "save_state", "load_state"]

@@ -11,7 +11,8 @@ from safetensors import safe_open
 
 from autograd.checkpoint import CheckpointError, FileFormatError, write_safetensors
 from tinygrad_llm.model import GPT, GPTConfig
-from tinygrad_llm.weights import load_weights, read_safetensors_header
+from autograd.checkpoint import read_safetensors_header
+from tinygrad_llm.weights import load_weights
 
 
 def _write(path):

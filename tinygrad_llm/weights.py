@@ -12,7 +12,8 @@ parameters (a transposed tensor passes through one temporary of its own size), s
 checkpoint needs the model plus the largest Conv1D weight, not the file twice. `save_pretrained` writes
 the same way. A safetensors file is an 8-byte little-endian header length, a JSON header
 {name: {"dtype", "shape", "data_offsets"}}, then the raw little-endian arrays; the `safetensors` package
-reads and writes the files of both directions in the tests.
+reads and writes the files of both directions in the tests. The reading and writing live with the
+checkpoints' in autograd/checkpoint.py (`read_safetensors_header`, `read_tensor_into`, `write_safetensors`).
 
 `GPT.from_pretrained("gpt2")` (and -medium, -large, -xl) finds the two files in the Hugging Face cache, or
 downloads them there once with the hub's own client (`huggingface_hub`, which resumes and verifies).
@@ -20,15 +21,14 @@ downloads them there once with the hub's own client (`huggingface_hub`, which re
 
 import json
 import logging
-import math
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from autograd import backend
-from autograd.checkpoint import CheckpointError, write_safetensors, write_text
+from autograd.checkpoint import (READ_DTYPES, CheckpointError, read_safetensors_header, read_tensor_into,
+                                 write_safetensors, write_text)
 from tinygrad_llm.download import DownloadError
 from tinygrad_llm.lora import merged_state_dict
 
@@ -37,9 +37,6 @@ FILES = ("config.json", "model.safetensors")
 HF_BASE_URL = "https://huggingface.co"
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _HF_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")  # causal-mask buffers HF stores; not weights
-_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}  # bfloat16: the top half of a float32
-_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8, "U64": 8,
-             "F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 
 class WeightsUnavailableError(DownloadError):
@@ -108,94 +105,6 @@ def config_from_hf(d, source="config.json"):
 
 
 # ---------------------------------------------------------------------------------------------------
-# safetensors, tensor by tensor
-
-
-def read_safetensors_header(path):
-    """({name: {"dtype", "shape", "data_offsets"}}, metadata, offset of the data) of a safetensors file,
-    checked as the format's specification asks, since a header that is well-formed JSON can still point
-    a tensor at another tensor's bytes: every entry has a known dtype, a shape of non-negative ints and
-    integer offsets with 0 <= begin <= end <= the data's length; a tensor's byte size is
-    prod(shape) * itemsize; the tensors tile the data region with no gap and no overlap; metadata is
-    {str: str}. A violation is a CheckpointError naming the file and the tensor.
-
-    Why a reader of our own: the `safetensors` package's NumPy reader (`safe_open`, which
-    autograd/checkpoint.py uses) cannot return BF16 tensors, and it memory-maps the file, so loading a
-    checkpoint through it makes the whole file resident beside the model (tests/test_weights.py measures
-    the peak)."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if size < 8 or n > size - 8:
-            raise CheckpointError(f"{path} is not a safetensors file (header length {n}, file size {size})")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
-    metadata = header.pop("__metadata__", {}) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise CheckpointError(f"{path}: the header's __metadata__ must be an object of strings, got {metadata!r:.80}")
-    data_size = size - 8 - n
-    extents = []
-    for name, info in header.items():
-        begin, end = _check_entry(path, name, info, data_size)
-        extents.append((begin, end, name))
-    covered = 0  # the tensors, in file order, must cover [0, data_size) exactly
-    for begin, end, name in sorted(extents):
-        if begin != covered:
-            problem = "overlaps the tensor before it" if begin < covered else f"leaves a gap at byte {covered}"
-            raise CheckpointError(f"{path}: tensor {name} (bytes {begin} to {end}) {problem}")
-        covered = end
-    if covered != data_size:
-        raise CheckpointError(f"{path}: the tensors cover {covered} of the {data_size} data bytes "
-                              "(trailing bytes that no tensor owns)")
-    return header, metadata, 8 + n
-
-
-def _check_entry(path, name, info, data_size):
-    """(begin, end) of one header entry, after checking it against the specification."""
-    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-        raise CheckpointError(f"{path}: tensor {name}: malformed header entry {info!r:.120} "
-                              "(needs dtype, shape and data_offsets)")
-    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in _ITEMSIZE:
-        raise CheckpointError(f"{path}: tensor {name}: unknown dtype {dtype!r} (known: {', '.join(_ITEMSIZE)})")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise CheckpointError(f"{path}: tensor {name}: shape {shape!r:.80} is not a list of non-negative integers")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
-        raise CheckpointError(f"{path}: tensor {name}: data_offsets {offsets!r:.80} is not two integers")
-    begin, end = offsets
-    if not 0 <= begin <= end <= data_size:
-        raise CheckpointError(f"{path}: tensor {name}: data_offsets [{begin}, {end}] lie outside the "
-                              f"{data_size} data bytes (the file is truncated or its header is corrupt)")
-    nbytes = _ITEMSIZE[dtype] * math.prod(shape)  # Python ints: no overflow for absurd shapes
-    if end - begin != nbytes:
-        raise CheckpointError(f"{path}: tensor {name} holds {end - begin} bytes, not the {nbytes} of "
-                              f"{dtype} {tuple(shape)}")
-    return begin, end
-
-
-def _read_tensor(f, info, start, out):
-    """Read one tensor into `out` (float32, its file shape); without a temporary when the file holds float32."""
-    begin, end = info["data_offsets"]
-    f.seek(start + begin)
-    raw = np.empty(tuple(info["shape"]), dtype=_DTYPES[info["dtype"]]) if info["dtype"] != "F32" else out
-    view = memoryview(raw.reshape(-1).view(np.uint8))
-    got = 0
-    while got < end - begin:
-        k = f.readinto(view[got:])
-        if not k:
-            raise CheckpointError(f"unexpected end of file while reading a {info['dtype']} tensor")
-        got += k
-    if info["dtype"] == "BF16":
-        out[...] = (raw.astype(np.uint32) << 16).view(np.float32)
-    elif raw is not out:
-        out[...] = raw
-
-
-# ---------------------------------------------------------------------------------------------------
 # Loading and saving models
 
 
@@ -221,7 +130,7 @@ def load_weights(model, path):
             continue
         if name == "lm_head.weight" and model.config.tie_weights:
             tied_head = info  # GPT-2's head is the token embedding; a stored copy must equal it
-            if info["dtype"] not in _DTYPES:
+            if info["dtype"] not in READ_DTYPES:
                 problems.append(f"{key}: dtype {info['dtype']} is not a float type this loader reads")
             continue
         if name not in expected:
@@ -231,8 +140,8 @@ def load_weights(model, path):
             problems.append(f"{name} is stored twice (with and without the 'transformer.' prefix)")
         p, transposed = expected[name]
         want = _hf_shape(p, transposed)
-        if info["dtype"] not in _DTYPES:
-            problems.append(f"{key}: dtype {info['dtype']} is not a float type this loader reads ({', '.join(_DTYPES)})")
+        if info["dtype"] not in READ_DTYPES:
+            problems.append(f"{key}: dtype {info['dtype']} is not a float type this loader reads ({', '.join(READ_DTYPES)})")
         if tuple(info["shape"]) != want:
             layout = (f" (HF's Conv1D (in, out) layout of our (out, in) weight {tuple(p.shape)}, transposed on load)"
                       if transposed else "")
@@ -248,14 +157,14 @@ def load_weights(model, path):
             p, transposed = expected[name]
             if transposed or p.device != "cpu" or not p.data.flags.c_contiguous:
                 tmp = np.empty(tuple(info["shape"]), dtype=np.float32)  # one tensor's worth, freed at once
-                _read_tensor(f, info, start, tmp)
+                read_tensor_into(f, info, start, tmp)
                 p.data[...] = backend.to_device(tmp.T if transposed else tmp, p.device)
                 del tmp
             else:
-                _read_tensor(f, info, start, p.data)
+                read_tensor_into(f, info, start, p.data)
         if tied_head is not None:
             head = np.empty(tuple(tied_head["shape"]), dtype=np.float32)
-            _read_tensor(f, tied_head, start, head)
+            read_tensor_into(f, tied_head, start, head)
             if head.shape != model.wte.weight.shape or not np.array_equal(head, backend.to_host(model.wte.weight.data)):
                 raise CheckpointError(
                     f"{path}: lm_head.weight differs from wte.weight, but config.json ties them "
@@ -352,5 +261,5 @@ def download_pretrained(name, cache_dir=None, *, progress=True):
 
 __all__ = [
     "PRETRAINED", "WeightsUnavailableError", "CheckpointError", "find_pretrained", "save_pretrained",
-    "load_weights", "download_pretrained", "config_to_hf", "config_from_hf", "read_safetensors_header",
+    "load_weights", "download_pretrained", "config_to_hf", "config_from_hf",
 ]
