@@ -171,6 +171,22 @@ def test_metrics_hold_null_where_a_value_is_not_finite(tok, ids, tmp_path):
     assert all(isinstance(r["train_loss"], float) for r in lines)
 
 
+
+def test_metrics_are_rewritten_whole_through_atomic_write(tok, ids, tmp_path, monkeypatch):
+    """metrics.jsonl goes through the one atomic write, never an append a kill could leave half done."""
+    import tinygrad_llm.train as train_module
+
+    written = []
+    real = train_module.write_text
+    monkeypatch.setattr(train_module, "write_text", lambda path, text: (written.append((path, text)), real(path, text))[1])
+    model, train, _ = make(tok, ids)
+    cfg = TrainConfig(max_steps=2, eval_every=1, eval_batches=1, out_dir=str(tmp_path), **quiet())
+    Trainer(model, train, None, cfg, log=None).fit()
+    metrics = [text for path, text in written if Path(path).name == METRICS]
+    assert [len(t.splitlines()) for t in metrics] == [0, 1, 2, 3]  # the fresh file, then one per evaluation
+    assert metrics[-1] == (tmp_path / METRICS).read_text(encoding="utf-8")
+
+
 # ---- the command line -------------------------------------------------------------------------------
 
 

@@ -476,7 +476,7 @@ class Trainer:
         try:
             if self.step == 0 and not self.records:
                 if self.out_dir is not None and self.comm.is_main:
-                    write_text(self.out_dir / METRICS, "")  # a fresh run
+                    self._write_metrics()  # a fresh run: empty
                 self.evaluate_and_log()
             stream = self._micro_batches()
             t_log, tokens_log, start_elapsed, t0 = time.perf_counter(), 0, self.elapsed, time.perf_counter()
@@ -600,10 +600,7 @@ class Trainer:
             self.log(f"  sample: {sample!r}")
         if self.out_dir is not None:
             with self._uninterruptible():
-                # appended, not rewritten: the one file not written through atomic_write, since resume
-                # rewrites it whole from the checkpoint's records
-                with open(self.out_dir / METRICS, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+                self._write_metrics()
                 plot_metrics(self.records, self.out_dir / "loss.png")
         return record
 
@@ -725,10 +722,15 @@ class Trainer:
                 raise CheckpointError(f"checkpoint {path}: {e}") from None
         if self.out_dir is not None and self.comm.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.out_dir / METRICS,
-                       "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in self.records))
+            self._write_metrics()
         self.saved_step = self.step
         return extra
+
+    def _write_metrics(self):
+        """out_dir/metrics.jsonl: one strict-JSON line per evaluation record, rewritten whole through
+        atomic_write (a few hundred short lines at most), so a kill never leaves half a line."""
+        write_text(self.out_dir / METRICS, "".join(json.dumps(json_safe(r), allow_nan=False) + "\n"
+                                                   for r in self.records))
 
 
 def _nonfinite_words(loss, norm):
