@@ -349,7 +349,11 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 class Gelu(Function):
     """GPT-2's tanh approximation: y = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
 
-    dy/dx = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), t = tanh(u).
+    Computed as y = x * sigmoid(2u) = x / (1 + exp(-2u)), the same function (1 + tanh(u))/2 = sigmoid(2u):
+    NumPy's float32 exp costs half its tanh (1.3 against 2.7 ns an element here), and tanh is the
+    dearest pass of the chain. With p = sigmoid(2u):
+
+    dy/dx = p + x p (1 - p) 2u',  2u' = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2).
 
     Each formula is a chain of in-place passes (`_gelu_forward`, `_gelu_backward`), run by
     `backend.blockwise` in cache-sized blocks on every core on the host, and once per pass on a GPU.
@@ -357,41 +361,45 @@ class Gelu(Function):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
-        x2, t, y = xp.empty_like(x), xp.empty_like(x), xp.empty_like(x)
-        backend.blockwise(_gelu_forward, x, x2, t, y)
-        self.x, self.x2, self.t = x, x2, t
+        p, r, y = xp.empty_like(x), xp.empty_like(x), xp.empty_like(x)
+        backend.blockwise(_gelu_forward, x, p, r, y)
+        self.x, self.p, self.r = x, p, r
         return y
 
     def backward(self, grad):
-        x, x2, t = self.x, self.x2, self.t
-        # reuse the saved buffers on the graph's last walk (retain_graph=True keeps them for another)
-        dy = x2.copy() if self.retain_graph else x2
-        backend.blockwise(_gelu_backward, x, t, grad, dy)
+        # the gradient is written over r on the graph's last walk (retain_graph=True keeps it for another)
+        dy = self.r.copy() if self.retain_graph else self.r
+        backend.blockwise(_gelu_backward, self.x, self.p, dy, grad)
         return (dy,)
 
 
-def _gelu_forward(xp, x, x2, t, y):
-    """x2 = x^2, t = tanh(u), y = x/2 (1 + t), written into the given arrays."""
-    xp.multiply(x, x, out=x2)
-    xp.multiply(x2, 0.044715, out=t)
-    t += 1.0
-    t *= x
-    t *= _GELU_C  # u = sqrt(2/pi) x (1 + 0.044715 x^2)
-    xp.tanh(t, out=t)
-    xp.add(t, 1.0, out=y)
-    y *= x
-    y *= 0.5
+_GELU_EXP_MAX = 80.0  # exp(-2u) is kept finite (e^80 < float32's max): no overflow warning, p ~ 1e-35, y ~ -0
 
 
-def _gelu_backward(xp, x, t, grad, dy):
-    """dy (holding x^2 on entry) becomes grad * dy/dx."""
-    dy *= 3.0 * 0.044715 * _GELU_C
-    dy += _GELU_C
-    dy *= x
-    dy *= 1.0 - t * t
-    dy += 1.0 + t
-    dy *= 0.5
-    dy *= grad
+def _gelu_forward(xp, x, p, r, y):
+    """p = sigmoid(2u), r = p (1 - p) (for the backward), y = x p, written into the given arrays."""
+    xp.multiply(x, x, out=r)
+    r *= -2.0 * _GELU_C * 0.044715
+    r -= 2.0 * _GELU_C
+    r *= x  # -2u = -2 sqrt(2/pi) x (1 + 0.044715 x^2)
+    xp.minimum(r, _GELU_EXP_MAX, out=r)
+    xp.exp(r, out=r)
+    r += 1.0
+    xp.divide(1.0, r, out=p)  # p = 1 / (1 + exp(-2u))
+    xp.multiply(x, p, out=y)
+    xp.subtract(1.0, p, out=r)
+    r *= p
+
+
+def _gelu_backward(xp, x, p, r, grad):
+    """r (holding p (1 - p) on entry) becomes grad * dy/dx."""
+    s = x * x  # one block's temporary on the host
+    s *= 3.0 * 0.044715 * 2.0 * _GELU_C
+    s += 2.0 * _GELU_C
+    s *= x
+    s *= r  # x p (1 - p) 2u'
+    s += p
+    xp.multiply(s, grad, out=r)
 
 
 def gelu(x):

@@ -17,10 +17,10 @@ def test_gelu_in_blocks_equals_gelu_in_one_call(two_threads):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 50, 1001), dtype=np.float32) * 3  # 150 rows of 1001: blocks of 65 rows
     g = rng.standard_normal(x.shape, dtype=np.float32)
-    x2, t, y = (np.empty_like(x) for _ in range(3))
-    F._gelu_forward(np, x, x2, t, y)  # the whole arrays at once
-    dy = x2.copy()
-    F._gelu_backward(np, x, t, g, dy)
+    p, r, y = (np.empty_like(x) for _ in range(3))
+    F._gelu_forward(np, x, p, r, y)  # the whole arrays at once
+    dy = r.copy()
+    F._gelu_backward(np, x, p, dy, g)
 
     xt = Tensor(x, requires_grad=True)
     out = F.gelu(xt)

@@ -315,6 +315,18 @@ def test_gelu(device, data, shape):
     check_gradients(F.gelu, data.draw(values(shape, -4, 4)), device=device)
 
 
+def test_gelu_far_from_zero_is_exact_and_silent():
+    """GELU is computed through exp(-2u), which overflows float32 below x = -9.4 unless it is clamped:
+    far out it must still be x on the right and -0 on the left, with slopes 1 and 0, and no warning."""
+    x = np.array([-1e4, -100.0, -12.0, 12.0, 100.0, 1e4], dtype=np.float32)
+    xt = autograd.Tensor(x, requires_grad=True)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # a warning would raise here
+        y = F.gelu(xt)
+        y.backward(np.ones_like(x))
+    np.testing.assert_allclose(y.data, np.where(x > 0, x, 0.0), rtol=1e-7, atol=1e-30)
+    np.testing.assert_allclose(xt.grad, np.where(x > 0, 1.0, 0.0), rtol=1e-7, atol=1e-20)
+
+
 @on_devices
 @given(data=st.data(), shape=small_shape, p=st.sampled_from([0.0, 0.1, 0.5]), seed=st.integers(0, 100))
 def test_dropout(device, data, shape, p, seed):
