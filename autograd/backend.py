@@ -20,7 +20,17 @@ import os
 import platform
 import sys
 
-import numpy as np
+# OpenBLAS's worker threads spin for 2^28 cycles (about 0.1 s) after each BLAS call before they sleep, so
+# the passes that follow a matmul (GELU, softmax, cross-entropy in `blockwise`, AdamW's threads) found the
+# second core taken. 2^20 cycles (under a millisecond) still bridges the back-to-back GEMMs of a stacked
+# matmul. Measured on gpt2-small's step (2 cores, docs/performance.md): GELU 110-128 -> 72-83 ms,
+# cross-entropy 71-83 -> 47-53 ms, attention 225-278 -> 206-230 ms; the small-book step 0.85-0.94 ->
+# 0.76-0.79 s. OpenBLAS reads the variable once, when NumPy loads it: this takes effect in a program that
+# imports autograd (or tinygrad_llm) before NumPy, as the examples do; a value already set is kept.
+if "numpy" not in sys.modules:
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
+import numpy as np  # noqa: E402  (after the setting above)
 
 DEVICES = ("cpu", "cuda", "strict")
 

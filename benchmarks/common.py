@@ -8,6 +8,7 @@ includes the interpreter and the imported libraries (PyTorch alone is a few hund
 is the resident size just after the imports, before the model is built.
 """
 
+import autograd.backend  # noqa: F401  (before NumPy, as in the examples: it sets OpenBLAS's thread timeout)
 import json
 import os
 import resource

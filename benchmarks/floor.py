@@ -32,9 +32,8 @@ from pathlib import Path
 if not __package__:  # run as a file (python benchmarks/floor.py) rather than as python -m benchmarks.floor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
-
-from benchmarks import common
+from benchmarks import common  # first: the library's OpenBLAS setting, as in the step it is the floor of
+import numpy as np  # noqa: E402
 
 ADAMW_BYTES_PER_PARAM = 7 * 4  # float32: read p, g, m, v; write p, m, v
 

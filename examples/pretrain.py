@@ -37,9 +37,8 @@ import traceback
 import urllib.error
 from pathlib import Path
 
-import numpy as np
-
-from autograd import DeviceError, backend
+from autograd import DeviceError, backend  # before NumPy: backend sets OpenBLAS's thread timeout
+import numpy as np  # noqa: E402
 from tinygrad_llm.data import (DataLoader, GPTDataset, encode_pieces, file_fingerprint, read_chunks, text_files,
                                train_val_split)
 from tinygrad_llm.model import GPT, PRESETS, GPTConfig

@@ -86,3 +86,24 @@ def test_softmax_ops_in_blocks_equal_one_call(monkeypatch, op):
     for a, b in zip(whole, blocks):
         assert a.dtype == np.float32
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("preset, numpy_first, expected", [
+    (None, False, "20"),  # a program that imports the library before NumPy gets the shorter spin
+    ("28", False, "28"),  # a value the user set is kept
+    (None, True, None),  # NumPy already loaded OpenBLAS: too late, and the environment is left alone
+])
+def test_openblas_thread_timeout_is_set_before_numpy_loads(preset, numpy_first, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if preset is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
+    code = ("import numpy\n" if numpy_first else "") + (
+        "import tinygrad_llm, os\nprint(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": root}, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == str(expected)
