@@ -30,6 +30,25 @@ def test_gelu_in_blocks_equals_gelu_in_one_call(two_threads):
     np.testing.assert_array_equal(xt.grad, dy)
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_in_blocks_equals_layer_norm_in_one_call(two_threads, affine):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 256, 768), dtype=np.float32) * 2 + 1  # 1024 rows: blocks of 85 rows
+    g = rng.standard_normal(x.shape, dtype=np.float32)
+    w, b = (rng.standard_normal(768, dtype=np.float32) for _ in range(2))
+    xhat, rstd, y = np.empty_like(x), np.empty((4, 256, 1), np.float32), np.empty_like(x)
+    F._layer_norm_forward(np, x, xhat, rstd, *((y,) if affine else ()), w=w if affine else None,
+                          b=b if affine else None, eps=1e-5)  # the whole arrays at once
+    gx = np.empty_like(x)
+    F._layer_norm_backward(np, g, xhat, rstd, gx, w=w if affine else None)
+
+    xt = Tensor(x, requires_grad=True)
+    out = F.layer_norm(xt, Tensor(w), Tensor(b)) if affine else F.layer_norm(xt)
+    out.backward(g)
+    np.testing.assert_array_equal(out.data, y if affine else xhat)
+    np.testing.assert_array_equal(xt.grad, gx)
+
+
 def test_row_blocks_keep_rows_whole_and_cover_every_row_once(two_threads):
     x = np.arange(7 * 40_000, dtype=np.float32).reshape(7, 40_000)  # 1 row per block of 65,536 elements
     sums = np.zeros((7, 1), dtype=np.float32)
