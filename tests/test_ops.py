@@ -1,6 +1,8 @@
 """Every differentiable op against central finite differences, on Hypothesis-drawn shapes and values,
 on the host and on the strict simulated device (and on a real GPU where there is one)."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -353,8 +355,9 @@ def test_linear(device, data, lead, fin, fout, bias):
 
 
 @on_devices
-@given(data=st.data(), b=st.integers(1, 2), h=st.integers(1, 2), tq=st.integers(1, 4), extra=st.integers(0, 2), d=st.integers(1, 3), causal=st.booleans(), dropout=st.sampled_from([0.0, 0.3]))
-def test_attention(device, data, b, h, tq, extra, d, causal, dropout):
+@given(data=st.data(), b=st.integers(1, 2), h=st.integers(1, 2), tq=st.integers(1, 5), extra=st.integers(0, 2), d=st.integers(1, 3), causal=st.booleans(), dropout=st.sampled_from([0.0, 0.3]), chunk=st.sampled_from([128, 1, 2]))
+def test_attention(device, data, b, h, tq, extra, d, causal, dropout, chunk):
+    """`chunk`: causal attention in query chunks of that many rows (128, the default: one chunk here)."""
     tk = tq + extra
     q = data.draw(values((b, h, tq, d)))
     k = data.draw(values((b, h, tk, d)))
@@ -364,19 +367,43 @@ def test_attention(device, data, b, h, tq, extra, d, causal, dropout):
     def fn(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, causal=causal, dropout_p=dropout, generator=xp.random.default_rng(7))
 
-    check_gradients(fn, q, k, v, device=device)
+    with mock.patch.object(F, "ATTENTION_CHUNK", chunk):
+        check_gradients(fn, q, k, v, device=device)
 
 
 @on_devices
-@given(data=st.data(), b=st.integers(1, 2), t=st.integers(1, 4), h=st.integers(1, 3), d=st.integers(1, 2), dropout=st.sampled_from([0.0, 0.3]))
-def test_multi_head_attention(device, data, b, t, h, d, dropout):
+@given(data=st.data(), b=st.integers(1, 2), t=st.integers(1, 5), h=st.integers(1, 3), d=st.integers(1, 2), dropout=st.sampled_from([0.0, 0.3]), chunk=st.sampled_from([128, 1, 2]))
+def test_multi_head_attention(device, data, b, t, h, d, dropout, chunk):
     qkv = data.draw(values((b, t, 3 * h * d)))
     xp = backend.xp_for(device)
 
     def fn(x):
         return F.multi_head_attention(x, h, dropout_p=dropout, generator=xp.random.default_rng(3))
 
-    check_gradients(fn, qkv, device=device)
+    with mock.patch.object(F, "ATTENTION_CHUNK", chunk):
+        check_gradients(fn, qkv, device=device)
+
+
+@pytest.mark.parametrize("t, extra, chunks", [(256, 0, 2), (300, 0, 2), (512, 0, 4), (256, 40, 2), (127, 0, 1)])
+def test_causal_attention_in_query_chunks_equals_one_chunk(t, extra, chunks):
+    """Chunks of queries that skip the keys above the diagonal give what the whole score matrix gives."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 3, t, 16), dtype=np.float32)
+    k, v = (rng.standard_normal((2, 3, t + extra, 16), dtype=np.float32) for _ in range(2))
+    g = rng.standard_normal(q.shape, dtype=np.float32)
+    assert len(F._query_chunks(t, t + extra, True)) == chunks and len(F._query_chunks(t, t + extra, False)) == 1
+
+    def run():
+        ts = [autograd.Tensor(a, requires_grad=True) for a in (q, k, v)]
+        y = F.scaled_dot_product_attention(*ts, causal=True)
+        y.backward(g)
+        return [y.data] + [a.grad for a in ts]
+
+    chunked = run()
+    with mock.patch.object(F, "ATTENTION_CHUNK", 10**9):
+        whole = run()
+    for a, b in zip(chunked, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------
