@@ -543,16 +543,16 @@ def _query_chunks(tq, tk, causal):
     return [(r0, r1, r1 + tk - tq) for r0, r1 in zip(bounds, bounds[1:])]
 
 
-def _attention_forward(ctx, q, k, v, causal, dropout_p, generator):
-    """softmax(q k^T / sqrt(d) + mask) v on (..., T, D) arrays, chunk by chunk of queries; saves what
-    `_attention_backward` needs on ctx."""
+def _attention_forward(ctx, q, k, v, causal, dropout_p, generator, out=None):
+    """softmax(q k^T / sqrt(d) + mask) v on (..., T, D) arrays, chunk by chunk of queries, written into
+    `out` when given (any (..., Tq, D) view); saves what `_attention_backward` needs on ctx."""
     xp = backend.get_array_module(q)
     tq, tk = q.shape[-2], k.shape[-2]
     ctx.scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float: a NumPy float64 scalar would promote to float64
     ctx.chunks = _query_chunks(tq, tk, causal)
     ctx.a, ctx.a_used, ctx.mask = [], [], []
     ctx.q, ctx.k, ctx.v = q, k, v
-    y = None if len(ctx.chunks) == 1 else xp.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
+    y = out if out is not None or len(ctx.chunks) == 1 else xp.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
     for r0, r1, kend in ctx.chunks:
         rows = r1 - r0
         s = q[..., r0:r1, :] @ k[..., :kend, :].swapaxes(-1, -2)  # (B, H, rows, D) @ (B, H, D, kend)
@@ -573,20 +573,22 @@ def _attention_forward(ctx, q, k, v, causal, dropout_p, generator):
         drop = _dropout_mask(generator, s.shape, dropout_p, s.dtype) if dropout_p > 0.0 else None
         a_used = s * drop if drop is not None else s
         ctx.a.append(s), ctx.a_used.append(a_used), ctx.mask.append(drop)
-        out = a_used @ v[..., :kend, :]  # (B, H, rows, kend) @ (B, H, kend, D) -> (B, H, rows, D)
+        chunk_y = a_used @ v[..., :kend, :]  # (B, H, rows, kend) @ (B, H, kend, D) -> (B, H, rows, D)
         if y is None:
-            return out
-        y[..., r0:r1, :] = out
+            return chunk_y
+        y[..., r0:r1, :] = chunk_y
     return y
 
 
-def _attention_backward(ctx, grad):
-    """dq, dk, dv from the upstream gradient, chunk by chunk. (No matmul `out=`: CuPy's matmul does not
-    take one.) The last chunk sees every key, so it is done first and makes dk and dv; the others add in."""
+def _attention_backward(ctx, grad, out=None):
+    """dq, dk, dv from the upstream gradient, chunk by chunk, written into `out` = (dq, dk, dv) when given
+    (views of any layout). (No matmul `out=`: CuPy's matmul does not take one.) The last chunk sees every
+    key, so it is done first and sets dk and dv; the others add in."""
     xp = backend.get_array_module(grad)
     q, k, v = ctx.q, ctx.k, ctx.v
-    dq = xp.empty(q.shape, dtype=grad.dtype) if len(ctx.chunks) > 1 else None
-    dk = dv = None
+    if out is None and len(ctx.chunks) > 1:
+        out = xp.empty(q.shape, dtype=grad.dtype), xp.empty(k.shape, dtype=grad.dtype), xp.empty(v.shape, dtype=grad.dtype)
+    first = True
     for (r0, r1, kend), a, a_used, drop in reversed(list(zip(ctx.chunks, ctx.a, ctx.a_used, ctx.mask))):
         rows, g = r1 - r0, grad[..., r0:r1, :]
         dv_part = a_used.swapaxes(-1, -2) @ g
@@ -604,15 +606,16 @@ def _attention_backward(ctx, grad):
         backend.blockwise(softmax_backward, ds.reshape(-1, rows * kend), a.reshape(-1, rows * kend))
         dq_part = ds @ k[..., :kend, :]
         dk_part = ds.swapaxes(-1, -2) @ q[..., r0:r1, :]
-        if dq is None:  # one chunk: its products are the gradients
+        if out is None:  # one chunk: its products are the gradients
             return dq_part, dk_part, dv_part
+        dq, dk, dv = out
         dq[..., r0:r1, :] = dq_part
-        if dk is None:  # the last chunk: every key
-            dk, dv = dk_part, dv_part
+        if first:  # the last chunk: every key
+            dk[...], dv[...], first = dk_part, dv_part, False
         else:
             dk[..., :kend, :] += dk_part
             dv[..., :kend, :] += dv_part
-    return dq, dk, dv
+    return out
 
 
 class ScaledDotProductAttention(Function):
@@ -662,8 +665,9 @@ class MultiHeadAttention(Function):
         C = C3 // 3
         heads = qkv.reshape(B, T, 3, n_heads, C // n_heads).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
         q, k, v = heads[0], heads[1], heads[2]
-        y = _attention_forward(self, q, k, v, causal, dropout_p, generator)  # (B, H, T, D)
-        return y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, H, D) -> (B, T, C), one copy
+        y = backend.get_array_module(qkv).empty((B, T, n_heads, C // n_heads), dtype=qkv.dtype)
+        _attention_forward(self, q, k, v, causal, dropout_p, generator, out=y.transpose(0, 2, 1, 3))  # (B, H, T, D) view
+        return y.reshape(B, T, C)  # the heads merged: (B, T, H, D) is (B, T, C)
 
     def backward(self, grad):
         xp = backend.get_array_module(grad)
@@ -672,7 +676,7 @@ class MultiHeadAttention(Function):
         g = grad.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)  # (B, H, T, D) view
         dqkv = xp.empty((B, T, 3, H, C // H), dtype=grad.dtype)
         d = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
-        d[0], d[1], d[2] = _attention_backward(self, g)
+        _attention_backward(self, g, out=(d[0], d[1], d[2]))
         return (dqkv.reshape(B, T, 3 * C),)
 
 
