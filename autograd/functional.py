@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from autograd import backend
-from autograd.function import Function
+from autograd.function import Function, RowGradient
 from autograd.tensor import Tensor
 
 
@@ -471,11 +471,8 @@ class Embedding(Function):
         self.ids, self.shape = ids, weight.shape
         return weight[ids]  # `embedding` checked the ids: -1 would read the last row
 
-    def backward(self, grad):
-        xp = backend.get_array_module(grad)
-        gw = xp.zeros(self.shape, dtype=grad.dtype)
-        xp.add.at(gw, self.ids.reshape(-1), grad.reshape(-1, self.shape[1]))
-        return gw, None
+    def backward(self, grad):  # the scatter-add as a RowGradient: the walk adds it where the table's gradient is summed
+        return RowGradient(self.ids.reshape(-1), grad.reshape(-1, self.shape[1]), self.shape), None
 
 
 def embedding(ids, weight):
@@ -494,6 +491,8 @@ class Linear(Function):
     (T, C) GEMMs inside NumPy's matmul loop (it calls BLAS once per matrix of a stack), each smaller and
     less efficient than one (B*T, C) product. docs/performance.md has the measurement.
     """
+
+    fresh_grads = True  # dx, dw, db are new arrays: the walk may sum a tied weight's other gradients into dw
 
     def forward(self, x, w, b=None):
         self.x, self.w = x, w

@@ -8,7 +8,7 @@ frees the graph as it goes.
 import numpy as np
 
 from autograd import backend, ops
-from autograd.function import Function, is_grad_enabled, unbroadcast
+from autograd.function import Function, RowGradient, is_grad_enabled, unbroadcast
 
 _FREED = object()  # marks an op output whose graph a backward pass has already consumed
 
@@ -421,17 +421,28 @@ class _GradientSums:
 
     The bookkeeping that keeps the walk cheap lives here and only here. An op's backward may hand out
     arrays it also keeps or gives to another input (x + x hands both inputs one array), so a sum is
-    done in place only into a buffer this walk allocated itself (`owned`); and a leaf's `.grad` gets its
-    own copy of an array another leaf already holds (`handed`), so one never changes under the other.
+    done in place only into a buffer this walk allocated itself or that an op with `fresh_grads` made
+    (`owned`); and a leaf's `.grad` gets its own copy of an array another leaf already holds (`handed`),
+    so one never changes under the other. A `RowGradient` is added into the sum where there is one.
     """
 
     def __init__(self):
         self.grads, self.owned, self.handed = {}, set(), set()
 
-    def add(self, t, g):
+    def add(self, t, g, fresh=False):
         key, prev = id(t), self.grads.get(id(t))
-        if prev is None:
+        if isinstance(g, RowGradient):
+            if prev is None:
+                self.grads[key] = g.dense()
+            elif key in self.owned:
+                g.add_to(prev)
+            else:
+                self.grads[key] = g.add_to(prev.copy())
+            self.owned.add(key)
+        elif prev is None:
             self.grads[key] = g
+            if fresh:
+                self.owned.add(key)
         elif key in self.owned:
             prev += g
         else:
@@ -476,7 +487,9 @@ def _backprop(roots, seeds, retain_graph, wanted=None):
         ctx.retain_graph = retain_graph  # an op may reuse its saved buffers only on the graph's last walk
         for parent, pg in zip(ctx.inputs, ctx.backward(g)):  # the chain rule through one op
             if pg is not None and parent.requires_grad:
-                sums.add(parent, pg if tuple(pg.shape) == parent.shape else unbroadcast(pg, parent.shape))
+                if tuple(pg.shape) != parent.shape:
+                    pg = unbroadcast(pg, parent.shape)
+                sums.add(parent, pg, ctx.fresh_grads)
         if not retain_graph:
             t._ctx = _FREED
     return found

@@ -52,6 +52,40 @@ def test_leaves_get_distinct_gradient_buffers():
     assert b.grad[0] == 1.0
 
 
+@pytest.mark.parametrize("device", ["cpu", "strict"])
+def test_embedding_row_gradient_meets_other_gradients_of_its_table(device):
+    """An embedding's gradient is a RowGradient that the walk adds where the table's gradient is summed:
+    into the head's fresh gradient (GPT-2's tied table), into a copy of an array another input also
+    holds (Add hands both inputs one array), or as a table of its own."""
+    xp = backend.xp_for(device)
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((7, 3), dtype=np.float32)
+    ids = np.array([[1, 4, 1], [6, 1, 0]])  # row 1 three times: repeated ids must add up
+    counts = np.bincount(ids.reshape(-1), minlength=7)[:, None].astype(np.float32)
+    r = rng.standard_normal((2, 3, 7), dtype=np.float32)
+
+    # tied: logits = embedding(ids, w) @ w^T; dW = r^T e + (r w)^T scattered to ids
+    w = Tensor(xp.asarray(w0), requires_grad=True)
+    e = F.embedding(ids, w)
+    (F.linear(e, w) * Tensor(xp.asarray(r))).sum().backward()
+    e0 = w0[ids].reshape(-1, 3)
+    expected = r.reshape(-1, 7).T @ e0
+    np.add.at(expected, ids.reshape(-1), r.reshape(-1, 7) @ w0)
+    np.testing.assert_allclose(backend.to_host(w.grad), expected, rtol=1e-5, atol=1e-5)
+
+    # shared: w + c hands w and c one gradient array; the rows are added into a copy, c's stays ones
+    w = Tensor(xp.asarray(w0), requires_grad=True)
+    c = Tensor(xp.zeros((7, 3), dtype=np.float32), requires_grad=True)
+    ((w + c).sum() + F.embedding(ids, w).sum()).backward()
+    np.testing.assert_array_equal(backend.to_host(w.grad), 1.0 + np.broadcast_to(counts, (7, 3)))
+    np.testing.assert_array_equal(backend.to_host(c.grad), np.ones((7, 3), np.float32))
+
+    # alone, and through a table that is itself computed (the walk hands Mul an array, not a RowGradient)
+    w = Tensor(xp.asarray(w0), requires_grad=True)
+    F.embedding(ids, w * 2.0).sum().backward()
+    np.testing.assert_array_equal(backend.to_host(w.grad), 2.0 * np.broadcast_to(counts, (7, 3)))
+
+
 def test_backward_with_explicit_gradient_and_errors():
     x = Tensor(np.ones((2, 3), dtype=np.float32), requires_grad=True)
     y = x * 2.0
