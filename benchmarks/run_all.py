@@ -1,8 +1,8 @@
 """Run every benchmark pair, each implementation in its own fresh process (so each peak RSS is its
 own), and print a markdown table.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run_all.py [--quick] [--repeat N]
-        [--gen-repeat N] [--new-tokens 200] [--save results.json]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run_all.py [--quick] [--rounds N]
+        [--repeat N] [--gen-repeat N] [--new-tokens 200] [--save results.json]
 
 speed-up = peer time / our time for the same work (> 1: ours is faster). For a training step the time
 is the median step time; for generation it is the wall time of the run, so the speed-up is also our
@@ -19,6 +19,10 @@ Some machines set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which a user's machine w
 OpenBLAS's kernels and blocking. Run this under `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`; the
 child processes get them removed anyway unless --keep-openblas-env is given.
 `--quick`: the small configs only, few repetitions and 50 new tokens -- a smoke test, not a measurement.
+`--rounds N`: measure every row N times, round after round, each round with ours, the peer and the floor
+of a row run one after the other; the table gives the median over the rounds of each time and of each
+ratio (a ratio is taken within its round, so a machine that slows down for a few minutes, as a shared
+one does, moves both sides of it).
 """
 
 import argparse
@@ -60,26 +64,49 @@ def rows_for(quick):
     return rows
 
 
-def fmt_result(r, kind):
-    if r is None:
-        return "skipped"
-    if "error" in r:
-        return "error"
+def _ok(*results):
+    return all(r and "error" not in r for r in results)
+
+
+def _median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def fmt_result(runs, kind):
+    """A row's time over the rounds: the median of each round's figure."""
+    runs = [r for r in runs if _ok(r)]
+    if not runs:
+        return "skipped" if not any(runs) else "error"
+    seconds, tokens = _median([r["median_s"] for r in runs]), _median([r["tokens_per_s"] for r in runs])
     if kind == "train":
-        return f"{r['median_s']:.3f} s ({r['tokens_per_s']:.0f} tok/s)"
-    return f"{r['tokens_per_s']:.1f} tok/s ({r['median_s']:.2f} s)"
+        return f"{seconds:.3f} s ({tokens:.0f} tok/s)"
+    return f"{tokens:.1f} tok/s ({seconds:.2f} s)"
 
 
-def fmt_floor(ours, floor, kind):
-    if not ours or not floor or "error" in ours or "error" in floor:
+def speedup(ours_runs, peer_runs):
+    """The median over the rounds of peer time / our time, each ratio from one round."""
+    ratios = [p["median_s"] / o["median_s"] for o, p in zip(ours_runs, peer_runs) if _ok(o, p)]
+    return f"{_median(ratios):.2f}x" if ratios else "-"
+
+
+def fmt_floor(ours_runs, floor_runs, kind):
+    """ours / floor (training) or ours as a percentage of the floor's tokens/s (generation), the median
+    over the rounds of each round's ratio, with the median floor."""
+    pairs = [(o, f) for o, f in zip(ours_runs, floor_runs) if _ok(o, f)]
+    if not pairs:
         return "-"
     if kind == "train":
-        return f"{ours['median_s'] / floor['train']['floor_s']:.2f} ({floor['train']['floor_s']:.3f} s)"
-    return f"{100 * ours['tokens_per_s'] / floor['decode']['tokens_per_s']:.0f} % ({floor['decode']['tokens_per_s']:.0f} tok/s)"
+        ratio = _median([o["median_s"] / f["train"]["floor_s"] for o, f in pairs])
+        return f"{ratio:.2f} ({_median([f['train']['floor_s'] for _, f in pairs]):.3f} s)"
+    share = _median([100 * o["tokens_per_s"] / f["decode"]["tokens_per_s"] for o, f in pairs])
+    return f"{share:.0f} % ({_median([f['decode']['tokens_per_s'] for _, f in pairs]):.0f} tok/s)"
 
 
-def fmt_rss(r):
-    return f"{r['peak_rss_mib']:.0f} MiB" if r and "error" not in r else "-"
+def fmt_rss(runs):
+    runs = [r for r in runs if _ok(r)]
+    return f"{max(r['peak_rss_mib'] for r in runs):.0f} MiB" if runs else "-"
 
 
 def main(argv=None):
@@ -93,6 +120,7 @@ def main(argv=None):
     p.add_argument("--keep-openblas-env", action="store_true",
                    help="pass OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE on to the measurements")
     p.add_argument("--no-floor", action="store_true", help="leave out the floor column (saves a minute or two)")
+    p.add_argument("--rounds", type=int, default=1, help="measure every row this many times and report medians (default 1)")
     p.add_argument("--save", metavar="JSON", help="also write every raw result to this file")
     args = p.parse_args(argv)
     repeat = args.repeat or (2 if args.quick else 5)
@@ -106,38 +134,47 @@ def main(argv=None):
             env.pop(k)
     missing = {impl: [m for m in mods if not common.module_available(m)] for impl, mods in PEER_MODULES.items()}
 
-    results = {}  # (script, impl, config) -> result, each measured once
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
+    results = {}  # (script, impl, config, round) -> result, each measured once a round
 
-    def measure(spec):
+    def measure(spec, rnd):
         script, impl, config = spec
         if missing.get(impl):
             return None
-        if spec not in results:
+        if (*spec, rnd) not in results:
+            key = (*spec, rnd)
             if script == FLOOR:
                 extra = []
             elif script == TRAIN:
                 extra = ["--warmup", warmup, "--repeat", repeat]
             else:
                 extra = ["--new-tokens", new_tokens, "--repeat", args.gen_repeat]
-            print(f"running {script} --impl {impl} --config {config} ...", file=sys.stderr, flush=True)
+            round_note = f" (round {rnd + 1} of {args.rounds})" if args.rounds > 1 else ""
+            print(f"running {script} --impl {impl} --config {config}{round_note} ...", file=sys.stderr, flush=True)
             impl_args = [] if script == FLOOR else ["--impl", impl]
-            results[spec] = common.run_json(script, [*impl_args, "--config", config, *extra], env=env,
-                                            timeout=args.timeout)
-            if "error" in results[spec]:
-                print(f"  {impl} {config}: {results[spec]['error']}", file=sys.stderr)
-        return results[spec]
+            results[key] = common.run_json(script, [*impl_args, "--config", config, *extra], env=env,
+                                           timeout=args.timeout)
+            if "error" in results[key]:
+                print(f"  {impl} {config}: {results[key]['error']}", file=sys.stderr)
+        return results[(*spec, rnd)]
 
+    rows = rows_for(args.quick)
+    runs = {}  # row index -> (ours results, peer results, floor results), one of each per round
+    for rnd in range(args.rounds):
+        for i, (work, ours_spec, peer_spec, kind) in enumerate(rows):
+            ours, peer = measure(ours_spec, rnd), measure(peer_spec, rnd)
+            floor = None
+            if not args.no_floor:
+                config = ours_spec[2] if kind == "train" else GEN_FLOOR_CONFIG[ours_spec[2]]
+                floor = measure((FLOOR, "floor", config), rnd)
+            for runs_of, r in zip(runs.setdefault(i, ([], [], [])), (ours, peer, floor)):
+                runs_of.append(r)
     table = []
-    for work, ours_spec, peer_spec, kind in rows_for(args.quick):
-        ours, peer = measure(ours_spec), measure(peer_spec)
-        ok = ours and peer and "error" not in ours and "error" not in peer
-        speedup = f"{peer['median_s'] / ours['median_s']:.2f}x" if ok else "-"
-        floor = None
-        if not args.no_floor:
-            config = ours_spec[2] if kind == "train" else GEN_FLOOR_CONFIG[ours_spec[2]]
-            floor = measure((FLOOR, "floor", config))
-        table.append((work, fmt_result(ours, kind), f"{peer_spec[1]}: {fmt_result(peer, kind)}", speedup,
-                      fmt_floor(ours, floor, kind), fmt_rss(ours), fmt_rss(peer)))
+    for i, (work, ours_spec, peer_spec, kind) in enumerate(rows):
+        ours, peer, floor = runs[i]
+        table.append((work, fmt_result(ours, kind), f"{peer_spec[1]}: {fmt_result(peer, kind)}",
+                      speedup(ours, peer), fmt_floor(ours, floor, kind), fmt_rss(ours), fmt_rss(peer)))
 
     # header: how it was run
     print("# Benchmarks" + (" (--quick: a smoke test, not a measurement)" if args.quick else ""))
@@ -148,6 +185,9 @@ def main(argv=None):
     print(f"- python {sys.version.split()[0]}, {os.cpu_count()} CPUs; training: warm-up {warmup}, median of {repeat} "
           f"steps, dropout 0.0 everywhere; generation: batch 1, 16-token prompt, {new_tokens} new greedy tokens, "
           f"{args.gen_repeat} timed run(s) after a warm-up")
+    if args.rounds > 1:
+        print(f"- {args.rounds} rounds: every figure is the median over the rounds, each ratio taken within its round; "
+              "peak RSS is the largest")
     notes = sorted({f"{r['impl']}: {r['notes']}" for r in results.values() if r and "notes" in r})
     for n in notes:
         print(f"- {n}")
@@ -163,10 +203,15 @@ def main(argv=None):
         if mods:
             print(f"- peer {impl} skipped: {', '.join(mods)} not installed")
     print("- speed-up = peer time / our time for the same work (> 1: ours is faster)")
-    floors = {c: r for (s, _, c), r in results.items() if s == FLOOR and r and "error" not in r}
-    for c, r in floors.items():
+    floors = {}
+    for (s, _, c, _), r in results.items():
+        if s == FLOOR and _ok(r):
+            floors.setdefault(c, []).append(r)
+    for c, rs in floors.items():
+        r = sorted(rs, key=lambda r: r["train"]["floor_s"])[len(rs) // 2]  # the round with the median floor
         t = r["train"]
-        print(f"- floor {c}: step {t['floor_s']:.3f} s = matmuls {t['matmul_s']:.3f} s ({t['matmul_gflop']:.0f} GFLOP "
+        which = " (the round with the median step floor)" if len(rs) > 1 else ""
+        print(f"- floor {c}{which}: step {t['floor_s']:.3f} s = matmuls {t['matmul_s']:.3f} s ({t['matmul_gflop']:.0f} GFLOP "
               f"at {t['matmul_gflops']:.0f} GFLOP/s, each shape alone) + AdamW {t['optimizer_s']:.3f} s "
               f"(at {t['bandwidth_gbs']:.1f} GB/s); decode {r['decode']['tokens_per_s']:.0f} tok/s "
               f"({r['decode']['weight_mib']:.0f} MiB of weights at {r['decode']['gemv_gbs']:.1f} GB/s)")
@@ -178,7 +223,8 @@ def main(argv=None):
         print("| " + " | ".join(row) + " |")
 
     if args.save:
-        raw = [{"script": s, "impl": i, "config": c, **(r or {"skipped": True})} for (s, i, c), r in results.items()]
+        raw = [{"script": s, "impl": i, "config": c, "round": k + 1, **(r or {"skipped": True})}
+               for (s, i, c, k), r in results.items()]
         Path(args.save).write_text(json.dumps(raw, indent=1))
         print(f"\nraw results: {args.save}")
 

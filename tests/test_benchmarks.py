@@ -37,3 +37,39 @@ def test_floor_is_a_sum_of_positive_measured_parts():
     assert t["matmul_gflop"] == sum(c * 2 * bt * m * k * n for c, bt, m, k, n in floor.step_products(dims, 2, 8)) / 1e9
     d = floor.decode_floor("small-hf", dims=dims, repeat=2)
     assert np.isclose(d["tokens_per_s"] * d["token_s"], 1.0)
+
+
+def test_run_all_rounds_report_the_median_of_ratios_taken_within_each_round(monkeypatch, capsys):
+    """A machine that slows down for a round slows ours and the peer alike: the ratios come from within
+    each round and the table shows their median, not a ratio of medians from different minutes."""
+    from benchmarks import run_all
+
+    slow = {0: 1.0, 1: 3.0, 2: 1.1}  # the machine's speed in each round: round 2 is three times slower
+    calls = []
+
+    def fake_run_json(script, args, env=None, timeout=None):
+        impl = args[args.index("--impl") + 1] if "--impl" in args else "floor"
+        config = args[args.index("--config") + 1]
+        rnd = sum(1 for c in calls if c == (script, impl, config))
+        calls.append((script, impl, config))
+        f = slow[rnd]
+        if script == run_all.FLOOR:
+            return {"train": {"floor_s": 0.5 * f, "matmul_s": 0.45 * f, "matmul_gflop": 100, "matmul_gflops": 200,
+                              "optimizer_s": 0.05 * f, "bandwidth_gbs": 20.0},
+                    "decode": {"tokens_per_s": 400 / f, "weight_mib": 61, "gemv_gbs": 20.0}, "blas": "b"}
+        seconds = {"ours": 1.0, "book": 2.0, "hf": 1.5, "book-kv": 2.0, "ours-nocache": 8.0}[impl] * f
+        return {"impl": impl, "median_s": seconds, "tokens_per_s": 1000 / seconds, "peak_rss_mib": 100.0 + rnd,
+                "blas": "b", "notes": "n"}
+
+    monkeypatch.setattr(run_all.common, "run_json", fake_run_json)
+    monkeypatch.setattr(run_all.common, "module_available", lambda name: True)  # the peers, faked too
+    run_all.main(["--quick", "--rounds", "3"])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| train step, small (book style)"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "1.100 s (909 tok/s)"  # the median of 1.0, 3.0, 1.1
+    assert cells[3] == "2.00x"  # every round's ratio is 2.0, whatever its speed
+    assert cells[4] == "2.00 (0.550 s)"  # ours / floor within each round: 1.0 / 0.5
+    assert cells[5] == "102 MiB"  # peak memory: the largest
+    assert "3 rounds: every figure is the median over the rounds" in out
+    assert len([c for c in calls if c == (run_all.TRAIN, "ours", "small-book")]) == 3
