@@ -571,7 +571,8 @@ def _attention_forward(ctx, q, k, v, causal, dropout_p, generator, out=None):
         backend.blockwise(weights, s.reshape(-1, rows * kend))  # the attention weights, in place: one head per row
         drop = _dropout_mask(generator, s.shape, dropout_p, s.dtype) if dropout_p > 0.0 else None
         a_used = s * drop if drop is not None else s
-        ctx.a.append(s), ctx.a_used.append(a_used), ctx.mask.append(drop)
+        for saved, value in ((ctx.a, s), (ctx.a_used, a_used), (ctx.mask, drop)):
+            saved.append(value)
         chunk_y = a_used @ v[..., :kend, :]  # (B, H, rows, kend) @ (B, H, kend, D) -> (B, H, rows, D)
         if y is None:
             return chunk_y
