@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import sys
+from statistics import median as _median
 from pathlib import Path
 
 if not __package__:  # run as a file (python benchmarks/run_all.py) rather than as python -m benchmarks.run_all
@@ -68,18 +69,12 @@ def _ok(*results):
     return all(r and "error" not in r for r in results)
 
 
-def _median(values):
-    values = sorted(values)
-    n = len(values)
-    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
-
-
 def fmt_result(runs, kind):
     """A row's time over the rounds: the median of each round's figure."""
-    runs = [r for r in runs if _ok(r)]
-    if not runs:
-        return "skipped" if not any(runs) else "error"
-    seconds, tokens = _median([r["median_s"] for r in runs]), _median([r["tokens_per_s"] for r in runs])
+    ok = [r for r in runs if _ok(r)]
+    if not ok:
+        return "error" if any(runs) else "skipped"  # a result with an error, or none (peer not installed)
+    seconds, tokens = _median([r["median_s"] for r in ok]), _median([r["tokens_per_s"] for r in ok])
     if kind == "train":
         return f"{seconds:.3f} s ({tokens:.0f} tok/s)"
     return f"{tokens:.1f} tok/s ({seconds:.2f} s)"
@@ -142,8 +137,8 @@ def main(argv=None):
         script, impl, config = spec
         if missing.get(impl):
             return None
-        if (*spec, rnd) not in results:
-            key = (*spec, rnd)
+        key = (*spec, rnd)
+        if key not in results:
             if script == FLOOR:
                 extra = []
             elif script == TRAIN:
@@ -157,7 +152,7 @@ def main(argv=None):
                                            timeout=args.timeout)
             if "error" in results[key]:
                 print(f"  {impl} {config}: {results[key]['error']}", file=sys.stderr)
-        return results[(*spec, rnd)]
+        return results[key]
 
     rows = rows_for(args.quick)
     runs = {}  # row index -> (ours results, peer results, floor results), one of each per round

@@ -72,4 +72,6 @@ def test_run_all_rounds_report_the_median_of_ratios_taken_within_each_round(monk
     assert cells[4] == "2.00 (0.550 s)"  # ours / floor within each round: 1.0 / 0.5
     assert cells[5] == "102 MiB"  # peak memory: the largest
     assert "3 rounds: every figure is the median over the rounds" in out
+    assert run_all.fmt_result([None, None], "train") == "skipped"  # the peer is not installed
+    assert run_all.fmt_result([{"error": "exit 1"}, None], "train") == "error"
     assert len([c for c in calls if c == (run_all.TRAIN, "ours", "small-book")]) == 3
