@@ -44,10 +44,14 @@ from autograd.optim import grad_norm
 COMPUTE_DTYPES = {"float32": None, "float16": np.float16}
 
 
+def _linears(model):
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
 def cast_linears(model, dtype):
     """Set `compute_dtype = dtype` (None: back to float32) on every nn.Linear in `model`; returns how
     many there are. The parameters are not touched."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    linears = _linears(model)
     for m in linears:
         m.compute_dtype = None if dtype is None else np.dtype(dtype)
     return len(linears)
@@ -57,7 +61,7 @@ def cast_linears(model, dtype):
 def compute_in(model, dtype):
     """Within the block, `model`'s Linear layers compute in `dtype` (`cast_linears`); afterwards each
     has its previous `compute_dtype` again, so a model trained in float16 generates in float32 after."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    linears = _linears(model)
     previous = [m.compute_dtype for m in linears]
     cast_linears(model, dtype)
     try:
