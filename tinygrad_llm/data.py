@@ -289,7 +289,7 @@ def tokenize_corpus(source, tokenizer, cache_dir=None, *, allowed_special="all",
     files = text_files(source)
     dtype = np.uint16 if tokenizer.n_vocab <= 1 << 16 else np.uint32
     key = hashlib.sha256(json.dumps({
-        "format": _CACHE_FORMAT, "files": [_file_sha256(p) for p in files],
+        "format": _CACHE_FORMAT, "files": [file_fingerprint(p)["sha256"] for p in files],
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "allowed_special": allowed_special if allowed_special == "all" else sorted(allowed_special),
     }).encode()).hexdigest()[:20]
@@ -311,11 +311,3 @@ def tokenize_corpus(source, tokenizer, cache_dir=None, *, allowed_special="all",
     if path.stat().st_size == 0:
         raise ValueError(f"the corpus {source} has no tokens: its files are empty")
     return np.memmap(path, dtype=dtype, mode="r")
-
-
-def _file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
