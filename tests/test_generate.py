@@ -49,6 +49,23 @@ def test_incremental_decoding_gives_the_full_forward_logits(device, qkv_bias):
         np.testing.assert_allclose(model(ids[:, :3], cache).numpy(), full[:, :3], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_last_only_gives_the_last_positions_logits(device, tie):
+    """What generation asks for: the head on the last position only, with and without a cache."""
+    model = tiny_model(device=device, tie_weights=tie).eval()
+    ids = prompt(2, 9, seed=3)
+    cache = KVCache(model.config, 2, device=device)
+    with no_grad():
+        full = model(ids).numpy()  # (2, 9, V)
+        last = model(ids, last_only=True).numpy()
+        prefill = model(ids[:, :5], cache, last_only=True).numpy()
+        rest = model(ids[:, 5:], cache, last_only=True).numpy()
+    assert last.shape == prefill.shape == rest.shape == (2, 1, V)
+    np.testing.assert_allclose(last, full[:, -1:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(prefill, full[:, 4:5], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rest, full[:, -1:], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 1.0, "top_k": 20, "top_p": 0.9, "seed": 7}])
 def test_generate_gives_the_same_ids_with_and_without_cache(device, sampling):
     model = tiny_model(device=device)

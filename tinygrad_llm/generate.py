@@ -86,7 +86,7 @@ def _steps(model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cach
                 cache.reset()  # the window slid: every position changed
                 feed = ids[:, start:]
             with no_grad():  # per forward pass: grad mode is global, and the caller runs between yields
-                logits = model(feed, cache)  # (B, T_feed) -> (B, T_feed, V)
+                logits = model(feed, cache, last_only=True)  # (B, T_feed) -> (B, 1, V)
             last = backend.to_host(logits.data[:, -1, :])  # (B, V): the one copy from the device per step
             nxt = sample_next(last, rng, temperature, top_k, top_p)
             yield nxt

@@ -272,9 +272,15 @@ class GPT(nn.Module):
             self.config = replace(self.config, tie_weights=False)  # a replaced head unties (see the class docstring)
         super().__setattr__(name, value)
 
-    def forward(self, ids, cache=None):
-        """Logits (B, T, vocab) for integer ids (B, T); with a KV cache, ids continue the cached sequence."""
+    def forward(self, ids, cache=None, last_only=False):
+        """Logits (B, T, vocab) for integer ids (B, T); with a KV cache, ids continue the cached sequence.
+
+        last_only=True: only the last position's logits, (B, 1, vocab), which is all that generation
+        reads. The head is the model's largest product (a vocab-wide row per position), so a prompt, or
+        a context recomputed without a cache, skips it for every position but the last."""
         x = self.hidden_states(ids, cache)
+        if last_only and x.shape[1] > 1:
+            x = x[:, -1:]  # (B, T, C) -> (B, 1, C)
         if self.config.tie_weights:
             return F.linear(x, self.wte.weight)  # (B, T, C) -> (B, T, vocab)
         return self.lm_head(x)  # (B, T, C) -> (B, T, vocab), or the width of a replaced head
