@@ -7,7 +7,8 @@ own), and print a markdown table.
 speed-up = peer time / our time for the same work (> 1: ours is faster). For a training step the time
 is the median step time; for generation it is the wall time of the run, so the speed-up is also our
 tokens/s over the peer's. In the "KV cache vs recompute" row the peer is our own generation without the
-cache.
+cache; in the row after it, that generation without a cache is ours, against the book's
+(`generate_text_simple`, which computes the head for every position and keeps the last).
 The floor (benchmarks/floor.py, measured in its own process on the same machine) is what NumPy here
 allows at best: for a training step, its matmuls each timed alone plus AdamW's bytes at the measured
 memory bandwidth; for generation, every weight read once per token at the measured matrix-vector speed.
@@ -19,6 +20,7 @@ Some machines set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which a user's machine w
 OpenBLAS's kernels and blocking. Run this under `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`; the
 child processes get them removed anyway unless --keep-openblas-env is given.
 `--quick`: the small configs only, few repetitions and 50 new tokens -- a smoke test, not a measurement.
+`--only train` / `--only generate`: those rows alone.
 `--rounds N`: measure every row N times, round after round, each round with ours, the peer and the floor
 of a row run one after the other; the table gives the median over the rounds of each time and of each
 ratio (a ratio is taken within its round, so a machine that slows down for a few minutes, as a shared
@@ -40,11 +42,13 @@ from benchmarks import common
 TRAIN, GEN, FLOOR = "bench_train_step.py", "bench_generate.py", "floor.py"
 GEN_FLOOR_CONFIG = {"gpt2-small": "gpt2-small", "small": "small-hf"}  # generation config -> floor config
 PEER_MODULES = {"book": ("torch", "llms_from_scratch"), "book-kv": ("torch", "llms_from_scratch"),
+                "book-nocache": ("torch", "llms_from_scratch", "matplotlib"),  # the book's ch05 imports matplotlib
                 "hf": ("torch", "transformers")}
 
 
-def rows_for(quick):
-    """(work, (script, impl, config) for ours, (script, impl, config) for the peer, kind)."""
+def rows_for(quick, only=None):
+    """(work, (script, impl, config) for ours, (script, impl, config) for the peer, kind); `only`: "train"
+    or "generate" keeps those rows."""
     rows = []
     if not quick:
         rows += [
@@ -61,7 +65,12 @@ def rows_for(quick):
             (f"generate, {cfg}, KV cache, vs HF generate", (GEN, "ours", cfg), (GEN, "hf", cfg), "gen"),
             (f"generate, {cfg}, KV cache, vs book KV cache", (GEN, "ours", cfg), (GEN, "book-kv", cfg), "gen"),
             (f"generate, {cfg}: KV cache (ours) vs recompute (ours-nocache)", (GEN, "ours", cfg), (GEN, "ours-nocache", cfg), "gen"),
+            # no floor column: the floor is for one token from a cache, not for recomputing the context
+            (f"generate, {cfg}: recompute (ours-nocache) vs the book's recompute", (GEN, "ours-nocache", cfg),
+             (GEN, "book-nocache", cfg), "recompute"),
         ]
+    if only:
+        rows = [r for r in rows if (r[3] == "train") == (only == "train")]
     return rows
 
 
@@ -116,6 +125,7 @@ def main(argv=None):
                    help="pass OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE on to the measurements")
     p.add_argument("--no-floor", action="store_true", help="leave out the floor column (saves a minute or two)")
     p.add_argument("--rounds", type=int, default=1, help="measure every row this many times and report medians (default 1)")
+    p.add_argument("--only", choices=("train", "generate"), help="only the training rows, or only the generation rows")
     p.add_argument("--save", metavar="JSON", help="also write every raw result to this file")
     args = p.parse_args(argv)
     repeat = args.repeat or (2 if args.quick else 5)
@@ -154,13 +164,13 @@ def main(argv=None):
                 print(f"  {impl} {config}: {results[key]['error']}", file=sys.stderr)
         return results[key]
 
-    rows = rows_for(args.quick)
+    rows = rows_for(args.quick, args.only)
     runs = {}  # row index -> (ours results, peer results, floor results), one of each per round
     for rnd in range(args.rounds):
         for i, (work, ours_spec, peer_spec, kind) in enumerate(rows):
             ours, peer = measure(ours_spec, rnd), measure(peer_spec, rnd)
             floor = None
-            if not args.no_floor:
+            if not args.no_floor and kind != "recompute":
                 config = ours_spec[2] if kind == "train" else GEN_FLOOR_CONFIG[ours_spec[2]]
                 floor = measure((FLOOR, "floor", config), rnd)
             for runs_of, r in zip(runs.setdefault(i, ([], [], [])), (ours, peer, floor)):

@@ -57,7 +57,7 @@ def test_run_all_rounds_report_the_median_of_ratios_taken_within_each_round(monk
             return {"train": {"floor_s": 0.5 * f, "matmul_s": 0.45 * f, "matmul_gflop": 100, "matmul_gflops": 200,
                               "optimizer_s": 0.05 * f, "bandwidth_gbs": 20.0},
                     "decode": {"tokens_per_s": 400 / f, "weight_mib": 61, "gemv_gbs": 20.0}, "blas": "b"}
-        seconds = {"ours": 1.0, "book": 2.0, "hf": 1.5, "book-kv": 2.0, "ours-nocache": 8.0}[impl] * f
+        seconds = {"ours": 1.0, "book": 2.0, "hf": 1.5, "book-kv": 2.0, "ours-nocache": 8.0, "book-nocache": 20.0}[impl] * f
         return {"impl": impl, "median_s": seconds, "tokens_per_s": 1000 / seconds, "peak_rss_mib": 100.0 + rnd,
                 "blas": "b", "notes": "n"}
 
@@ -75,3 +75,9 @@ def test_run_all_rounds_report_the_median_of_ratios_taken_within_each_round(monk
     assert run_all.fmt_result([None, None], "train") == "skipped"  # the peer is not installed
     assert run_all.fmt_result([{"error": "exit 1"}, None], "train") == "error"
     assert len([c for c in calls if c == (run_all.TRAIN, "ours", "small-book")]) == 3
+    row = next(line for line in out.splitlines() if line.startswith("| generate, small: recompute"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "2.50x" and cells[4] == "-"  # 20 s against 8 s; no decode floor for a recompute
+    calls.clear()
+    run_all.main(["--quick", "--only", "generate"])
+    assert {c[0] for c in calls} == {run_all.GEN, run_all.FLOOR}  # no training step measured
