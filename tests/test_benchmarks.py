@@ -81,3 +81,28 @@ def test_run_all_rounds_report_the_median_of_ratios_taken_within_each_round(monk
     calls.clear()
     run_all.main(["--quick", "--only", "generate"])
     assert {c[0] for c in calls} == {run_all.GEN, run_all.FLOOR}  # no training step measured
+
+
+def test_raw_decode_loop_computes_the_models_logits():
+    """benchmarks/raw_decode.py's framework-free loop is a fair bound only if it computes the same model:
+    its logits for each new token equal the model's with a KV cache (also with the transposed head)."""
+    from autograd import no_grad
+    from benchmarks.raw_decode import RawDecoder
+    from tinygrad_llm.model import KVCache
+    from tests.conftest import tiny_gpt
+
+    model = tiny_gpt(97, 16, qkv_bias=True, tie_weights=True).eval()
+    rng = np.random.default_rng(0)
+    for name, p in model.named_parameters():  # GPT-2's init zeroes the biases and sets the norms to one
+        if name.endswith("bias") or ".ln_" in name or name.startswith("ln_f"):
+            p.data[...] = rng.standard_normal(p.data.shape, dtype=np.float32) * 0.5 + (name.endswith("weight"))
+    ids = rng.integers(0, 97, (1, 5))
+    for transposed in (False, True):
+        raw = RawDecoder(model, transposed_head=transposed)
+        ours, theirs = KVCache(model.config, 1), KVCache(model.config, 1)
+        with no_grad():
+            model(ids, ours), model(ids, theirs)
+            for token in (3, 41, 96, 0):
+                expected = model(np.array([[token]]), ours).numpy()[0, -1]
+                np.testing.assert_allclose(raw.step(token, theirs), expected, rtol=1e-4, atol=1e-5)
+        assert theirs.length == ours.length == 9
