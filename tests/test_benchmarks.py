@@ -95,7 +95,7 @@ def test_raw_decode_loop_computes_the_models_logits():
     rng = np.random.default_rng(0)
     for name, p in model.named_parameters():  # GPT-2's init zeroes the biases and sets the norms to one
         if name.endswith("bias") or ".ln_" in name or name.startswith("ln_f"):
-            p.data[...] = rng.standard_normal(p.data.shape, dtype=np.float32) * 0.5 + (name.endswith("weight"))
+            p.data[...] = rng.standard_normal(p.data.shape, dtype=np.float32) * 0.5 + (1.0 if name.endswith("weight") else 0.0)
     ids = rng.integers(0, 97, (1, 5))
     for transposed in (False, True):
         raw = RawDecoder(model, transposed_head=transposed)
