@@ -16,9 +16,7 @@ measures OpenBLAS's default (see autograd/backend.py).
 """
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 if not __package__:  # run as a file (python benchmarks/x.py) rather than as python -m benchmarks.x
@@ -31,13 +29,9 @@ B, T, C, H, V = 2, 256, 768, 12, 50257
 
 
 def timed(fn, repeat):
-    fn()  # warm-up: first-touch pages, threads started
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"min_ms": 1e3 * min(times), "median_ms": 1e3 * statistics.median(times)}
+    """Min and median of `repeat` timed runs, in ms, after one warm-up (first-touch pages, threads started)."""
+    t = common.time_runs(fn, warmup=1, repeat=repeat)
+    return {"min_ms": 1e3 * t["min_s"], "median_ms": 1e3 * t["median_s"]}
 
 
 def op_cases(rng):

@@ -24,9 +24,8 @@ if not __package__:  # run as a file (python benchmarks/x.py) rather than as pyt
 
 from benchmarks import common, floor
 from benchmarks.bench_generate import GEN_CONFIGS, GEN_CONTEXT, PROMPT_LEN, prompt_ids
+from benchmarks.run_all import GEN_FLOOR_CONFIG
 import numpy as np
-
-FLOOR_CONFIG = {"gpt2-small": "gpt2-small", "small": "small-hf"}
 
 
 class RawDecoder:
@@ -127,7 +126,7 @@ def main(argv=None):
             start = time.perf_counter()
             fn(args.new_tokens)
             times[name].append((time.perf_counter() - start) / args.new_tokens)
-        times["floor"].append(floor.decode_floor(FLOOR_CONFIG[args.config])["token_s"])
+        times["floor"].append(floor.decode_floor(GEN_FLOOR_CONFIG[args.config])["token_s"])
     print(f"# {args.config}, {args.new_tokens} greedy tokens after {PROMPT_LEN}, {args.rounds} rounds"
           f"{', raw loop with a transposed head' if args.transposed_head else ''}; {common.blas_info()}")
     for name, ts in times.items():
