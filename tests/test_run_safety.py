@@ -171,7 +171,6 @@ def test_metrics_hold_null_where_a_value_is_not_finite(tok, ids, tmp_path):
     assert all(isinstance(r["train_loss"], float) for r in lines)
 
 
-
 def test_metrics_are_rewritten_whole_through_atomic_write(tok, ids, tmp_path, monkeypatch):
     """metrics.jsonl goes through the one atomic write, never an append a kill could leave half done."""
     import tinygrad_llm.train as train_module
