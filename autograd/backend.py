@@ -109,7 +109,6 @@ def keep_freed_memory():
     return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # TensorFloat-32
 

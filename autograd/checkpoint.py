@@ -3,7 +3,7 @@
 safetensors is the format the LLM world shares weights in; any tool that reads it can open these
 files. A file holds raw little-endian arrays under a JSON header, so loading is parsing, never
 unpickling. This module is the project's one reader and writer of such files (model weights in
-tinygrad_llm/weights.py, classifiers, LoRA adapters and training checkpoints all go through it), and
+tinygrad_llm/models/gpt2_weights.py, classifiers, LoRA adapters and training checkpoints all go through it), and
 `atomic_write` is the one way the project writes any file: beside its destination under a temporary
 name, flushed to disk, then renamed over it, so a crash mid-save leaves the previous file intact.
 
@@ -180,7 +180,7 @@ _SAFETENSORS_DTYPES = {"f4": "F32", "f8": "F64", "f2": "F16", "i8": "I64", "i4":
 
 
 # ---------------------------------------------------------------------------------------------------
-# safetensors, read tensor by tensor (GPT-2's weights: tinygrad_llm/weights.py)
+# safetensors, read tensor by tensor (GPT-2's weights: tinygrad_llm/models/gpt2_weights.py)
 
 
 def read_safetensors_header(path):

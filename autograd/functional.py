@@ -657,7 +657,7 @@ class MultiHeadAttention(Function):
     gradients, their sum, and two layout copies per layer.
 
     (Generation with a KV cache goes through `scaled_dot_product_attention` on the cached keys and
-    values: tinygrad_llm/model.py, `CausalSelfAttention.attend_cached`.)
+    values: tinygrad_llm/models/gpt.py, `CausalSelfAttention.attend_cached`.)
     """
 
     def forward(self, qkv, n_heads, causal=True, dropout_p=0.0, generator=None):

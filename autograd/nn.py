@@ -9,6 +9,7 @@ Reproducibility: layers draw their initial values from the `rng` they are given
 device; `.to(device)` then moves them. Without an `rng` the draw is unseeded. There is no global seed.
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -311,6 +312,25 @@ class Module:
         return head + "\n" + "\n".join(lines) + "\n)"
 
 
+@contextlib.contextmanager
+def eval_mode(module):
+    """Evaluation mode (dropout off) inside the block, the module's previous mode restored after it,
+    also when the block raises or a generator holding it is closed. A module already in eval mode is
+    not walked at all.
+
+        with eval_mode(model), no_grad():
+            logits = model(ids)
+    """
+    was_training = module.training
+    if was_training:
+        module.eval()
+    try:
+        yield module
+    finally:
+        if was_training:
+            module.train()
+
+
 def functional_call(module, tensors, *args, **kwargs):
     """module(*args, **kwargs) with some parameters or buffers replaced by `tensors` ({dotted name:
     Tensor}) for this one call (as torch.func.functional_call). Gradients flow to the given tensors;
@@ -543,6 +563,6 @@ class ModuleList(Module):
 
 
 __all__ = [
-    "Parameter", "Module", "StateDictError", "functional_call", "Linear", "Embedding", "LayerNorm", "Dropout",
+    "Parameter", "Module", "StateDictError", "eval_mode", "functional_call", "Linear", "Embedding", "LayerNorm", "Dropout",
     "GELU", "ReLU", "Sequential", "ModuleList",
 ]

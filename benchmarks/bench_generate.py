@@ -5,7 +5,7 @@ ids) and random weights (seeded), after one untimed warm-up run with fewer token
         [--repeat 1] [--json]
 
 Implementations:
-  ours          tinygrad_llm.generate.generate(model, ids, n, use_cache=True)  (KV cache)
+  ours          tinygrad_llm.models.generate.generate(model, ids, n, use_cache=True)  (KV cache)
   ours-nocache  the same with use_cache=False: the whole sequence is recomputed every step
   hf            transformers GPT2LMHeadModel.generate(do_sample=False, use_cache=True,
                 min_new_tokens=n so it never stops early)
@@ -44,8 +44,8 @@ def prompt_ids(vocab, seed=0):
 
 
 def setup_ours(dims, use_cache):
-    from tinygrad_llm.generate import generate
-    from tinygrad_llm.model import GPT, GPTConfig
+    from tinygrad_llm.models.generate import generate
+    from tinygrad_llm.models.gpt import GPT, GPTConfig
 
     cfg = GPTConfig(**{**dims, "context_length": GEN_CONTEXT}, drop_rate=0.0, qkv_bias=True, tie_weights=True)
     model = GPT(cfg, seed=0)
@@ -56,7 +56,7 @@ def setup_ours(dims, use_cache):
         return out.shape[-1] - PROMPT_LEN
 
     n_params = sum(p.data.size for p in model.parameters())
-    return run, n_params, f"tinygrad_llm.generate, use_cache={use_cache}"
+    return run, n_params, f"tinygrad_llm.models.generate, use_cache={use_cache}"
 
 
 def setup_hf(dims):

@@ -59,11 +59,11 @@ def time_steps(args):
         sys.path.insert(0, str(ROOT))
     from autograd import backend
     from autograd.optim import AdamW
-    from tinygrad_llm.classifier import GPTClassifier, classification_loader, classification_loss, set_trainable
-    from tinygrad_llm.classify_data import classification_splits, read_labeled_tsv
-    from tinygrad_llm.model import GPT, GPTConfig
-    from tinygrad_llm.tokenizer import get_tokenizer
-    from tinygrad_llm.train import param_groups
+    from tinygrad_llm.finetune.classifier import GPTClassifier, classification_loader, classification_loss, set_trainable
+    from tinygrad_llm.finetune.classify_data import classification_splits, read_labeled_tsv
+    from tinygrad_llm.models.gpt import GPT, GPTConfig
+    from tinygrad_llm.text.tokenizer import get_tokenizer
+    from tinygrad_llm.training.trainer import param_groups
 
     backend.keep_freed_memory()
     tok = get_tokenizer(args.tokenizer)

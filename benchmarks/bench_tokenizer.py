@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from tinygrad_llm.tokenizer import ENDOFTEXT, GPT2_PATTERN, BPETokenizer
+from tinygrad_llm.text.tokenizer import ENDOFTEXT, GPT2_PATTERN, BPETokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -35,6 +35,7 @@ def timed(fn, *args, setup=None):
 def bench_ours(text, vocab_size, gpt2_dir, rows, ids_of):
     tok, seconds = timed(BPETokenizer.train, text, vocab_size)
     rows.append((f"ours: train {vocab_size}", seconds, None))
+
     def fresh():
         return BPETokenizer(tok.vocab, tok.merges, tok.special_tokens).encode
 

@@ -60,7 +60,7 @@ def batch_of(vocab, batch, context, seed=0):
 def build_ours(config, batch, context, dropout):
     """Our model in training mode, its AdamW and a seeded batch (x, y) for `config`."""
     from autograd.optim import AdamW
-    from tinygrad_llm.model import GPT, GPTConfig
+    from tinygrad_llm.models.gpt import GPT, GPTConfig
 
     dims, qkv_bias, tie = common.CONFIGS[config]
     if config in ("book-124m", "gpt2-small"):

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from tinygrad_llm.classify_data import balance_classes, read_labeled_tsv, split_indices
+from tinygrad_llm.finetune.classify_data import balance_classes, read_labeled_tsv, split_indices
 
 
 def bag_of_words(texts, vocab):

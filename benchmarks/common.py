@@ -28,9 +28,10 @@ OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # ---------------------------------------------------------------------------------------------------
 # Model configurations shared by every implementation
 
+
 def _dims(preset, **overrides):
-    """The sizes of one of the library's presets (tinygrad_llm.model.PRESETS), as the peers take them."""
-    from tinygrad_llm.model import GPTConfig
+    """The sizes of one of the library's presets (tinygrad_llm.models.gpt.PRESETS), as the peers take them."""
+    from tinygrad_llm.models.gpt import GPTConfig
 
     cfg = GPTConfig.preset(preset, **overrides)
     return {"vocab_size": cfg.vocab_size, "context_length": cfg.context_length, "emb_dim": cfg.emb_dim,

@@ -18,7 +18,7 @@ median is reported. Implementations:
   book        the book's GPTModel (llms_from_scratch.ch04, qkv bias on to match GPT-2; its head is
               untied, so it has 38M more weights for AdamW to update), float32
 Generation: batch 1, a 16-token seeded prompt, `--new-tokens` greedy tokens with a KV cache after an
-8-token warm-up run: ours (tinygrad_llm.generate) against HF `generate`.
+8-token warm-up run: ours (tinygrad_llm.models.generate) against HF `generate`.
 
 Peak memory: ours is what CuPy's memory pool holds at the end (backend.peak_memory: the pool keeps what
 it frees, so this is its high-water mark, cached blocks included); PyTorch's is
@@ -44,7 +44,7 @@ from benchmarks import common
 
 LR, WEIGHT_DECAY = 4e-4, 0.1
 PROMPT_LEN, GEN_WARMUP_TOKENS = 16, 8
-# name -> (preset of tinygrad_llm.model.PRESETS, vocabulary, default batch, default context)
+# name -> (preset of tinygrad_llm.models.gpt.PRESETS, vocabulary, default batch, default context)
 CONFIGS = {
     "gpt2-small": ("gpt2-small", 50257, 8, 1024),  # GPT-2 as published: qkv bias, tied head
     "tiny": ("cpu-tiny", 50257, 2, 64),  # for the smoke test: 64 wide, 2 layers, GPT-2's vocabulary
@@ -64,7 +64,7 @@ ROWS = [
 
 def model_config(config, context):
     """Our GPTConfig for `config`, dropout off, with a context of at least `context` positions."""
-    from tinygrad_llm.model import GPTConfig
+    from tinygrad_llm.models.gpt import GPTConfig
 
     preset, vocab, _, default_context = CONFIGS[config]
     return GPTConfig.preset(preset, vocab_size=vocab, context_length=max(context, default_context), drop_rate=0.0)
@@ -85,8 +85,8 @@ def setup_ours(kind, impl, cfg, device, batch, context):
         backend.enable_tf32(device)  # before anything imports CuPy: it reads the mode once
     import autograd.functional as F
     from autograd.optim import AdamW
-    from tinygrad_llm.generate import generate
-    from tinygrad_llm.model import GPT
+    from tinygrad_llm.models.generate import generate
+    from tinygrad_llm.models.gpt import GPT
 
     model = GPT(cfg, seed=0).to(device)
     if kind == "train":

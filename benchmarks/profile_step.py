@@ -105,7 +105,6 @@ class OpProfiler:
         return wrapper
 
     def install(self):
-        import autograd.functional
         import autograd.ops  # noqa: F401
         from autograd.function import Function
 

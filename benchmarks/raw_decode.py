@@ -95,8 +95,8 @@ def main(argv=None):
     p.add_argument("--transposed-head", action="store_true")
     args = p.parse_args(argv)
     from autograd import backend, no_grad
-    from tinygrad_llm.generate import generate
-    from tinygrad_llm.model import GPT, GPTConfig, KVCache
+    from tinygrad_llm.models.generate import generate
+    from tinygrad_llm.models.gpt import GPT, GPTConfig, KVCache
 
     backend.keep_freed_memory()
     cfg = GPTConfig(**{**GEN_CONFIGS[args.config], "context_length": GEN_CONTEXT}, drop_rate=0.0, qkv_bias=True,

@@ -12,8 +12,8 @@ exits with status 2.
 import sys
 
 from tinygrad_llm import instruct
-from tinygrad_llm.cli import Parser, nonnegative_float, nonnegative_int, positive_int, run_main
-from tinygrad_llm.generate import decode_stream, stream
+from tinygrad_llm.support.cli import Parser, nonnegative_float, nonnegative_int, positive_int, run_main
+from tinygrad_llm.models.generate import decode_stream, stream
 
 
 def build_parser():

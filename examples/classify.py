@@ -12,8 +12,8 @@ import sys
 
 from autograd import DeviceError
 from autograd.checkpoint import CheckpointError
-from tinygrad_llm.classifier import GPTClassifier
-from tinygrad_llm.cli import Parser, positive_int
+from tinygrad_llm.finetune.classifier import GPTClassifier
+from tinygrad_llm.support.cli import Parser, positive_int
 
 
 def build_parser():

@@ -28,15 +28,15 @@ from pathlib import Path
 
 from autograd import backend
 from autograd.checkpoint import write_text
-from tinygrad_llm.classifier import (POOLS, TRAINABLE, GPTClassifier, accuracy, accuracy_hook, batch_examples,
+from tinygrad_llm.finetune.classifier import (POOLS, TRAINABLE, GPTClassifier, accuracy, accuracy_hook, batch_examples,
                                      classification_loader, classification_loss, set_trainable)
-from tinygrad_llm.classify_data import (balanced_split, classification_splits, describe_lines, download_sms_spam,
+from tinygrad_llm.finetune.classify_data import (balanced_split, classification_splits, describe_lines, download_sms_spam,
                                        read_labeled_tsv)
-from tinygrad_llm.lora import merge_lora, save_adapter
-from tinygrad_llm.model import GPT, PRESETS, GPTConfig
-from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
-from tinygrad_llm.train import TrainConfig, Trainer
-from tinygrad_llm.cli import (Parser, claim_run_folder, ignore_further_ctrl_c, int_at_least, nonnegative_int,
+from tinygrad_llm.finetune.lora import merge_lora, save_adapter
+from tinygrad_llm.models.gpt import GPT, PRESETS, GPTConfig
+from tinygrad_llm.text.tokenizer import BPETokenizer, get_tokenizer
+from tinygrad_llm.training.trainer import TrainConfig, Trainer
+from tinygrad_llm.support.cli import (Parser, claim_run_folder, ignore_further_ctrl_c, int_at_least, nonnegative_int,
                               positive_float, positive_int, run_main)
 
 # (trainable, lr) when the flags are not given: from scratch, and from pretrained weights (the book's)
@@ -76,7 +76,6 @@ def build_parser():
     a("--seed", type=nonnegative_int, default=123, help="balancing, split, head and data order")
     a("--on-bad", default="skip", choices=["skip", "error"], help="malformed lines: skip them (listed) or stop")
     return p
-
 
 
 def load_model(args, train_texts):

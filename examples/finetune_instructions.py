@@ -25,11 +25,11 @@ from pathlib import Path
 
 from autograd import backend
 from tinygrad_llm import instruct, judge
-from tinygrad_llm.lora import apply_lora, merge_lora, save_adapter
-from tinygrad_llm.train import TrainConfig, Trainer
-from tinygrad_llm.cli import (Parser, claim_run_folder, ignore_further_ctrl_c, int_at_least, nonnegative_float,
+from tinygrad_llm.finetune.lora import apply_lora, merge_lora, save_adapter
+from tinygrad_llm.training.trainer import TrainConfig, Trainer
+from tinygrad_llm.support.cli import (Parser, claim_run_folder, ignore_further_ctrl_c, int_at_least, nonnegative_float,
                               nonnegative_int, positive_float, positive_int, run_main)
-from tinygrad_llm.weights import PRETRAINED
+from tinygrad_llm.models.gpt2_weights import PRETRAINED
 
 ADAPTER = "adapter.safetensors"
 BOOK_LR = 5e-5  # the book's, for GPT-2 medium's published weights

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from autograd import backend
-from tinygrad_llm.cli import Parser, nonnegative_float, nonnegative_int, positive_int, probability, run_main
-from tinygrad_llm.generate import decode_stream, stream
-from tinygrad_llm.model import GPT
-from tinygrad_llm.tokenizer import ENDOFTEXT, get_tokenizer
+from tinygrad_llm.support.cli import Parser, nonnegative_float, nonnegative_int, positive_int, probability, run_main
+from tinygrad_llm.models.generate import decode_stream, stream
+from tinygrad_llm.models.gpt import GPT
+from tinygrad_llm.text.tokenizer import ENDOFTEXT, get_tokenizer
 
 
 def build_parser():

@@ -39,16 +39,16 @@ from pathlib import Path
 
 from autograd import DeviceError, backend  # before NumPy: backend sets OpenBLAS's thread timeout
 import numpy as np  # noqa: E402
-from tinygrad_llm.data import (DataLoader, GPTDataset, encode_pieces, file_fingerprint, read_chunks, text_files,
+from tinygrad_llm.text.data import (DataLoader, GPTDataset, encode_pieces, file_fingerprint, read_chunks, text_files,
                                train_val_split)
-from tinygrad_llm.model import GPT, PRESETS, GPTConfig
-from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
-from tinygrad_llm.train import TrainConfig, Trainer
-from tinygrad_llm.run_folder import CHECKPOINT, checkpoint_tokenizer, read_checkpoint_metadata
-from tinygrad_llm.cli import (Parser, claim_run_folder, compute_dtype, fraction, ignore_further_ctrl_c, int_at_least,
+from tinygrad_llm.models.gpt import GPT, PRESETS, GPTConfig
+from tinygrad_llm.text.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
+from tinygrad_llm.training.trainer import TrainConfig, Trainer
+from tinygrad_llm.training.run_folder import CHECKPOINT, checkpoint_tokenizer, read_checkpoint_metadata
+from tinygrad_llm.support.cli import (Parser, claim_run_folder, compute_dtype, fraction, ignore_further_ctrl_c, int_at_least,
                               nonnegative_float, nonnegative_int, one_line, positive_float, positive_int, run_main)
-from tinygrad_llm.download import default_cache_dir, download_file
-from tinygrad_llm.distributed import Communicator, DistributedError, init_communicator
+from tinygrad_llm.support.download import default_cache_dir, download_file
+from tinygrad_llm.support.distributed import Communicator, DistributedError, init_communicator
 
 DEFAULT_CORPUS = "pydoc"  # Python's help topics, from the standard library
 # flags that a resumed run may change; the rest (model, data, tokenizer) come from the checkpoint
@@ -122,7 +122,6 @@ def this_command():
         return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
 
     return f"{shlex.quote(short(sys.executable))} {shlex.quote(short(__file__))}"
-
 
 
 def fetch(url):

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, settings
 from pydoc_data.topics import topics
 
 from autograd import cuda_available
-from tinygrad_llm.model import GPT, GPTConfig
-from tinygrad_llm.tokenizer import BPETokenizer
+from tinygrad_llm.models.gpt import GPT, GPTConfig
+from tinygrad_llm.text.tokenizer import BPETokenizer
 
 settings.register_profile(
     "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]

@@ -20,10 +20,10 @@ if str(ROOT) not in sys.path:  # run as a script from any folder
     sys.path.insert(0, str(ROOT))
 
 from autograd.checkpoint import write_text  # noqa: E402
-from tinygrad_llm.data import DataLoader, GPTDataset  # noqa: E402
-from tinygrad_llm.distributed import DistributedError, init_communicator  # noqa: E402
-from tinygrad_llm.model import GPT, GPTConfig  # noqa: E402
-from tinygrad_llm.train import TrainConfig, Trainer  # noqa: E402
+from tinygrad_llm.text.data import DataLoader, GPTDataset  # noqa: E402
+from tinygrad_llm.support.distributed import DistributedError, init_communicator  # noqa: E402
+from tinygrad_llm.models.gpt import GPT, GPTConfig  # noqa: E402
+from tinygrad_llm.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 PERTURBED = "h.1.mlp.c_fc.weight"
 

@@ -13,9 +13,9 @@ import pytest
 import autograd.functional as F
 from autograd import Function, backend, is_grad_enabled, nn
 from autograd.amp import GradScaler, cast_linears, compute_in
-from tinygrad_llm.distributed import Communicator, LaunchInfo
-from tinygrad_llm.run_folder import read_checkpoint_metadata
-from tinygrad_llm.train import NonFiniteError, TrainConfig, Trainer
+from tinygrad_llm.support.distributed import Communicator, LaunchInfo
+from tinygrad_llm.training.run_folder import read_checkpoint_metadata
+from tinygrad_llm.training.trainer import NonFiniteError, TrainConfig, Trainer
 from tests.conftest import assert_clean_error, tiny_gpt
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,10 +10,10 @@ import pytest
 
 import autograd.functional as F
 import autograd.reference as R
-import tinygrad_llm.generate as generate_module
+import tinygrad_llm.models.generate as generate_module
 from autograd import Tensor
-from tinygrad_llm.generate import generate, stream
-from tinygrad_llm.model import GPT, GPTConfig
+from tinygrad_llm.models.generate import generate, stream
+from tinygrad_llm.models.gpt import GPT, GPTConfig
 
 V = 50
 

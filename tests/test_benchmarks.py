@@ -88,7 +88,7 @@ def test_raw_decode_loop_computes_the_models_logits():
     its logits for each new token equal the model's with a KV cache (also with the transposed head)."""
     from autograd import no_grad
     from benchmarks.raw_decode import RawDecoder
-    from tinygrad_llm.model import KVCache
+    from tinygrad_llm.models.gpt import KVCache
     from tests.conftest import tiny_gpt
 
     model = tiny_gpt(97, 16, qkv_bias=True, tie_weights=True).eval()

@@ -11,7 +11,7 @@ import pytest
 
 from autograd import no_grad
 from autograd.optim import AdamW
-from tinygrad_llm.classifier import (
+from tinygrad_llm.finetune.classifier import (
     GPTClassifier,
     accuracy,
     accuracy_hook,
@@ -21,7 +21,7 @@ from tinygrad_llm.classifier import (
     classified_positions,
     set_trainable,
 )
-from tinygrad_llm.classify_data import (
+from tinygrad_llm.finetune.classify_data import (
     ClassificationDataset,
     balance_classes,
     balanced_split,
@@ -32,9 +32,9 @@ from tinygrad_llm.classify_data import (
     read_labeled_tsv,
     split_indices,
 )
-from tinygrad_llm.model import GPT, GPTConfig
-from tinygrad_llm.tokenizer import BPETokenizer
-from tinygrad_llm.train import TrainConfig, Trainer, param_groups
+from tinygrad_llm.models.gpt import GPT, GPTConfig
+from tinygrad_llm.text.tokenizer import BPETokenizer
+from tinygrad_llm.training.trainer import TrainConfig, Trainer, param_groups
 from tests.conftest import tiny_config
 from tests.helpers import FileServer
 

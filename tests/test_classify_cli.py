@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tinygrad_llm.tokenizer import BPETokenizer
+from tinygrad_llm.text.tokenizer import BPETokenizer
 from tests.conftest import assert_clean_error, tiny_gpt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def test_classify_without_a_classifier(tmp_path, run_main):
 
 
 def test_no_data_offline_says_where_to_get_it(tmp_path, monkeypatch, run_main, pretrained):
-    import tinygrad_llm.classify_data as classify_data
+    import tinygrad_llm.finetune.classify_data as classify_data
 
     monkeypatch.setenv("TINYGRAD_LLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(classify_data, "SMS_SPAM_URL", "http://127.0.0.1:9/sms+spam+collection.zip")

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import assert_clean_error
-from tinygrad_llm.cli import finite_float, fraction, int_at_least, positive_float, probability
+from tinygrad_llm.support.cli import finite_float, fraction, int_at_least, positive_float, probability
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["pretrain", "generate", "finetune_classifier", "classify", "finetune_instructions", "chat"]

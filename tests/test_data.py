@@ -8,7 +8,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinygrad_llm.data import (
+from tinygrad_llm.text.data import (
     DataLoader,
     GPTDataset,
     create_dataloader,
@@ -19,7 +19,7 @@ from tinygrad_llm.data import (
     tokenize_corpus,
     train_val_split,
 )
-from tinygrad_llm.tokenizer import ENDOFTEXT, GPT2_PATTERN, BPETokenizer
+from tinygrad_llm.text.tokenizer import ENDOFTEXT, GPT2_PATTERN, BPETokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -1,4 +1,4 @@
-"""Data-parallel training (tinygrad_llm/distributed.py): rank detection, gradient buckets, and, under
+"""Data-parallel training (tinygrad_llm/support/distributed.py): rank detection, gradient buckets, and, under
 `mpiexec -n 2` where mpi4py and an mpiexec are installed (the `mpi` extra), two ranks that train exactly
 as one process with twice the accumulation, a rank that falls out of step or dies, and resumes across
 different numbers of ranks."""
@@ -20,10 +20,10 @@ from autograd.checkpoint import load_checkpoint
 from autograd.nn import Parameter
 from autograd.optim import SGD
 from tests.conftest import assert_clean_error
-from tinygrad_llm.distributed import (Communicator, DistributedError, GradientBuckets, LaunchInfo,
+from tinygrad_llm.support.distributed import (Communicator, DistributedError, GradientBuckets, LaunchInfo,
                                       launch_info)
-from tinygrad_llm.train import TrainConfig, Trainer
-from tinygrad_llm.run_folder import CHECKPOINT
+from tinygrad_llm.training.trainer import TrainConfig, Trainer
+from tinygrad_llm.training.run_folder import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ROOT / "examples" / "pretrain.py"
@@ -89,7 +89,7 @@ def test_one_process_collectives_leave_arrays_as_they_are():
 
 
 def test_a_plain_run_never_imports_mpi4py():
-    code = ("import sys; from tinygrad_llm.distributed import init_communicator; import tinygrad_llm.train\n"
+    code = ("import sys; from tinygrad_llm.support.distributed import init_communicator; import tinygrad_llm.training.trainer\n"
             "print(type(init_communicator()).__name__, 'mpi4py' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["Communicator", "False"], out.stderr

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.helpers import serving
-from tinygrad_llm.download import DownloadError, download_file
+from tinygrad_llm.support.download import DownloadError, download_file
 
 DATA = bytes(range(256)) * 40  # 10,240 bytes
 

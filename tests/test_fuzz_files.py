@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autograd.checkpoint import FileFormatError, read_metadata, save_checkpoint
-from tinygrad_llm.model import GPT, GPTConfig
-from tinygrad_llm.tokenizer import BPETokenizer
+from tinygrad_llm.models.gpt import GPT, GPTConfig
+from tinygrad_llm.text.tokenizer import BPETokenizer
 
 OTHER_VALUES = [None, True, "7", [], {}, -1, 0, 10**12, 1.5, [1, 2], {"a": 1}]
 
@@ -112,7 +112,7 @@ def test_a_mutated_file_loads_or_raises_the_project_error(originals, tmp_path, f
 
 @pytest.mark.parametrize("record", [{"kind": "tiktoken"}, ["gpt2"], "gpt2", {"kind": "sentencepiece", "name": "x"}])
 def test_a_classifier_with_a_malformed_tokenizer_record_is_one_clear_error(tmp_path, record):
-    from tinygrad_llm.classifier import GPTClassifier
+    from tinygrad_llm.finetune.classifier import GPTClassifier
 
     gpt = GPT(GPTConfig.preset("cpu-tiny", vocab_size=40, context_length=8, n_layers=1))
     GPTClassifier(gpt, 2, labels=["ham", "spam"]).save_pretrained(tmp_path)
@@ -124,13 +124,13 @@ def test_a_classifier_with_a_malformed_tokenizer_record_is_one_clear_error(tmp_p
 
 
 def _instruction_entries(path):
-    from tinygrad_llm.instruct import check_entries, load_entries
+    from tinygrad_llm.finetune.instruct import check_entries, load_entries
 
     return check_entries(load_entries(path))
 
 
 def _spam_lines(path):
-    from tinygrad_llm.classify_data import read_labeled_tsv
+    from tinygrad_llm.finetune.classify_data import read_labeled_tsv
 
     return read_labeled_tsv(path)
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from autograd import Tensor, is_grad_enabled, no_grad
-from tinygrad_llm.generate import decode_stream, generate, sample_next, stream
-from tinygrad_llm.model import KVCache
-from tinygrad_llm.tokenizer import BPETokenizer
+from tinygrad_llm.models.generate import decode_stream, generate, sample_next, stream
+from tinygrad_llm.models.gpt import KVCache
+from tinygrad_llm.text.tokenizer import BPETokenizer
 from tests.conftest import tiny_gpt
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygrad_llm.model import GPT, GPTConfig
+from tinygrad_llm.models.gpt import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 REVISION = "607a30d783dfa663caf39e06633721c8d4cfcd7e"
@@ -28,7 +28,7 @@ def fake_hf_cache(cache, repo="openai-community/gpt2"):
 def load_offline(cache, code="m = GPT.from_pretrained('gpt2'); print(m.config.vocab_size, m.wte.weight.numpy()[1, :3].tolist())"):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
            "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", "from tinygrad_llm.model import GPT\n" + code],
+    return subprocess.run([sys.executable, "-c", "from tinygrad_llm.models.gpt import GPT\n" + code],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
@@ -48,7 +48,7 @@ def test_an_old_cache_under_the_name_gpt2_is_found_too(tmp_path):
 
 
 def test_offline_with_nothing_cached_is_one_clear_error(tmp_path):
-    r = load_offline(tmp_path / "empty", "from tinygrad_llm.cli import run_main\n"
+    r = load_offline(tmp_path / "empty", "from tinygrad_llm.support.cli import run_main\n"
                                          "raise SystemExit(run_main(lambda argv: GPT.from_pretrained('gpt2')))")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.strip().splitlines()
@@ -62,7 +62,7 @@ def test_no_network_with_nothing_cached_is_one_clear_error(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_CACHE": str(tmp_path / "empty"),
            "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2", "OPENBLAS_NUM_THREADS": "1"}
     env.pop("HF_HUB_OFFLINE", None)
-    code = ("from tinygrad_llm.model import GPT\nfrom tinygrad_llm.cli import run_main\n"
+    code = ("from tinygrad_llm.models.gpt import GPT\nfrom tinygrad_llm.support.cli import run_main\n"
             "raise SystemExit(run_main(lambda argv: GPT.from_pretrained('gpt2')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                        check=False)

@@ -6,24 +6,35 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("autograd", "tinygrad_llm")
 
 
 def modules():
-    return sorted(f"{p.parent.name}.{p.stem}" for pkg in PACKAGES for p in (ROOT / pkg).glob("*.py")
-                  if p.stem != "__init__")
+    found = []
+    for pkg in PACKAGES:
+        for p in (ROOT / pkg).rglob("*.py"):
+            parts = p.relative_to(ROOT).with_suffix("").parts
+            found.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return sorted(found)
 
 
 def imports_of(module):
     """The project modules `module` imports anywhere in its file (top level or inside a function)."""
-    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
+    path = ROOT / (module.replace(".", "/") + ".py")
+    path = path if path.exists() else path.with_suffix("") / "__init__.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            # `from autograd import backend` imports the module autograd.backend; `from autograd.tensor
+            # import Tensor` imports autograd.tensor
+            subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in set(modules())]
+            names = subs or [node.module]
         else:
             continue
         found |= {n for n in names if n in set(modules())}
@@ -58,12 +69,28 @@ def test_no_import_cycles_and_autograd_stands_alone():
 
     for m in graph:
         visit(m, [])
-    assert graph["tinygrad_llm.weights"].isdisjoint({"tinygrad_llm.model"})  # the model reads weights, not back
+    assert graph["tinygrad_llm.models.gpt2_weights"].isdisjoint({"tinygrad_llm.models.gpt"})  # the model reads weights, not back
 
 
 def test_the_strict_test_device_is_loaded_only_when_asked_for():
-    code = ("import sys, numpy as np\nfrom tinygrad_llm.model import GPT, GPTConfig\n"
+    code = ("import sys, numpy as np\nfrom tinygrad_llm.models.gpt import GPT, GPTConfig\n"
             "GPT(GPTConfig.preset('cpu-tiny'))(np.zeros((1, 3), dtype=np.int64))\n"
             "print('autograd.testing' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_the_old_flat_module_paths_still_import_and_name_the_moved_modules():
+    import importlib
+
+    import tinygrad_llm
+    from tinygrad_llm import _MOVED
+
+    for old, new in _MOVED.items():
+        assert importlib.import_module(f"tinygrad_llm.{old}") is importlib.import_module(f"tinygrad_llm.{new}")
+    from tinygrad_llm.model import GPT
+    from tinygrad_llm.train import Trainer
+    assert (tinygrad_llm.GPT, tinygrad_llm.Trainer) == (GPT, Trainer)
+    assert GPT.__module__ == "tinygrad_llm.models.gpt"
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("tinygrad_llm.no_such_module")

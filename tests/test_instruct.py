@@ -11,7 +11,7 @@ import pytest
 
 from autograd.functional import cross_entropy
 from tinygrad_llm import instruct, judge
-from tinygrad_llm.instruct import (
+from tinygrad_llm.finetune.instruct import (
     Example,
     InstructionDataset,
     check_entries,
@@ -22,8 +22,8 @@ from tinygrad_llm.instruct import (
     prompt_text,
     split_entries,
 )
-from tinygrad_llm.tokenizer import BPETokenizer
-from tinygrad_llm.train import TrainConfig, Trainer, evaluate
+from tinygrad_llm.text.tokenizer import BPETokenizer
+from tinygrad_llm.training.trainer import TrainConfig, Trainer, evaluate
 from tests.conftest import tiny_gpt
 
 WITH_INPUT = {"instruction": "Convert the active sentence to passive: 'The chef cooks the meal every day.'",

@@ -17,10 +17,10 @@ import pytest
 from tests import test_instruct
 from tests.test_instruct import free_port, toy_entries
 from tinygrad_llm import instruct
-from tinygrad_llm.generate import generate
-from tinygrad_llm.lora import load_adapter, merge_lora
-from tinygrad_llm.model import GPT
-from tinygrad_llm.tokenizer import BPETokenizer
+from tinygrad_llm.models.generate import generate
+from tinygrad_llm.finetune.lora import load_adapter, merge_lora
+from tinygrad_llm.models.gpt import GPT
+from tinygrad_llm.text.tokenizer import BPETokenizer
 from tests.conftest import tiny_gpt
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ from autograd import Tensor, backend, nn
 from autograd.checkpoint import CheckpointError
 from autograd.grad_check import check_gradients
 from autograd.optim import AdamW
-from tinygrad_llm.lora import LoRALinear, apply_lora, load_adapter, lora_layers, merge_lora, save_adapter
-from tinygrad_llm.model import GPT, GPTConfig
-from tinygrad_llm.train import param_groups
+from tinygrad_llm.finetune.lora import LoRALinear, apply_lora, load_adapter, lora_layers, merge_lora, save_adapter
+from tinygrad_llm.models.gpt import GPT, GPTConfig
+from tinygrad_llm.training.trainer import param_groups
 from tests import conftest
 from tests.conftest import DEVICES
 

@@ -7,7 +7,7 @@ import pytest
 import autograd.functional as F
 from autograd import no_grad
 from autograd.optim import AdamW
-from tinygrad_llm.model import GPT, PRESETS, GPTConfig, KVCache
+from tinygrad_llm.models.gpt import GPT, PRESETS, GPTConfig, KVCache
 from tests.conftest import tiny_config
 
 
@@ -143,7 +143,7 @@ def test_assigning_a_head_unties_a_tied_model_and_forward_uses_it():
 
 def test_a_wrapped_head_of_an_untied_model_is_called():
     """forward calls lm_head rather than reading its weight, so a wrapper (LoRA) on the head takes effect."""
-    from tinygrad_llm.lora import LoRALinear
+    from tinygrad_llm.finetune.lora import LoRALinear
 
     model = GPT(tiny(tie_weights=False), seed=0).eval()
     ids = np.arange(5)[None]
@@ -160,7 +160,7 @@ def test_attention_with_a_kv_cache_equals_the_full_pass(fused):
     """The cache lives in the attention module: a 4-token prefill and two 1-token steps give the
     outputs of one pass over all 6 tokens, on the fused path and on the reference path."""
     from autograd import Tensor, no_grad
-    from tinygrad_llm.model import CausalSelfAttention, KVCache
+    from tinygrad_llm.models.gpt import CausalSelfAttention, KVCache
 
     cfg = GPTConfig(vocab_size=10, context_length=8, emb_dim=6, n_heads=2, n_layers=1, drop_rate=0.0, fused=fused)
     attn = CausalSelfAttention(cfg, np.random.default_rng(0))

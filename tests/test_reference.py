@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 import autograd.functional as F
 import autograd.reference as R
 from autograd import Tensor, backend, no_grad
-from tinygrad_llm.generate import generate
-from tinygrad_llm.model import GPT
+from tinygrad_llm.models.generate import generate
+from tinygrad_llm.models.gpt import GPT
 from tests.conftest import DEVICES, tiny_config
 
 on_devices = pytest.mark.parametrize("device", DEVICES)

@@ -18,11 +18,11 @@ import pytest
 import autograd.checkpoint as checkpoint
 from autograd.checkpoint import CheckpointError, atomic_write, remove_stale_temporaries, write_text
 from tests.conftest import TEXT, assert_clean_error
-from tinygrad_llm.cli import claim_run_folder
-from tinygrad_llm.data import encode_pieces, file_fingerprint, read_chunks
-from tinygrad_llm.tokenizer import BPETokenizer
-from tinygrad_llm.train import NonFiniteError, TrainConfig, Trainer, lm_loss
-from tinygrad_llm.run_folder import METRICS, checkpoint_tokenizer, read_checkpoint_metadata
+from tinygrad_llm.support.cli import claim_run_folder
+from tinygrad_llm.text.data import encode_pieces, file_fingerprint, read_chunks
+from tinygrad_llm.text.tokenizer import BPETokenizer
+from tinygrad_llm.training.trainer import NonFiniteError, TrainConfig, Trainer, lm_loss
+from tinygrad_llm.training.run_folder import METRICS, checkpoint_tokenizer, read_checkpoint_metadata
 from tests.test_train import make, quiet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_metrics_hold_null_where_a_value_is_not_finite(tok, ids, tmp_path):
 
 def test_metrics_are_rewritten_whole_through_atomic_write(tok, ids, tmp_path, monkeypatch):
     """metrics.jsonl goes through the one atomic write, never an append a kill could leave half done."""
-    import tinygrad_llm.train as train_module
+    import tinygrad_llm.training.trainer as train_module
 
     written = []
     real = train_module.write_text

@@ -10,9 +10,9 @@ import pytest
 from safetensors import safe_open
 
 from autograd.checkpoint import CheckpointError, FileFormatError, write_safetensors
-from tinygrad_llm.model import GPT, GPTConfig
+from tinygrad_llm.models.gpt import GPT, GPTConfig
 from autograd.checkpoint import read_safetensors_header
-from tinygrad_llm.weights import load_weights
+from tinygrad_llm.models.gpt2_weights import load_weights
 
 
 def _write(path):

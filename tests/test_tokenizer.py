@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autograd.checkpoint import FileFormatError
-from tinygrad_llm.tokenizer import (
+from tinygrad_llm.text.tokenizer import (
     ENDOFTEXT,
     GPT2_PATTERN,
     BPETokenizer,

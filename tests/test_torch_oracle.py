@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import autograd.functional as F
-from tinygrad_llm.model import GPT, GPTConfig
+from tinygrad_llm.models.gpt import GPT, GPTConfig
 
 torch = pytest.importorskip("torch", reason='PyTorch is not installed (pip install -e ".[oracle]" runs this test)')
 try:

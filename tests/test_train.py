@@ -12,13 +12,12 @@ import pytest
 
 from autograd.checkpoint import CheckpointError
 from autograd.nn import Module, Parameter
-from tinygrad_llm.data import DataLoader, GPTDataset
-from tinygrad_llm.model import GPT, GPTConfig
-from tinygrad_llm.tokenizer import BPETokenizer
-from tinygrad_llm.train import TrainConfig, Trainer, evaluate, lm_loss, param_groups
-from tinygrad_llm.run_folder import CHECKPOINT, METRICS, plot_metrics, read_checkpoint_metadata
+from tinygrad_llm.text.data import DataLoader, GPTDataset
+from tinygrad_llm.models.gpt import GPT, GPTConfig
+from tinygrad_llm.text.tokenizer import BPETokenizer
+from tinygrad_llm.training.trainer import TrainConfig, Trainer, evaluate, lm_loss, param_groups
+from tinygrad_llm.training.run_folder import CHECKPOINT, METRICS, plot_metrics, read_checkpoint_metadata
 from tests.conftest import TEXT, tiny_config
-
 
 
 def make(tok, ids, drop_rate=0.1, seed=0):
@@ -144,7 +143,7 @@ def test_initial_lr_gives_appendix_d_schedule(tok, ids):
 
 
 def test_clip_after_warmup_clips_only_after_the_warmup_steps(tok, ids, monkeypatch):
-    import tinygrad_llm.train as train_module
+    import tinygrad_llm.training.trainer as train_module
 
     clipped = []
     real = train_module.clip_grad_norm_

@@ -15,10 +15,10 @@ from safetensors.numpy import save_file
 
 from autograd import no_grad
 from autograd.checkpoint import CheckpointError
-from tinygrad_llm.model import GPT, GPTConfig
-from tinygrad_llm.download import DownloadError, download_file
+from tinygrad_llm.models.gpt import GPT, GPTConfig
+from tinygrad_llm.support.download import DownloadError, download_file
 from autograd.checkpoint import read_safetensors_header
-from tinygrad_llm.weights import WeightsUnavailableError, load_weights
+from tinygrad_llm.models.gpt2_weights import WeightsUnavailableError, load_weights
 from tests.conftest import tiny_config, tiny_gpt
 
 V, CTX, C, L, H = 50, 16, 32, 2, 4

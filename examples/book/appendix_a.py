@@ -6,7 +6,7 @@ regression's loss and gradients are the book's to 4 decimals; the network's numb
 weights (the book's from PyTorch's generator, ours from NumPy's) and differ, its accuracy does not.
 Read autograd/tensor.py (Tensor, backward, grad), autograd/ops.py (the basic ops, each forward above its
 backward), autograd/functional.py (binary_cross_entropy, cross_entropy, softmax), autograd/nn.py
-(Module, Sequential, Linear), autograd/optim.py (SGD), tinygrad_llm/data.py (DataLoader) and
+(Module, Sequential, Linear), autograd/optim.py (SGD), tinygrad_llm/text/data.py (DataLoader) and
 autograd/checkpoint.py beside it. No data files are needed.
 
     python examples/book/appendix_a.py
@@ -23,7 +23,7 @@ from autograd import Tensor, nn
 from autograd import functional as F
 from autograd.checkpoint import load_checkpoint, save_checkpoint
 from autograd.optim import SGD
-from tinygrad_llm.data import DataLoader
+from tinygrad_llm.text.data import DataLoader
 
 
 class NeuralNetwork(nn.Module):

@@ -3,7 +3,7 @@ gradient clipping.
 
 Prints what the book's appendix D prints, at the same points, next to the book's value. The learning
 rates are the book's exactly: each sequence is printed beside the one its loop computes. Read
-autograd/optim.py (cosine_with_warmup, clip_grad_norm_, LRScheduler) and tinygrad_llm/train.py
+autograd/optim.py (cosine_with_warmup, clip_grad_norm_, LRScheduler) and tinygrad_llm/training/trainer.py
 (TrainConfig's initial_lr, warmup_steps, min_lr, grad_clip and clip_after_warmup) beside it.
 The gradient-clipping example uses the small model of examples/book/ch05.py, not the 124M one, and its
 values differ from the book's (random weights). --train runs the book's 15-epoch training with these
@@ -18,11 +18,11 @@ import numpy as np
 
 from _book import heading, parse_args, show
 from autograd.optim import AdamW, clip_grad_norm_, cosine_with_warmup
-from tinygrad_llm.data import create_dataloader, train_val_split
-from tinygrad_llm.generate import generate
-from tinygrad_llm.model import GPT, GPTConfig
-from tinygrad_llm.tokenizer import get_tokenizer
-from tinygrad_llm.train import TrainConfig, Trainer, lm_loss
+from tinygrad_llm.text.data import create_dataloader, train_val_split
+from tinygrad_llm.models.generate import generate
+from tinygrad_llm.models.gpt import GPT, GPTConfig
+from tinygrad_llm.text.tokenizer import get_tokenizer
+from tinygrad_llm.training.trainer import TrainConfig, Trainer, lm_loss
 
 
 def add_arguments(p):

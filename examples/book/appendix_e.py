@@ -1,8 +1,8 @@
 """Appendix E, parameter-efficient fine-tuning with LoRA: the book's parameter counts, and what LoRA does.
 
 Prints what the book's appendix E prints, at the same points, next to the book's value. Read
-tinygrad_llm/lora.py (LoRALinear, apply_lora, merge_lora, the adapter file) and
-tinygrad_llm/classifier.py (the classification head it is applied to) beside it. The book fine-tunes
+tinygrad_llm/finetune/lora.py (LoRALinear, apply_lora, merge_lora, the adapter file) and
+tinygrad_llm/finetune/classifier.py (the classification head it is applied to) beside it. The book fine-tunes
 GPT-2's published weights, which are not downloaded here: the counts do not depend on the weights' values,
 so a GPT-2-sized model with fresh weights gives the same counts; the training itself is
 `examples/finetune_classifier.py --trainable lora` (and `benchmarks/bench_lora.py` compares it with full
@@ -15,9 +15,9 @@ import numpy as np
 
 from _book import heading, parse_args, show
 from autograd import Tensor
-from tinygrad_llm.classifier import GPTClassifier
-from tinygrad_llm.lora import LoRALinear, apply_lora, lora_layers, merge_lora
-from tinygrad_llm.model import GPT, GPTConfig
+from tinygrad_llm.finetune.classifier import GPTClassifier
+from tinygrad_llm.finetune.lora import LoRALinear, apply_lora, lora_layers, merge_lora
+from tinygrad_llm.models.gpt import GPT, GPTConfig
 
 
 def trainable(model):

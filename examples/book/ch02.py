@@ -1,7 +1,7 @@
 """Chapter 2, working with text data: from the-verdict.txt to token ids, sliding windows and embeddings.
 
 Prints what the book's chapter 2 prints, at the same points, each next to the book's value. Read
-tinygrad_llm/tokenizer.py (byte-level BPE, GPT-2's files), tinygrad_llm/data.py (GPTDataset,
+tinygrad_llm/text/tokenizer.py (byte-level BPE, GPT-2's files), tinygrad_llm/text/data.py (GPTDataset,
 DataLoader, create_dataloader) and autograd/nn.py (Embedding) beside it.
 
     python examples/book/ch02.py [--data-dir ../shared/data]
@@ -13,8 +13,8 @@ import numpy as np
 
 from _book import heading, parse_args, show
 from autograd import Tensor, nn
-from tinygrad_llm.data import create_dataloader
-from tinygrad_llm.tokenizer import get_tokenizer
+from tinygrad_llm.text.data import create_dataloader
+from tinygrad_llm.text.tokenizer import get_tokenizer
 
 BOOK_SPLIT = r'([,.:;?_!"()\']|--|\s)'  # the book's word-level pre-tokenizer (its section 2.2)
 BOOK_INPUTS = [[40, 367, 2885, 1464], [1807, 3619, 402, 271], [10899, 2138, 257, 7026], [15632, 438, 2016, 257],

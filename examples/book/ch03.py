@@ -3,7 +3,7 @@
 Prints what the book's chapter 3 prints, at the same points, each next to the book's value: simplified
 self-attention (3.3), trainable weights (3.4), the causal mask and dropout (3.5), and multi-head
 attention with each head's weights (3.6). Read autograd/reference.py (softmax) and
-tinygrad_llm/model.py (`CausalSelfAttention.attend_reference`, the book's MultiHeadAttention on one fused
+tinygrad_llm/models/gpt.py (`CausalSelfAttention.attend_reference`, the book's MultiHeadAttention on one fused
 qkv projection; `GPT.attention_weights`) beside it. The numbers of 3.3 are exact; from 3.4 on the weight
 matrices are drawn by NumPy's generator, not PyTorch's, so the values differ and the shapes agree.
 
@@ -17,7 +17,7 @@ import numpy as np
 from _book import heading, parse_args, show
 import autograd.reference as R
 from autograd import Tensor, nn, no_grad
-from tinygrad_llm.model import CausalSelfAttention, GPTConfig
+from tinygrad_llm.models.gpt import CausalSelfAttention, GPTConfig
 
 np.set_printoptions(precision=4, suppress=True)
 # the book's three-dimensional embeddings of the six tokens
@@ -95,7 +95,7 @@ def main(argv=None):
          note="the book's example projects to d_out=2; a GPT's attention keeps the width, here 3 = 3 heads x 1")
     for h in range(cfg.n_heads):
         show(f"head {h} attention weights (first sequence)", fmt(mha.attn_weights[0, h]))
-    print("\nIn a GPT: tinygrad_llm.model.GPT.attention_weights(ids) returns these for every layer and head.")
+    print("\nIn a GPT: tinygrad_llm.models.gpt.GPT.attention_weights(ids) returns these for every layer and head.")
 
 
 if __name__ == "__main__":

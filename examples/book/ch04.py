@@ -3,9 +3,9 @@ connections, the transformer block, the 124M model and greedy generation.
 
 Prints what the book's chapter 4 prints, at the same points, next to the book's value. Values drawn from
 random weights differ (the book's come from PyTorch's generator, ours from NumPy's); counts, sizes and
-shapes are the book's. Read tinygrad_llm/model.py (MLP, Block, GPT: the book's FeedForward,
+shapes are the book's. Read tinygrad_llm/models/gpt.py (MLP, Block, GPT: the book's FeedForward,
 TransformerBlock and GPTModel under GPT-2's names), autograd/functional.py (layer_norm, gelu) and
-tinygrad_llm/generate.py beside it. Building the 124M model takes a few seconds.
+tinygrad_llm/models/generate.py beside it. Building the 124M model takes a few seconds.
 
     python examples/book/ch04.py [--data-dir ../shared/data]
 """
@@ -15,9 +15,9 @@ import numpy as np
 from _book import heading, parse_args, show
 from autograd import Tensor, nn
 from autograd import functional as F
-from tinygrad_llm.generate import generate
-from tinygrad_llm.model import GPT, MLP, Block, GPTConfig
-from tinygrad_llm.tokenizer import get_tokenizer
+from tinygrad_llm.models.generate import generate
+from tinygrad_llm.models.gpt import GPT, MLP, Block, GPTConfig
+from tinygrad_llm.text.tokenizer import get_tokenizer
 
 
 def main(argv=None):

@@ -8,8 +8,8 @@ epochs at lr 4e-4 (that run takes about 6 minutes on 2 cores: see the README's "
 run"). Values that come from random weights or random draws differ from the book's (its generator is
 PyTorch's, ours NumPy's); the counts, shapes and the decoding examples' numbers are the book's.
 
-Read tinygrad_llm/train.py (Trainer and evaluate: the book's train_model_simple and calc_loss_loader),
-autograd/functional.py (cross_entropy), tinygrad_llm/generate.py (generate and sample_next: the book's
+Read tinygrad_llm/training/trainer.py (Trainer and evaluate: the book's train_model_simple and calc_loss_loader),
+autograd/functional.py (cross_entropy), tinygrad_llm/models/generate.py (generate and sample_next: the book's
 generate with temperature and top-k) and autograd/checkpoint.py (save_state, load_state) beside it.
 
     python examples/book/ch05.py [--data-dir ../shared/data] [--epochs 1]
@@ -24,11 +24,11 @@ from _book import heading, parse_args, show
 from autograd import Tensor, cat, where
 from autograd import functional as F
 from autograd.checkpoint import load_state, save_state
-from tinygrad_llm.data import create_dataloader, train_val_split
-from tinygrad_llm.generate import generate, sample_next
-from tinygrad_llm.model import GPT, GPTConfig
-from tinygrad_llm.tokenizer import get_tokenizer
-from tinygrad_llm.train import TrainConfig, Trainer, evaluate
+from tinygrad_llm.text.data import create_dataloader, train_val_split
+from tinygrad_llm.models.generate import generate, sample_next
+from tinygrad_llm.models.gpt import GPT, GPTConfig
+from tinygrad_llm.text.tokenizer import get_tokenizer
+from tinygrad_llm.training.trainer import TrainConfig, Trainer, evaluate
 
 # the book's toy vocabulary and next-token logits of section 5.3, and its sample counts
 VOCAB = ["closer", "every", "effort", "forward", "inches", "moves", "pizza", "toward", "you"]

@@ -2,7 +2,7 @@
 and a GPT whose vocabulary head is replaced by two outputs.
 
 Prints what the book's chapter 6 prints, at the same points, each next to the book's value. Read
-tinygrad_llm/classify_data.py (reading, balancing, splitting, padding), tinygrad_llm/classifier.py
+tinygrad_llm/finetune/classify_data.py (reading, balancing, splitting, padding), tinygrad_llm/finetune/classifier.py
 (GPTClassifier, which parts train, the loss and accuracy) and examples/finetune_classifier.py (the
 training run) beside it. The book fine-tunes GPT-2's published weights, which are not downloaded here;
 the training takes minutes, not seconds: `examples/finetune_classifier.py --data SMSSpamCollection.tsv`.
@@ -14,10 +14,10 @@ import numpy as np
 
 from _book import heading, parse_args, show
 from autograd import no_grad
-from tinygrad_llm.classifier import GPTClassifier, classification_loader, set_trainable
-from tinygrad_llm.classify_data import balance_classes, classification_splits, read_labeled_tsv
-from tinygrad_llm.model import GPT, GPTConfig
-from tinygrad_llm.tokenizer import get_tokenizer
+from tinygrad_llm.finetune.classifier import GPTClassifier, classification_loader, set_trainable
+from tinygrad_llm.finetune.classify_data import balance_classes, classification_splits, read_labeled_tsv
+from tinygrad_llm.models.gpt import GPT, GPTConfig
+from tinygrad_llm.text.tokenizer import get_tokenizer
 
 
 def main(argv=None):

@@ -1,8 +1,8 @@
 """Chapter 7, fine-tuning to follow instructions: the data, the Alpaca prompt, and the book's collate.
 
 Prints what the book's chapter 7 prints, at the same points, each next to the book's value. Read
-tinygrad_llm/instruct.py (format_input, the split, InstructionDataset, custom_collate_fn, the test
-responses), tinygrad_llm/judge.py (scoring with a local model, section 7.8) and
+tinygrad_llm/finetune/instruct.py (format_input, the split, InstructionDataset, custom_collate_fn, the test
+responses), tinygrad_llm/finetune/judge.py (scoring with a local model, section 7.8) and
 examples/finetune_instructions.py (the training run) beside it. The fine-tuning itself takes minutes,
 not seconds: `examples/finetune_instructions.py --data instruction-data.json` runs it.
 
@@ -14,8 +14,8 @@ import numpy as np
 from _book import heading, parse_args, show
 import autograd.functional as F
 from autograd import Tensor
-from tinygrad_llm.instruct import custom_collate_fn, format_input, load_entries, split_entries
-from tinygrad_llm.tokenizer import get_tokenizer
+from tinygrad_llm.finetune.instruct import custom_collate_fn, format_input, load_entries, split_entries
+from tinygrad_llm.text.tokenizer import get_tokenizer
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ import pytest
 
 import autograd.checkpoint as checkpoint
 from autograd.checkpoint import load_checkpoint
-from tinygrad_llm.run_folder import read_checkpoint_metadata
+from tinygrad_llm.training.run_folder import read_checkpoint_metadata
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 

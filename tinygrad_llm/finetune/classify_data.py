@@ -9,7 +9,7 @@ training, validation and test sets, tokenizes each message and pads it with the 
     batch = pad_batch([train[0], train[1]], pad_id)             # (ids (B, T), lengths (B,), labels (B,))
 
 A batch carries each message's length, so the classifier can read the last real token of a row rather
-than a pad (see `tinygrad_llm.classifier`).
+than a pad (see `tinygrad_llm.finetune.classifier`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from autograd.checkpoint import atomic_write
-from tinygrad_llm.data import read_text
-from tinygrad_llm.download import DownloadError, default_cache_dir, download_file
+from tinygrad_llm.text.data import read_text
+from tinygrad_llm.support.download import DownloadError, default_cache_dir, download_file
 
 SPAM_LABELS = ("ham", "spam")  # class 0 and class 1, as the book maps them
 SMS_SPAM_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"

@@ -29,8 +29,8 @@ import numpy as np
 from autograd import backend
 from autograd.checkpoint import (READ_DTYPES, CheckpointError, read_safetensors_header, read_tensor_into,
                                  write_safetensors, write_text)
-from tinygrad_llm.download import DownloadError
-from tinygrad_llm.lora import merged_state_dict
+from tinygrad_llm.support.download import DownloadError
+from tinygrad_llm.finetune.lora import merged_state_dict
 
 PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 FILES = ("config.json", "model.safetensors")

@@ -20,8 +20,8 @@ import contextlib
 
 import numpy as np
 
-from autograd import Tensor, backend, no_grad
-from tinygrad_llm.model import KVCache
+from autograd import Tensor, backend, nn, no_grad
+from tinygrad_llm.models.gpt import KVCache
 
 
 def sample_next(logits, rng, temperature=0.0, top_k=None, top_p=None):
@@ -48,21 +48,6 @@ def sample_next(logits, rng, temperature=0.0, top_k=None, top_p=None):
     return np.minimum(np.array(ids, dtype=np.int64), logits.shape[-1] - 1)
 
 
-@contextlib.contextmanager
-def _eval_mode(model):
-    """Eval mode (no dropout) for the whole generation, the model's previous mode restored at the end,
-    also when a stream is abandoned (closing a generator runs its `finally`). Switching once instead of
-    around every forward pass saves a walk over every module twice per token."""
-    was_training = model.training
-    if was_training:
-        model.eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.train()
-
-
 def _steps(model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
     """Yield the next ids (B,) one step at a time; `ids` (B, T) is the host sequence so far."""
     if temperature < 0:
@@ -75,7 +60,9 @@ def _steps(model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cach
     rng = np.random.default_rng(seed)
     weight = model.wte.weight
     cache = KVCache(model.config, len(ids), dtype=weight.dtype, device=weight.device) if use_cache else None
-    with _eval_mode(model):
+    # eval mode once for the whole generation rather than around every forward pass (a walk over every
+    # module twice per token); an abandoned stream restores the mode when it is closed
+    with nn.eval_mode(model):
         for _ in range(max_new_tokens):
             start = max(0, ids.shape[1] - ctx)  # the book's crop: the last context_length tokens
             if cache is None:

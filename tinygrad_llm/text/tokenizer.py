@@ -421,7 +421,6 @@ def _read_encoder(path: Path) -> dict[str, int]:
     return encoder
 
 
-
 def _check_vocab_size(vocab_size, special_tokens) -> int:
     n_special = len(special_tokens)
     if vocab_size < 256 + n_special:

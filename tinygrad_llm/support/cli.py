@@ -18,8 +18,8 @@ from pathlib import Path
 
 from autograd import DeviceError
 from autograd.checkpoint import CheckpointError, FileFormatError
-from tinygrad_llm.download import DownloadError
-from tinygrad_llm.run_folder import CHECKPOINT
+from tinygrad_llm.support.download import DownloadError
+from tinygrad_llm.training.run_folder import CHECKPOINT
 
 # what a user's input can raise: missing or unreadable files, bad values, a corrupt checkpoint, a device
 # that is not there, a download that failed, a file that is malformed (FileFormatError, a ValueError, named

@@ -35,7 +35,7 @@ from autograd import Function, Tensor, backend, nn
 from autograd import functional as F
 from autograd.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-# Named groups of targets, as module-name patterns for the GPT-2 layout (tinygrad_llm/model.py)
+# Named groups of targets, as module-name patterns for the GPT-2 layout (tinygrad_llm/models/gpt.py)
 TARGET_GROUPS = {
     "attn": ("*attn.c_attn", "*attn.c_proj"),
     "mlp": ("*mlp.c_fc", "*mlp.c_proj"),
@@ -240,7 +240,7 @@ def merge_lora(model):
 # ---------------------------------------------------------------------------------------------------
 # The adapter alone: a small file that goes on top of its base model
 
-ADAPTER_FORMAT = "tinygrad_llm.lora/1"
+ADAPTER_FORMAT = "tinygrad_llm.finetune.lora/1"
 
 
 def save_adapter(model, path):

@@ -15,7 +15,7 @@ import urllib.request
 
 from tqdm.auto import tqdm
 
-from tinygrad_llm.instruct import format_input
+from tinygrad_llm.finetune.instruct import format_input
 
 DEFAULT_URL = "http://localhost:11434"
 DEFAULT_MODEL = "llama3"

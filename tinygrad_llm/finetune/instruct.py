@@ -18,7 +18,7 @@ learns to stop. Batches are padded with end-of-text to their longest example; th
 end-of-text is left out of the loss (target -100), and with `mask_prompt` the prompt is too, so the loss
 is over the response alone (the book's exercise 7.2). After training, the model answers the test split's
 prompts (greedy, up to the first end-of-text or a full context), and a larger local model can score the
-answers (`tinygrad_llm.judge`).
+answers (`tinygrad_llm.finetune.judge`).
 
 The prompt is `format_input(entry) + RESPONSE_HEADER`, built by `prompt_text` for training, for the test
 responses and for chat alike. It is tokenized apart from the output, so the ids a model is trained on
@@ -39,10 +39,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from autograd.checkpoint import write_text
-from tinygrad_llm.data import DataLoader
-from tinygrad_llm.generate import generate
-from tinygrad_llm.model import GPT
-from tinygrad_llm.tokenizer import get_tokenizer
+from tinygrad_llm.text.data import DataLoader
+from tinygrad_llm.models.generate import generate
+from tinygrad_llm.models.gpt import GPT
+from tinygrad_llm.text.tokenizer import get_tokenizer
 
 FIELDS = ("instruction", "input", "output")
 PREAMBLE = ("Below is an instruction that describes a task. "

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from autograd.checkpoint import atomic_write
-from tinygrad_llm.tokenizer import tokenizer_fingerprint
+from tinygrad_llm.text.tokenizer import tokenizer_fingerprint
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "tinygrad_llm" / "tokens"
 _CACHE_FORMAT = 1  # bump when the cached file's layout or the tokenization rules change

@@ -29,10 +29,10 @@ import numpy as np
 import autograd.functional as F
 from autograd import Tensor, backend, nn, no_grad
 from autograd.checkpoint import FileFormatError, load_checkpoint, save_checkpoint, write_text
-from tinygrad_llm.classify_data import ClassificationDataset, encode_texts, pad_batch
-from tinygrad_llm.data import DataLoader
-from tinygrad_llm.lora import merged_state_dict
-from tinygrad_llm.model import GPT, GPTConfig
+from tinygrad_llm.finetune.classify_data import ClassificationDataset, encode_texts, pad_batch
+from tinygrad_llm.text.data import DataLoader
+from tinygrad_llm.finetune.lora import merged_state_dict
+from tinygrad_llm.models.gpt import GPT, GPTConfig
 
 POOLS = ("last-token", "last-position")
 TRAINABLE = ("all", "last-block", "head", "lora")
@@ -124,13 +124,8 @@ class GPTClassifier(nn.Module):
         dataset = ClassificationDataset(tokens, np.zeros(len(tokens)), cfg.max_length or cfg.gpt.context_length)
         loader = classification_loader(dataset, batch_size, self.config.pool, pad_id=cfg.pad_id or 0,
                                        shuffle=False, drop_last=False)
-        was_training = self.training
-        self.eval()
-        try:
-            with no_grad():
-                probs = [F.softmax(self(ids, lengths), axis=-1).numpy() for ids, lengths, _ in loader]
-        finally:
-            self.train(was_training)
+        with nn.eval_mode(self), no_grad():
+            probs = [F.softmax(self(ids, lengths), axis=-1).numpy() for ids, lengths, _ in loader]
         return np.concatenate(probs)
 
     def classify(self, texts, batch_size=32):
@@ -157,7 +152,7 @@ class GPTClassifier(nn.Module):
     @classmethod
     def from_pretrained(cls, directory, device="cpu"):
         """The classifier saved in `directory` by `save_pretrained`, with its tokenizer, in eval mode."""
-        from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer
+        from tinygrad_llm.text.tokenizer import BPETokenizer, get_tokenizer
 
         directory = Path(directory)
         if not (directory / CONFIG).is_file():
@@ -226,7 +221,7 @@ def set_trainable(model, which, *, lora_rank=16, lora_alpha=16.0, seed=0):
     if which not in TRAINABLE:
         raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}; got {which!r}")
     if which == "lora":
-        from tinygrad_llm.lora import apply_lora
+        from tinygrad_llm.finetune.lora import apply_lora
 
         return str(apply_lora(model, lora_rank, lora_alpha, targets="all", trainable=("score.*",), seed=seed))
     model.requires_grad_(which == "all")
@@ -267,18 +262,13 @@ def accuracy(model, loader, max_batches=None):
     """The fraction of examples in the first `max_batches` batches of `loader` (all when None) whose most
     probable class is their label; in eval mode without gradients, summed on the device, one sync.
     The loader (a DataLoader) is read from the start of its epoch 0, as `evaluate` reads it."""
-    was_training = model.training
-    model.eval()
     correct, n = None, 0
-    try:
-        with no_grad():
-            for ids, lengths, labels in islice(loader.iter_from(0), max_batches):
-                logits = model(ids, lengths).data
-                hits = (logits.argmax(axis=1) == backend.to_device(labels, backend.device_of(logits))).sum()
-                correct = hits if correct is None else correct + hits
-                n += len(labels)
-    finally:
-        model.train(was_training)
+    with nn.eval_mode(model), no_grad():
+        for ids, lengths, labels in islice(loader.iter_from(0), max_batches):
+            logits = model(ids, lengths).data
+            hits = (logits.argmax(axis=1) == backend.to_device(labels, backend.device_of(logits))).sum()
+            correct = hits if correct is None else correct + hits
+            n += len(labels)
     return float(correct) / n if n else float("nan")
 
 

@@ -35,7 +35,7 @@ gradients unscaled before clipping. A step whose float16 gradients overflowed is
 optimizer state unchanged, the schedule moving on) and the scale halved: that is the scaler at work, not
 divergence, so it is handled before the non-finite checks above, which still stop a NaN loss.
 
-Data-parallel runs pass `comm` (tinygrad_llm/distributed.py): each rank computes its share of the
+Data-parallel runs pass `comm` (tinygrad_llm/support/distributed.py): each rank computes its share of the
 step's micro-batches, the gradients are averaged before clipping, and rank 0 alone evaluates and writes.
 """
 
@@ -54,15 +54,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 import autograd.functional as F
-from autograd import backend, no_grad
+from autograd import backend, nn, no_grad
 from autograd.amp import COMPUTE_DTYPES, GradScaler, compute_in
 from autograd.checkpoint import CheckpointError, load_state, remove_stale_temporaries, save_state, write_text
 from autograd.optim import AdamW, LRScheduler, clip_grad_norm_, cosine_with_warmup, grad_norm
-from tinygrad_llm.distributed import Communicator, DistributedError, GradientBuckets
-from tinygrad_llm.run_folder import (CHECKPOINT, METRICS, json_safe, plot_metrics, read_checkpoint_metadata,
+from tinygrad_llm.support.distributed import Communicator, DistributedError, GradientBuckets
+from tinygrad_llm.training.run_folder import (CHECKPOINT, METRICS, json_safe, plot_metrics, read_checkpoint_metadata,
                                      tokenizer_record)
-from tinygrad_llm.tokenizer import BPETokenizer, tokenizer_fingerprint
-
+from tinygrad_llm.text.tokenizer import BPETokenizer, tokenizer_fingerprint
 
 
 @dataclass
@@ -176,17 +175,12 @@ def evaluate(model, loader, max_batches=None, loss_fn=lm_loss):
     """Mean of `loss_fn` over the first `max_batches` batches of `loader` (all when None), in eval mode
     without gradients; the model's train/eval mode is restored. NaN for an empty loader. A DataLoader
     is read from the start of its epoch 0, so every evaluation sees the same batches."""
-    was_training = model.training
-    model.eval()
     total, n = None, 0
-    try:
-        with no_grad():
-            for batch in islice(_batches(loader, 0), max_batches):
-                loss = loss_fn(model, batch).data
-                total = loss.copy() if total is None else total + loss  # summed on the device
-                n += 1
-    finally:
-        model.train(was_training)
+    with nn.eval_mode(model), no_grad():
+        for batch in islice(_batches(loader, 0), max_batches):
+            loss = loss_fn(model, batch).data
+            total = loss.copy() if total is None else total + loss  # summed on the device
+            n += 1
     return float(total) / n if n else math.nan  # one sync
 
 
@@ -218,7 +212,7 @@ class Trainer:
     on_step(trainer) after each step, on_eval(trainer, record) after each evaluation, before the record
     is written (it may add keys, e.g. an accuracy); metadata: JSON-serializable, saved with each
     checkpoint (the CLI keeps its data settings there); log: where messages go; comm: the ranks of a
-    data-parallel run (a tinygrad_llm.distributed.Communicator; default: this process alone).
+    data-parallel run (a tinygrad_llm.support.distributed.Communicator; default: this process alone).
     After `fit()`: `step_losses` (the training loss of each step this session), `records` (evaluations),
     `skipped_steps` (steps whose update was skipped: on_nonfinite="skip", or float16 gradients that
     overflowed), `saved_step` (the step of the last checkpoint written this session, None before the
@@ -290,7 +284,7 @@ class Trainer:
                 raise ValueError("the train loader yields no batches")
             epoch, index = epoch + 1, 0
 
-    # ---- data parallel (tinygrad_llm/distributed.py) -------------------------------------------------
+    # ---- data parallel (tinygrad_llm/support/distributed.py) -------------------------------------------------
 
     def _setup_data_parallel(self):
         """This rank's share of each step: micro-batches rank*k .. rank*k + k - 1 of the step's
@@ -610,19 +604,15 @@ class Trainer:
         cfg = self.config
         if not cfg.sample_prompt or self.tokenizer is None or cfg.sample_tokens <= 0:
             return None
-        from tinygrad_llm.generate import generate
+        from tinygrad_llm.models.generate import generate
 
         ids = self.tokenizer.encode(cfg.sample_prompt, allowed_special="all")
         context = getattr(getattr(self.model, "config", None), "context_length", None)
         keep = max(1, context - cfg.sample_tokens) if context else len(ids)
         ids = ids[-keep:]
-        was_training = self.model.training
-        try:
-            out = generate(self.model, [ids], min(cfg.sample_tokens, (context or 1 << 30) - len(ids)),
-                           temperature=cfg.sample_temperature, top_k=cfg.sample_top_k,
-                           eos_id=getattr(self.tokenizer, "eot_token", None), seed=cfg.seed + self.step)
-        finally:
-            self.model.train(was_training)
+        out = generate(self.model, [ids], min(cfg.sample_tokens, (context or 1 << 30) - len(ids)),
+                       temperature=cfg.sample_temperature, top_k=cfg.sample_top_k,
+                       eos_id=getattr(self.tokenizer, "eot_token", None), seed=cfg.seed + self.step)
         return self.tokenizer.decode(out[0].tolist()).replace("\n", " ")
 
     # ---- checkpoints --------------------------------------------------------------------------------

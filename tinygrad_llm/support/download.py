@@ -1,6 +1,6 @@
 """Downloads: one resumable, verified file download, and the cache folder downloads go to.
 
-Used for GPT-2's published weights (tinygrad_llm/weights.py), corpora given as URLs
+Used for GPT-2's published weights (tinygrad_llm/models/gpt2_weights.py), corpora given as URLs
 (examples/pretrain.py) and datasets (the SMS Spam Collection of the classification example). Nothing in
 the library downloads without being asked; every caller says where to get the file by hand when offline.
 """

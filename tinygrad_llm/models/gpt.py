@@ -2,7 +2,7 @@
 blocks and the language-model head.
 
 Parameter names follow GPT-2's published checkpoints (wte, wpe, h.N.attn.c_attn, ...), as nanoGPT does,
-so loading them is a short, explicit name map (`tinygrad_llm/weights.py`).
+so loading them is a short, explicit name map (`tinygrad_llm/models/gpt2_weights.py`).
 """
 
 import math
@@ -287,7 +287,7 @@ class GPT(nn.Module):
 
     def hidden_states(self, ids, cache=None):
         """The last block's output after the final LayerNorm, (B, T, C): what the language-model head reads,
-        and what a classifier head reads instead (`tinygrad_llm.classifier`)."""
+        and what a classifier head reads instead (`tinygrad_llm.finetune.classifier`)."""
         ids = ids.data if isinstance(ids, Tensor) else ids
         B, T = ids.shape
         start = cache.length if cache is not None else 0
@@ -314,18 +314,15 @@ class GPT(nn.Module):
         from autograd import no_grad
 
         attns = [block.attn for block in self.h]
-        was_training = self.training
-        self.eval()
         try:
             for a in attns:
                 a.record_weights = True
-            with no_grad():
+            with nn.eval_mode(self), no_grad():
                 self.hidden_states(ids)
             return [a.attn_weights for a in attns]
         finally:
             for a in attns:
                 a.record_weights, a.attn_weights = False, None
-            self.train(was_training)
 
     def summary(self, batch_size=1, seq_len=None):
         """A table for learners: each layer, its output shape and parameter count, and the total."""

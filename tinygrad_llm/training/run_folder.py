@@ -8,14 +8,14 @@
 
 `read_checkpoint_metadata` reads a checkpoint's training state without loading the model, and
 `checkpoint_tokenizer` the tokenizer it was trained with, checked against the fingerprint it recorded.
-The loop that writes all this is tinygrad_llm/train.py.
+The loop that writes all this is tinygrad_llm/training/trainer.py.
 """
 
 import math
 from pathlib import Path
 
 from autograd.checkpoint import CheckpointError, atomic_write, read_metadata
-from tinygrad_llm.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
+from tinygrad_llm.text.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"

@@ -1,0 +1,1 @@
+"""What a command line needs, apart from the book's steps: flags and errors, downloads, MPI."""
