@@ -1,4 +1,4 @@
-"""Step 7, fine-tuning for classification (book chapter 6): a GPT with a class head.
+"""Book chapter 6, sections 6.4-6.8: fine-tuning for classification, a GPT with a class head.
 
 `GPTClassifier` holds a `GPT` under `transformer` and replaces its vocabulary head by `score`, a
 Linear(emb_dim, num_classes) (the names of Hugging Face's GPT2ForSequenceClassification). The head reads

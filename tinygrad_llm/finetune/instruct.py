@@ -1,4 +1,4 @@
-"""Instruction fine-tuning (book chapter 7): teach a pretrained GPT to answer in the Alpaca format.
+"""Book chapter 7, sections 7.2-7.7: instruction fine-tuning, teach a pretrained GPT to answer in the Alpaca format.
 
 A data set is a list of entries {"instruction", "input", "output"}. Each becomes one text:
 

@@ -1,4 +1,4 @@
-"""Appendix E: LoRA, low-rank adaptation (Hu et al. 2021).
+"""Book appendix E, sections E.1 and E.4: LoRA, low-rank adaptation (Hu et al. 2021).
 
 Fine-tuning every weight of a GPT means a gradient and two AdamW moments for each of its numbers. LoRA
 freezes the pretrained weight W and learns a low-rank change to it instead:

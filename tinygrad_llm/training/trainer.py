@@ -1,5 +1,5 @@
-"""Step 6: the training loop (pretraining here; the fine-tuning steps reuse it with their own batches
-and loss).
+"""Book chapter 5, section 5.2, and appendix D: the training loop (pretraining here; the fine-tuning
+steps reuse it with their own batches and loss).
 
 One optimizer step is `grad_accum_steps` micro-batches: forward, loss, backward each, then gradient
 clipping, an AdamW update and the next learning rate. Every `eval_every` steps the loop measures the
