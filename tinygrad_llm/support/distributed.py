@@ -164,6 +164,22 @@ class Communicator:
         differ = np.flatnonzero(low != high)
         return names[differ[0]] if differ.size else None
 
+    def gather_text(self, text):
+        """Every rank's string, in rank order, on every rank (each rank's dropout generator states, for
+        a checkpoint that resumes every rank exactly). Two sums: the lengths, then the UTF-8 bytes, each
+        rank's in its own slot of a zeroed buffer."""
+        if self.size == 1:
+            return [text]
+        data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        lengths = np.zeros(self.size, dtype=np.int64)
+        lengths[self.rank] = data.size
+        lengths = self.allreduce_(lengths, "sum")
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        buffer = np.zeros(int(starts[-1]), dtype=np.uint8)
+        buffer[starts[self.rank]:starts[self.rank + 1]] = data
+        buffer = self.allreduce_(buffer, "sum")
+        return [buffer[starts[r]:starts[r + 1]].tobytes().decode("utf-8") for r in range(self.size)]
+
     def pids(self):
         """The process id of every rank, in rank order: a launcher reports a dead process by its id, and
         this says which rank that was."""
