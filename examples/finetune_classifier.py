@@ -15,67 +15,96 @@ scratch (--init-from none, the default: a small GPT pretrained on Python's docum
 spam worse than a new one) every parameter trains, at lr 3e-4, with a BPE trained on the training
 messages unless --tokenizer names one.
 
+--lora RANK trains rank-RANK LoRA adapters on every Linear layer and the head in full, instead of
+--trainable's choice (the older spelling --trainable lora --lora-rank R still works, with a note to use
+--lora R). --resume continues the run in --out with the settings it was started with (the model is built
+again from its --init-from, then the checkpoint restores weights, optimizer and data position).
+
 Outputs in --out: model/ (the classifier: config.json, model.safetensors and its tokenizer's files, which
-examples/classify.py loads; with --trainable lora the adapters merged in), metrics.jsonl (losses and
-accuracies), checkpoint.safetensors, results.json, and with LoRA lora_adapter.safetensors (A and B alone).
-Bad input prints one line, `error: ...`, and exits with status 2.
+examples/classify.py loads; with --lora the adapters merged in), metrics.jsonl (losses and accuracies),
+checkpoint.safetensors, results.json, and with LoRA lora_adapter.safetensors (A and B alone). Bad input
+prints one line, `error: ...`, and exits with status 2.
 """
 
+import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from autograd import backend
 from autograd.checkpoint import write_text
 from tinygrad_llm.finetune.classifier import (POOLS, TRAINABLE, GPTClassifier, accuracy, accuracy_hook, batch_examples,
-                                     classification_loader, classification_loss, set_trainable)
-from tinygrad_llm.finetune.classify_data import (balanced_split, classification_splits, describe_lines, download_sms_spam,
-                                       read_labeled_tsv)
+                                              classification_loader, classification_loss, set_trainable)
+from tinygrad_llm.finetune.classify_data import (balanced_split, classification_splits, describe_lines,
+                                                 download_sms_spam, read_labeled_tsv)
 from tinygrad_llm.finetune.lora import merge_lora, save_adapter
 from tinygrad_llm.models.gpt import GPT, PRESETS, GPTConfig
+from tinygrad_llm.support import cli
+from tinygrad_llm.support.cli import (Parser, add_device_flags, add_lora_flags, add_run_flags, add_training_flags,
+                                      check_same_data, claim_run_folder, int_at_least, positive_int,
+                                      report_interrupt, resumed_args, run_main, run_settings, shell_command)
+from tinygrad_llm.text.data import file_fingerprint
 from tinygrad_llm.text.tokenizer import BPETokenizer, get_tokenizer
 from tinygrad_llm.training.trainer import TrainConfig, Trainer
-from tinygrad_llm.support.cli import (Parser, claim_run_folder, ignore_further_ctrl_c, int_at_least, nonnegative_int,
-                              positive_float, positive_int, run_main)
 
+COMMAND = "examples/finetune_classifier.py"  # recorded in the checkpoint: another command cannot resume its run
 # (trainable, lr) when the flags are not given: from scratch, and from pretrained weights (the book's)
 SCRATCH_DEFAULTS, PRETRAINED_DEFAULTS = ("all", 3e-4), ("last-block", 5e-5)
+DEFAULT_LORA_RANK = 16  # of the deprecated --trainable lora without --lora-rank
+RESUMABLE = cli.RESUMABLE | {"eval_batches"}
 
 
-def build_parser():
-    p = Parser(description=__doc__.split("\n\n")[0])
+def build_parser(suppress=False):
+    """The argument parser; with `suppress`, flags not given on the command line are left out (used to
+    tell which flags override a resumed run's settings)."""
+    p = Parser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS if suppress else None)
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     a = p.add_argument
-    a("--data", default=None, metavar="PATH", help="label<TAB>text file; default: download the UCI SMS Spam Collection")
-    a("--init-from", default="none", metavar="DIR|gpt2|none",
+    a("--data", default=d(None), metavar="PATH",
+      help="label<TAB>text file; default: download the UCI SMS Spam Collection")
+    a("--init-from", default=d("none"), metavar="DIR|gpt2|none",
       help="a pretrained model directory (as examples/pretrain.py writes runs/pretrain/model, tokenizer files "
            "beside it), gpt2 (the published weights, downloaded once) or none (from scratch, --config; default)")
-    a("--tokenizer", default=None, metavar="gpt2|DIR", help="'gpt2' (tiktoken) or a directory with encoder.json + "
-      "vocab.bpe; default: the one beside --init-from DIR, GPT-2's for gpt2, and for none a BPE trained on the "
+    a("--tokenizer", default=d(None), metavar="gpt2|DIR", help="'gpt2' (tiktoken) or a directory with encoder.json "
+      "+ vocab.bpe; default: the one beside --init-from DIR, GPT-2's for gpt2, and for none a BPE trained on the "
       "training messages")
-    a("--vocab-size", type=int_at_least(257), default=2048, help="vocabulary of the BPE trained with --init-from none")
-    a("--config", default="cpu-small", help=f"model preset with --init-from none: {', '.join(PRESETS)}")
-    a("--epochs", type=positive_int, default=5)
-    a("--lr", type=positive_float, default=None, help="default: 3e-4 from scratch, 5e-5 (the book's) from "
-      "pretrained weights")
-    a("--batch-size", type=positive_int, default=8)
-    a("--max-length", type=positive_int, default=None, help="tokens kept per message; default: the longest "
+    a("--vocab-size", type=int_at_least(257), default=d(2048),
+      help="vocabulary of the BPE trained with --init-from none")
+    a("--config", default=d("cpu-small"), help=f"model preset with --init-from none: {', '.join(PRESETS)}")
+    a("--max-length", type=positive_int, default=d(None), help="tokens kept per message; default: the longest "
       "training message, at most the context length")
-    a("--device", default="cpu", choices=["cpu", "cuda"])
-    a("--tf32", action="store_true",
-      help="GPU only: float32 matmuls in TensorFloat-32 on the tensor cores (faster, less precise)")
-    a("--trainable", default=None, choices=TRAINABLE, help="the part that trains; default: all from scratch, "
-      "last-block (the book's: last block, final LayerNorm, head) from pretrained weights")
-    a("--pool", default="last-token", choices=POOLS, help="the position the head reads")
-    a("--lora-rank", type=positive_int, default=16)
-    a("--lora-alpha", type=positive_float, default=16.0)
-    a("--eval-every", type=positive_int, default=50)
-    a("--eval-batches", type=positive_int, default=5, help="batches per split in each evaluation")
-    a("--out", default="runs/classify", help="output folder")
-    a("--overwrite", action="store_true", help="replace the run that --out holds (its checkpoint.safetensors)")
-    a("--seed", type=nonnegative_int, default=123, help="balancing, split, head and data order")
-    a("--on-bad", default="skip", choices=["skip", "error"], help="malformed lines: skip them (listed) or stop")
+    add_device_flags(p)
+    add_training_flags(p, lr=None, epochs=5, eval_every=50,
+                       lr_help="default: 3e-4 from scratch, 5e-5 (the book's) from pretrained weights")
+    a("--eval-batches", type=positive_int, default=d(5), help="batches per split in each evaluation")
+    a("--trainable", default=d(None), choices=TRAINABLE, help="the part that trains; default: all from scratch, "
+      "last-block (the book's: last block, final LayerNorm, head) from pretrained weights. lora: deprecated, "
+      "use --lora RANK")
+    a("--lora-rank", type=positive_int, default=d(None), help=argparse.SUPPRESS)  # of the deprecated --trainable lora
+    add_lora_flags(p, lora_help="the head trains in full (instead of --trainable)")
+    a("--pool", default=d("last-token"), choices=POOLS, help="the position the head reads")
+    add_run_flags(p, out="runs/classify", seed_help="balancing, split, head and data order")
+    a("--on-bad", default=d("skip"), choices=["skip", "error"], help="malformed lines: skip them (listed) or stop")
     return p
+
+
+def choose_trainable(args, quiet=False):
+    """Fill in --trainable and --lr from --init-from where they are not given, and read the LoRA flags:
+    --lora RANK means trainable "lora". The older spelling --trainable lora [--lora-rank R] means
+    --lora R (16 without --lora-rank), with a note saying so unless `quiet`."""
+    if args.trainable == "lora" and args.lora is None:
+        args.lora = args.lora_rank or DEFAULT_LORA_RANK
+        if not quiet:
+            print(f"note: --trainable lora --lora-rank R is deprecated; use --lora {args.lora}")
+    elif args.lora_rank is not None and args.lora_rank != args.lora:
+        raise ValueError("--lora-rank only goes with the deprecated --trainable lora; use --lora RANK")
+    if args.lora is not None:
+        if args.trainable not in (None, "lora"):
+            raise ValueError(f"--lora trains LoRA adapters and the head; it does not combine with --trainable "
+                             f"{args.trainable}")
+        args.trainable, args.lora_rank = "lora", None
+    trainable, lr = SCRATCH_DEFAULTS if args.init_from == "none" else PRETRAINED_DEFAULTS
+    args.trainable, args.lr = args.trainable or trainable, args.lr or lr
 
 
 def load_model(args, train_texts):
@@ -109,8 +138,10 @@ def load_model(args, train_texts):
 
 def run(argv):
     args = build_parser().parse_args(argv)
-    trainable, lr = SCRATCH_DEFAULTS if args.init_from == "none" else PRETRAINED_DEFAULTS
-    args.trainable, args.lr = args.trainable or trainable, args.lr or lr
+    saved = None
+    if args.resume:
+        args, saved = resumed_args(build_parser, argv, args, COMMAND, RESUMABLE)
+    choose_trainable(args, quiet=saved is not None)
     if args.tf32:
         backend.enable_tf32(args.device)  # before the first CuPy import: CuPy reads the mode once
     if args.device == "cuda":
@@ -119,10 +150,13 @@ def run(argv):
     out.mkdir(parents=True, exist_ok=True)
     (out / ".write-test").write_text("")
     (out / ".write-test").unlink()
-    claim_run_folder(out, overwrite=args.overwrite, can_resume=False)
+    claim_run_folder(out, resume=saved is not None, overwrite=args.overwrite)
 
-    data = read_labeled_tsv(args.data, on_bad=args.on_bad) if args.data else read_labeled_tsv(
-        download_sms_spam(), on_bad=args.on_bad)
+    path = args.data or download_sms_spam()
+    data = read_labeled_tsv(path, on_bad=args.on_bad)
+    fingerprint = [file_fingerprint(path)]
+    if saved is not None:
+        check_same_data(fingerprint, saved, out)
     gpt, tok = load_model(args, [data.texts[i] for i in balanced_split(data, args.seed)[0]])
     if tok.eot_token is None:
         raise ValueError("the tokenizer has no <|endoftext|> token to pad with")
@@ -137,23 +171,27 @@ def run(argv):
 
     model = GPTClassifier(gpt, len(data.label_names), labels=data.label_names, pool=args.pool, pad_id=tok.eot_token,
                           max_length=train_set.max_length, tokenizer=tok, seed=args.seed)
-    summary = set_trainable(model, args.trainable, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, seed=args.seed)
+    summary = set_trainable(model, args.trainable, lora_rank=args.lora, lora_alpha=args.lora_alpha, seed=args.seed)
     print(f"{summary}; lr {args.lr:g}, epochs {args.epochs}")
     counts = {"trainable_params": model.num_parameters(trainable=True), "total_params": model.num_parameters()}
     model.to(args.device)
     loader = lambda ds, train: classification_loader(ds, args.batch_size, args.pool, tok.eot_token,
                                                      shuffle=train, drop_last=train, seed=args.seed)
     train, val, test = loader(train_set, True), loader(val_set, False), loader(test_set, False)
-    config = TrainConfig(lr=args.lr, schedule="constant", weight_decay=0.1, epochs=args.epochs,
-                         eval_every=args.eval_every, eval_batches=args.eval_batches, out_dir=str(out), seed=args.seed)
+    config = TrainConfig(lr=args.lr, schedule="constant", warmup_steps=args.warmup, weight_decay=args.weight_decay,
+                         epochs=args.epochs, max_steps=args.max_steps, eval_every=args.eval_every,
+                         eval_batches=args.eval_batches, out_dir=str(out), seed=args.seed, dtype=args.dtype)
+    metadata = {"command": COMMAND, "args": run_settings(args), "data_fingerprint": fingerprint}
     trainer = Trainer(model, train, val, config, loss_fn=classification_loss, tokens_fn=batch_examples,
-                      on_eval=accuracy_hook(train, val, args.eval_batches), metadata={"args": vars(args)})
+                      on_eval=accuracy_hook(train, val, args.eval_batches), metadata=metadata)
+    if saved is not None:  # the model built as at the start; the checkpoint restores the rest
+        trainer.resume()
+        print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
+              f"batch {trainer.batch_index})")
     try:
         trainer.fit()
     except KeyboardInterrupt:
-        ignore_further_ctrl_c()
-        saved = "checkpoint saved" if trainer.saved_step == trainer.step else "the checkpoint was NOT saved"
-        print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; {saved}", file=sys.stderr)
+        report_interrupt(trainer, out, __file__)
         return 130
     if args.trainable == "lora":  # model/ holds the merged weights already; the adapter alone is small
         save_adapter(model, out / "lora_adapter.safetensors")
@@ -165,10 +203,8 @@ def run(argv):
     write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     print(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; accuracy: train {100 * results['train_acc']:.2f}%, "
           f"val {100 * results['val_acc']:.2f}%, test {100 * results['test_acc']:.2f}%")
-    python = Path(sys.executable).absolute()
-    python = os.path.relpath(python) if python.is_relative_to(Path.cwd()) else python  # the venv's, as run
-    print(f"classifier saved in {out / 'model'}; try: {python} examples/classify.py --model {out / 'model'} "
-          "\"some text\"")
+    classify = shell_command(Path(__file__).with_name("classify.py"))
+    print(f"classifier saved in {out / 'model'}; try: {classify} --model {out / 'model'} \"some text\"")
     return 0
 
 

@@ -11,7 +11,8 @@ encoder.json and vocab.bpe beside them, as examples/pretrain.py writes into runs
 published GPT-2 (gpt2, gpt2-medium, ...; downloaded once). After training, the test entries with the
 model's answers go to --out/instruction-data-with-response.json; with --judge-url a local Ollama server
 scores them from 0 to 100. With --lora R only rank-R adapters are trained: --out/adapter.safetensors
-holds them alone, and --out/model the merged weights, a plain model that chat.py loads.
+holds them alone, and --out/model the merged weights, a plain model that chat.py loads. --resume continues
+the run in --out with the settings it was started with (--data and the rest need not be given again).
 
 Bad input (a missing or malformed data file, no usable entry, a bad entry with --on-bad error, a flag out
 of range, an output folder that cannot be written, a model directory without a model, a judge that cannot
@@ -19,6 +20,7 @@ be reached) prints one line, `error: ...`, and exits with status 2. Entries with
 field are skipped with a warning naming them (--on-bad skip, the default).
 """
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,53 +28,52 @@ from pathlib import Path
 from autograd import backend
 from tinygrad_llm import instruct, judge
 from tinygrad_llm.finetune.lora import apply_lora, merge_lora, save_adapter
-from tinygrad_llm.training.trainer import TrainConfig, Trainer
-from tinygrad_llm.support.cli import (Parser, claim_run_folder, ignore_further_ctrl_c, int_at_least, nonnegative_float,
-                              nonnegative_int, positive_float, positive_int, run_main)
 from tinygrad_llm.models.gpt2_weights import PRETRAINED
+from tinygrad_llm.support import cli
+from tinygrad_llm.support.cli import (FlagError, Parser, add_device_flags, add_lora_flags, add_run_flags,
+                                      add_training_flags, check_same_data, claim_run_folder, int_at_least,
+                                      nonnegative_int, report_interrupt, resumed_args, run_main, run_settings)
+from tinygrad_llm.text.data import file_fingerprint
+from tinygrad_llm.training.trainer import TrainConfig, Trainer
 
+COMMAND = "examples/finetune_instructions.py"  # recorded in the checkpoint: another command cannot resume its run
 ADAPTER = "adapter.safetensors"
 BOOK_LR = 5e-5  # the book's, for GPT-2 medium's published weights
 # examples/pretrain.py's cpu-small model fine-tuned for 2 epochs: val loss 1.93 at 1e-3, 1.76 at 3e-3, 1.85 at 6e-3
 SMALL_MODEL_LR = 3e-3
+RESUMABLE = cli.RESUMABLE | {"eval_batches", "max_new_tokens", "judge_url", "judge_model"}
 
 
-def build_parser():
-    p = Parser(description=__doc__.split("\n\n")[0])
+def build_parser(suppress=False):
+    """The argument parser; with `suppress`, flags not given on the command line are left out (used to
+    tell which flags override a resumed run's settings). --data is required unless --resume (checked
+    by `run`)."""
+    p = Parser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS if suppress else None)
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     a = p.add_argument
-    a("--data", required=True, metavar="PATH", help="JSON list (or JSON lines) of instruction/input/output entries")
-    a("--init-from", default="runs/pretrain/model", metavar="DIR|gpt2",
+    a("--data", default=d(None), metavar="PATH",
+      help="JSON list (or JSON lines) of instruction/input/output entries (required, unless --resume)")
+    a("--init-from", default=d("runs/pretrain/model"), metavar="DIR|gpt2",
       help="a model directory or a published GPT-2 name (default: examples/pretrain.py's output)")
-    a("--tokenizer", default=None, help="gpt2 or a directory with encoder.json and vocab.bpe "
-                                        "(default: the model directory's, else gpt2)")
-    a("--device", default="cpu", choices=["cpu", "cuda"])
-    a("--tf32", action="store_true",
-      help="GPU only: float32 matmuls in TensorFloat-32 on the tensor cores (faster, less precise)")
-    a("--epochs", type=positive_int, default=2)
-    a("--max-steps", type=positive_int, default=None, help="stop after this many steps (overrides --epochs)")
-    a("--lr", type=positive_float, default=None,
-      help="peak learning rate (default: the book's 5e-5 for GPT-2's published "
-      f"weights, {SMALL_MODEL_LR:g} otherwise, the best of those tried on examples/pretrain.py's model)")
-    a("--weight-decay", type=nonnegative_float, default=0.1)
-    a("--warmup", type=nonnegative_int, default=0, help="warmup steps")
-    a("--batch-size", type=positive_int, default=8)
-    a("--max-length", type=int_at_least(2), default=None,
+    a("--tokenizer", default=d(None), help="gpt2 or a directory with encoder.json and vocab.bpe "
+                                           "(default: the model directory's, else gpt2)")
+    add_device_flags(p)
+    add_training_flags(p, lr=None, epochs=2, eval_every=50,
+                       lr_help=f"default: the book's 5e-5 for GPT-2's published weights, {SMALL_MODEL_LR:g} "
+                               "otherwise, the best of those tried on examples/pretrain.py's model")
+    a("--max-length", type=int_at_least(2), default=d(None),
       help="cut examples to this many tokens, at least 2: an input and its next token (default: the model's context)")
-    a("--mask-prompt", action="store_true", help="train on the responses only (the prompt's targets are ignored)")
-    a("--eval-every", type=positive_int, default=50, help="steps between evaluations")
-    a("--eval-batches", type=nonnegative_int, default=5, help="batches per split in each evaluation (0: all)")
-    a("--max-new-tokens", type=nonnegative_int, default=256, help="longest answer generated for a test entry")
-    a("--on-bad", default="skip", choices=["skip", "error"],
+    a("--mask-prompt", action="store_true", default=d(False),
+      help="train on the responses only (the prompt's targets are ignored)")
+    a("--eval-batches", type=nonnegative_int, default=d(5), help="batches per split in each evaluation (0: all)")
+    a("--max-new-tokens", type=nonnegative_int, default=d(256), help="longest answer generated for a test entry")
+    a("--on-bad", default=d("skip"), choices=["skip", "error"],
       help="entries with a missing or non-string field: leave them out with a warning, or stop")
-    a("--lora", type=positive_int, default=None, metavar="R", help="train rank-R LoRA adapters instead of every weight")
-    a("--lora-alpha", type=positive_float, default=16.0, help="LoRA's update is scaled by alpha / R")
-    a("--judge-url", default=None, metavar="URL",
+    add_lora_flags(p, lora_help=f"--out/{ADAPTER} holds them alone, model/ the merged weights")
+    a("--judge-url", default=d(None), metavar="URL",
       help=f"score the answers with Ollama at URL (e.g. {judge.DEFAULT_URL})")
-    a("--judge-model", default=judge.DEFAULT_MODEL)
-    a("--out", default="runs/instruct",
-      help="output folder: checkpoint, metrics.jsonl, loss.png, model/, the test responses")
-    a("--overwrite", action="store_true", help="replace the run that --out holds (its checkpoint.safetensors)")
-    a("--seed", type=nonnegative_int, default=123)
+    a("--judge-model", default=d(judge.DEFAULT_MODEL))
+    add_run_flags(p, out="runs/instruct", out_help="checkpoint, metrics.jsonl, loss.png, model/, the test responses")
     return p
 
 
@@ -85,6 +86,11 @@ def writable(out):
 
 def run(argv):
     args = build_parser().parse_args(argv)
+    saved = None
+    if args.resume:
+        args, saved = resumed_args(build_parser, argv, args, COMMAND, RESUMABLE)
+    if args.data is None:
+        raise FlagError("the following arguments are required: --data")
     if args.lr is None:
         args.lr = BOOK_LR if args.init_from in PRETRAINED else SMALL_MODEL_LR
     if args.tf32:
@@ -93,11 +99,14 @@ def run(argv):
         backend.xp_for("cuda")  # DeviceError now, not after loading
     out = Path(args.out)
     writable(out)
-    claim_run_folder(out, overwrite=args.overwrite, can_resume=False)
+    claim_run_folder(out, resume=saved is not None, overwrite=args.overwrite)
     if args.judge_url:
         judge.check_judge(args.judge_url, args.judge_model)  # before training, not after
 
     entries = instruct.load_entries(args.data)
+    fingerprint = [file_fingerprint(args.data)]
+    if saved is not None:
+        check_same_data(fingerprint, saved, out)
     good, bad = instruct.check_entries(entries, args.on_bad)
     if bad:
         print(f"warning: skipped {len(bad)} of {len(entries)} entries: {instruct.describe_bad(bad)}",
@@ -123,14 +132,18 @@ def run(argv):
 
     config = TrainConfig(lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup, epochs=args.epochs,
                          max_steps=args.max_steps, eval_every=args.eval_every,
-                         eval_batches=args.eval_batches or None, log_every=5, out_dir=str(out), seed=args.seed)
-    trainer = Trainer(model, train, val, config, tokenizer=tok, metadata={"args": vars(args)})
+                         eval_batches=args.eval_batches or None, log_every=5, out_dir=str(out), seed=args.seed,
+                         dtype=args.dtype)
+    metadata = {"command": COMMAND, "args": run_settings(args), "data_fingerprint": fingerprint}
+    trainer = Trainer(model, train, val, config, tokenizer=tok, metadata=metadata)
+    if saved is not None:  # the model built as at the start (LoRA included); the checkpoint restores the rest
+        trainer.resume()
+        print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
+              f"batch {trainer.batch_index})")
     try:
         records = trainer.fit()
     except KeyboardInterrupt:
-        ignore_further_ctrl_c()
-        saved = "checkpoint saved" if trainer.saved_step == trainer.step else "the checkpoint was NOT saved"
-        print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; {saved}", file=sys.stderr)
+        report_interrupt(trainer, out, __file__)
         return 130
     first, last = records[0], records[-1]
     val_text = lambda r: f", val loss {r['val_loss']:.3f}" if r["val_loss"] is not None else ""  # noqa: E731

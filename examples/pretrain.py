@@ -31,7 +31,6 @@ memory and ends with the peak memory it used there (on a GPU: what CuPy's memory
 import argparse
 import hashlib
 import os
-import shlex
 import sys
 import traceback
 import urllib.error
@@ -44,18 +43,24 @@ from tinygrad_llm.text.data import (DataLoader, GPTDataset, encode_pieces, file_
 from tinygrad_llm.models.gpt import GPT, PRESETS, GPTConfig
 from tinygrad_llm.text.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
 from tinygrad_llm.training.trainer import TrainConfig, Trainer
-from tinygrad_llm.training.run_folder import CHECKPOINT, checkpoint_tokenizer, read_checkpoint_metadata
-from tinygrad_llm.support.cli import (Parser, claim_run_folder, compute_dtype, fraction, ignore_further_ctrl_c, int_at_least,
-                              nonnegative_float, nonnegative_int, one_line, positive_float, positive_int, run_main)
+from tinygrad_llm.training.run_folder import checkpoint_tokenizer
+from tinygrad_llm.finetune.lora import apply_lora, save_adapter
+from tinygrad_llm.support import cli
+from tinygrad_llm.support.cli import (Parser, add_device_flags, add_lora_flags, add_run_flags, add_training_flags,
+                                      check_same_data, claim_run_folder, fraction, int_at_least, nonnegative_float,
+                                      nonnegative_int, one_line, positive_int, report_interrupt, resumed_args,
+                                      run_main, run_settings)
 from tinygrad_llm.support.download import default_cache_dir, download_file
 from tinygrad_llm.support.distributed import Communicator, DistributedError, init_communicator
 
+COMMAND = "examples/pretrain.py"  # recorded in the checkpoint: another command cannot resume its run
 DEFAULT_CORPUS = "pydoc"  # Python's help topics, from the standard library
 # flags that a resumed run may change; the rest (model, data, tokenizer) come from the checkpoint
-RESUMABLE = {"device", "tf32", "epochs", "max_steps", "eval_every", "eval_batches", "log_every", "checkpoint_every",
-             "sample_prompt", "sample_tokens", "temperature", "top_k", "on_nonfinite", "check_sync", "dtype"}
+RESUMABLE = cli.RESUMABLE | {"eval_batches", "log_every", "checkpoint_every", "sample_prompt", "sample_tokens",
+                             "temperature", "top_k", "on_nonfinite", "check_sync"}
 BPE_SAMPLE_CHARS = 8 << 20  # the BPE is trained on at most this much of the start of the training text
-DEVICE_CHOICES = ["cpu", "cuda"]  # the tests add "strict", the simulated device, to run out of its memory
+DEVICE_CHOICES = cli.DEVICES  # the tests add "strict", the simulated device, to run out of its memory
+ADAPTER = "adapter.safetensors"  # with --lora: the adapters alone
 
 
 def build_parser(suppress=False):
@@ -73,27 +78,17 @@ def build_parser(suppress=False):
     a("--config", default=d("cpu-small"), help=f"model preset: {', '.join(PRESETS)}")
     a("--context-length", type=positive_int, default=d(None), help="override the preset's context length")
     a("--init-from", default=d(None), metavar="gpt2|PATH", help="start from pretrained weights")
-    a("--device", default=d("cpu"), choices=DEVICE_CHOICES)
-    a("--tf32", action=argparse.BooleanOptionalAction, default=d(False),
-      help="GPU only: float32 matmuls in TensorFloat-32 on the tensor cores (faster, less precise); "
-      "--no-tf32 turns it off when resuming a run that had it")
-    a("--dtype", type=compute_dtype, default=d("float32"), metavar="float32|float16",
-      help="float16: the Linear layers' matrix products in half precision with dynamic loss scaling; weights, "
-           "gradients and optimizer state stay float32. Meant for GPUs: on the CPU it is slower")
-    a("--batch-size", type=positive_int, default=d(8))
+    add_device_flags(p, devices=DEVICE_CHOICES)
+    add_training_flags(p, lr=2e-3, epochs=6, warmup=10, eval_every=100,
+                       weight_decay_help="on every parameter with --decay-all",
+                       batch_size_help="--grad-accum batches make one step")
     a("--grad-accum", type=positive_int, default=d(1), help="micro-batches per optimizer step")
-    a("--epochs", type=positive_int, default=d(6))
-    a("--max-steps", type=nonnegative_int, default=d(None), help="stop after this many steps (overrides --epochs)")
-    a("--lr", type=positive_float, default=d(2e-3))
     a("--min-lr", type=nonnegative_float, default=d(None), help="end of the cosine schedule (default lr/10)")
     a("--schedule", default=d("cosine"), choices=["cosine", "constant"])
-    a("--warmup", type=nonnegative_int, default=d(10), help="warmup steps")
-    a("--weight-decay", type=nonnegative_float, default=d(0.1))
     a("--decay-all", action="store_true", default=d(False),
       help="decay every parameter, biases and LayerNorm too, as the book does")
     a("--grad-clip", type=nonnegative_float, default=d(1.0), help="max gradient norm; 0 turns clipping off")
     a("--train-ratio", type=fraction, default=d(0.9), help="share of the tokens used for training")
-    a("--eval-every", type=positive_int, default=d(100))
     a("--eval-batches", type=positive_int, default=d(5))
     a("--log-every", type=positive_int, default=d(5))
     a("--checkpoint-every", type=nonnegative_int, default=d(0), help="0: only at the end and on Ctrl-C")
@@ -104,24 +99,11 @@ def build_parser(suppress=False):
     a("--on-nonfinite", default=d("error"), choices=["error", "skip"],
       help="a step whose loss or gradient norm is NaN or infinite: stop with an error (nothing saved over the "
            "last good checkpoint), or skip its update")
-    a("--out", default=d("runs/pretrain"), help="output folder: checkpoint, metrics.jsonl, loss.png, model/")
-    a("--resume", action="store_true", default=d(False), help="continue the run saved in --out")
-    a("--overwrite", action="store_true", default=d(False),
-      help="start a new run in an --out that holds one, replacing it")
-    a("--seed", type=nonnegative_int, default=d(123))
+    add_lora_flags(p, lora_help=f"--out/{ADAPTER} holds them alone, model/ the merged weights")
+    add_run_flags(p, out="runs/pretrain", out_help="checkpoint, metrics.jsonl, loss.png, model/")
     a("--check-sync", type=nonnegative_int, default=d(0), metavar="K",
       help="data-parallel runs: every K steps, stop with an error if the ranks' parameters differ (a debug check)")
     return p
-
-
-def this_command():
-    """How to run this script again: with this interpreter (the venv's python, relative when it lies
-    under the working directory) and this script's path, as a shell would take them."""
-    def short(path):
-        path = Path(path).absolute()
-        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
-
-    return f"{shlex.quote(short(sys.executable))} {shlex.quote(short(__file__))}"
 
 
 def fetch(url):
@@ -183,23 +165,6 @@ class Corpus:
         return "".join(out)
 
 
-def check_same_data(corpus, saved, out):
-    """On --resume: the data must be what the checkpoint was trained on, file by file."""
-    recorded = saved.get("metadata", {}).get("data_fingerprint")
-    if recorded is None or recorded == corpus.fingerprint:
-        return  # a checkpoint of an earlier version records none
-    for then, now in zip(recorded, corpus.fingerprint):
-        if then != now:
-            break
-    else:
-        then = now = None
-    what = (f"{now['file']} was {then['bytes']:,} bytes (sha256 {then['sha256'][:12]}) and is now {now['bytes']:,} "
-            f"bytes (sha256 {now['sha256'][:12]})" if then is not None else
-            f"it was {len(recorded)} files and is now {len(corpus.fingerprint)}")
-    raise ValueError(f"the training data changed since the checkpoint in {out}: {what}. Restore the data to "
-                     f"resume, or start over with --overwrite (without --resume)")
-
-
 def windows(ids, context, what):
     if len(ids) < context + 1:
         raise ValueError(f"the {what} text is {len(ids)} tokens, shorter than one window of {context} + 1; "
@@ -229,7 +194,7 @@ def setup(args, saved=None, comm=None):
         comm.barrier()
     corpus = Corpus(args.data)
     if saved is not None:  # the checkpoint's own tokenizer, and the data it was trained on
-        check_same_data(corpus, saved, out)
+        check_same_data(corpus.fingerprint, saved, out)
         tok = checkpoint_tokenizer(out, saved)
     elif args.tokenizer is not None or args.init_from is not None:
         tok = get_tokenizer(args.tokenizer or "gpt2")
@@ -253,6 +218,8 @@ def setup(args, saved=None, comm=None):
     if tok.n_vocab > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.n_vocab} tokens, the model only {model.config.vocab_size}")
     context = min(args.context_length or model.config.context_length, model.config.context_length)
+    if args.lora:  # before resume, which loads the adapters too
+        print(apply_lora(model, args.lora, args.lora_alpha, seed=args.seed))  # wraps every Linear, freezes the rest
     model.to(args.device)
     train = DataLoader(windows(train_ids, context, "training"), args.batch_size, shuffle=True, drop_last=True,
                        seed=args.seed)
@@ -300,18 +267,9 @@ def check_ranks_agree(comm, tok, train):
 def run(argv, comm=None):
     comm = comm if comm is not None else Communicator()  # this process alone unless a launcher started ranks
     args = build_parser().parse_args(argv)
-    if args.resume and args.overwrite:
-        raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     saved = None
     if args.resume:
-        saved = read_checkpoint_metadata(args.out)
-        given = vars(build_parser(suppress=True).parse_args(argv))
-        defaults = vars(build_parser().parse_args([]))  # for settings a checkpoint of an earlier version lacks
-        settings = {**defaults, **saved["metadata"]["args"], **{k: v for k, v in given.items() if k in RESUMABLE}}
-        ignored = sorted(k for k in given if k not in RESUMABLE | {"out", "resume"} and given[k] != settings[k])
-        if ignored:
-            print(f"note: resuming with the checkpoint's settings; ignoring --{', --'.join(ignored)}")
-        args = argparse.Namespace(**{**settings, "out": args.out, "resume": True, "overwrite": False})
+        args, saved = resumed_args(build_parser, argv, args, COMMAND, RESUMABLE)
     if comm.size > 1:
         print(f"data parallel over {comm.backend_name}: {comm.size} ranks, process ids "
               + ", ".join(f"rank {r}: {pid}" for r, pid in enumerate(comm.pids())))
@@ -332,9 +290,8 @@ def train_and_report(args, saved, prompt, comm):
     """Set up, train and print the summary: 0, or 130 after Ctrl-C."""
     tok, model, train, val, corpus = setup(args, saved, comm)
     check_ranks_agree(comm, tok, train)
-    saved_args = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
-    trainer = Trainer(model, train, val, train_config(args, prompt), tokenizer=tok,
-                      metadata={"args": saved_args, "data_fingerprint": corpus.fingerprint}, comm=comm)
+    metadata = {"command": COMMAND, "args": run_settings(args), "data_fingerprint": corpus.fingerprint}
+    trainer = Trainer(model, train, val, train_config(args, prompt), tokenizer=tok, metadata=metadata, comm=comm)
     if saved is not None:
         trainer.resume()
         print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
@@ -342,20 +299,10 @@ def train_and_report(args, saved, prompt, comm):
     try:
         records = trainer.fit()
     except KeyboardInterrupt:
-        ignore_further_ctrl_c()  # this report must be whole, and the status 130
         if not comm.is_main:  # every rank stopped at this step; rank 0 says so
+            cli.ignore_further_ctrl_c()
             return 130
-        path = Path(args.out) / CHECKPOINT
-        resume = f"resume with: {this_command()} --out {shlex.quote(str(args.out))} --resume"
-        if trainer.saved_step == trainer.step:
-            print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; checkpoint saved in {path}.\n"
-                  f"{resume}", file=sys.stderr)
-        elif trainer.saved_step is not None:
-            print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; the checkpoint was NOT saved: "
-                  f"{path} holds step {trainer.saved_step}.\n{resume}", file=sys.stderr)
-        else:
-            print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; the checkpoint was NOT saved, "
-                  "and this run has none to resume from", file=sys.stderr)
+        report_interrupt(trainer, args.out, __file__)
         return 130
     if not comm.is_main:
         return 0
@@ -366,6 +313,8 @@ def train_and_report(args, saved, prompt, comm):
     if trainer.scaler is not None:
         print(f"float16: final loss scale {trainer.scaler.scale_value:g}, {trainer.scaler.skipped_steps} steps "
               "skipped for overflowing gradients")
+    if args.lora:  # model/ holds the merged weights (save_pretrained merges them); the adapters alone are small
+        print(f"LoRA adapters written to {save_adapter(model, Path(args.out) / ADAPTER)}")
     print(f"peak memory on device {args.device}: {size(backend.peak_memory(args.device))}")
     print(f"outputs in {args.out}/: checkpoint.safetensors, metrics.jsonl, model/ (Hugging Face layout)"
           + (", loss.png" if (Path(args.out) / "loss.png").exists() else " (pip install matplotlib for loss.png)"))

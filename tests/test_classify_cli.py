@@ -6,6 +6,7 @@ run them as a user does, in a subprocess."""
 
 import importlib.util
 import io
+import json
 import os
 import subprocess
 import sys
@@ -158,7 +159,7 @@ def test_fine_tune_a_pretrained_directory_then_classify(finetune, run_main, data
     with open(data, "a") as f:
         f.write("spam\n")  # a malformed line: skipped, and said so
     out = tmp_path / "run"
-    flags = ["--trainable", trainable, "--lora-rank", "4", "--lr", "1e-3"] if trainable else []
+    flags = ["--lora", "4", "--lr", "1e-3"] if trainable else []
     result = finetune(data, out, "--init-from", pretrained, "--epochs", "2", "--batch-size", "4", "--eval-every", "2",
                       *flags)
     assert result.returncode == 0, result.stderr
@@ -180,3 +181,68 @@ def test_fine_tune_a_pretrained_directory_then_classify(finetune, run_main, data
     assert all(label in ("ham", "spam") and 0.5 <= float(p) <= 1.0 for label, p, _ in lines)
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
     assert_clean_error(run_main(classify, "--model", out / "model"), "no texts")
+
+
+# ---- LoRA's two spellings, and resume --------------------------------------------------------------
+
+
+def outcome(out):
+    """What a run ends with: its evaluation records (without their timings) and its final accuracies."""
+    records = [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_sec", "elapsed")}
+               for line in (out / "metrics.jsonl").read_text().splitlines()]
+    results = json.loads((out / "results.json").read_text())
+    return records, {k: results[k] for k in ("train_acc", "val_acc", "test_acc", "steps", "trainable")}
+
+
+TINY_RUN = ["--epochs", "2", "--batch-size", "4", "--eval-every", "1", "--eval-batches", "1", "--lr", "1e-3"]
+
+
+def test_the_old_lora_spelling_is_lora_rank_with_a_note(finetune, data, tmp_path, pretrained):
+    new = finetune(data, tmp_path / "new", "--init-from", pretrained, *TINY_RUN, "--max-steps", "2", "--lora", "4")
+    old = finetune(data, tmp_path / "old", "--init-from", pretrained, *TINY_RUN, "--max-steps", "2",
+                   "--trainable", "lora", "--lora-rank", "4")
+    assert new.returncode == 0 and old.returncode == 0, old.stderr
+    assert "note: --trainable lora --lora-rank R is deprecated; use --lora 4" in old.stdout.splitlines()
+    assert "deprecated" not in new.stdout
+    assert outcome(tmp_path / "old") == outcome(tmp_path / "new")
+    assert outcome(tmp_path / "new")[1]["trainable"] == "lora"
+    assert (tmp_path / "old" / "lora_adapter.safetensors").is_file()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--lora", "4", "--trainable", "head"], ["--lora", "does not combine with --trainable head"]),
+    (["--lora-rank", "4"], ["--lora-rank only goes with the deprecated --trainable lora", "--lora RANK"]),
+])
+def test_lora_flags_that_contradict_each_other(finetune, data, tmp_path, pretrained, flags, words):
+    assert_clean_error(finetune(data, tmp_path / "o", "--init-from", pretrained, *flags), *words)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags", [[], ["--lora", "2"]], ids=["last-block", "lora"])
+def test_a_stopped_and_resumed_fine_tuning_ends_as_an_uninterrupted_one(finetune, run_main, data, tmp_path,
+                                                                       pretrained, flags):
+    """6 steps in one go, or 3 and then --resume (the settings from the checkpoint, --max-steps raised):
+    the same losses, accuracies and classifier, bit for bit. 4 batches an epoch: the resumed run
+    starts inside the first epoch and crosses into the second."""
+    full = finetune(data, tmp_path / "full", "--init-from", pretrained, *TINY_RUN, "--max-steps", "6", *flags)
+    assert full.returncode == 0, full.stderr
+    cut = finetune(data, tmp_path / "cut", "--init-from", pretrained, *TINY_RUN, "--max-steps", "3", *flags)
+    assert cut.returncode == 0, cut.stderr
+    again = finetune(data, tmp_path / "cut", "--init-from", pretrained)  # a folder holding a run
+    assert_clean_error(again, "holds an earlier run", "--resume", "--overwrite")
+    resumed = run_main(finetune_classifier, "--out", tmp_path / "cut", "--resume", "--max-steps", "6")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 3/6 (epoch 1, batch 3)" in resumed.stdout
+    assert outcome(tmp_path / "cut") == outcome(tmp_path / "full")
+    assert [r["step"] for r in outcome(tmp_path / "cut")[0]] == list(range(7))
+    assert (tmp_path / "cut" / "model" / "model.safetensors").read_bytes() == (
+        tmp_path / "full" / "model" / "model.safetensors").read_bytes()
+
+
+def test_resume_refuses_data_changed_since_the_checkpoint(finetune, run_main, data, tmp_path, pretrained):
+    cut = finetune(data, tmp_path / "cut", "--init-from", pretrained, *TINY_RUN, "--max-steps", "1")
+    assert cut.returncode == 0, cut.stderr
+    with open(data, "a") as f:
+        f.write("ham\tone more line\n")
+    resumed = run_main(finetune_classifier, "--out", tmp_path / "cut", "--resume", "--max-steps", "2")
+    assert_clean_error(resumed, "the training data changed since the checkpoint", "sms.tsv", "--overwrite")

@@ -7,8 +7,10 @@ the chat are subprocesses, as a user starts them."""
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,8 @@ def load_script(path):
     return module
 
 
-finetune_main = load_script(FINETUNE).main
+finetune_script = load_script(FINETUNE)
+finetune_main = finetune_script.main
 chat_main = load_script(CHAT).main
 
 
@@ -125,6 +128,52 @@ def test_lora_run_saves_an_adapter_and_exports_merged_weights(base, tmp_path):
         np.testing.assert_allclose(value, rebuilt.state_dict()[name], rtol=1e-5, atol=1e-6)
         changed += not np.array_equal(value, untouched[name])
     assert changed == 8  # the wrapped weights moved; embeddings, biases and LayerNorms stayed frozen
+
+
+def outcome(out):
+    """What a run ends with: its evaluation records (without their timings) and the test responses."""
+    records = [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_sec", "elapsed")}
+               for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return records, json.loads((out / instruct.RESPONSES_FILE).read_text(encoding="utf-8"))
+
+
+def ctrl_c_after(step):
+    """An on_step for Trainer: Ctrl-C (SIGINT to this process) once `step` is done."""
+    def on_step(trainer):
+        if trainer.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return on_step
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("flags", [[], ["--lora", "2"]], ids=["all", "lora"])
+def test_a_stopped_and_resumed_fine_tuning_ends_as_an_uninterrupted_one(base, tmp_path, capsys, monkeypatch, flags):
+    """Two epochs (8 steps) in one go, or stopped by Ctrl-C after step 3 and then --resume without --data
+    (the settings come from the checkpoint): the same losses and answers, and the same model, bit for
+    bit. The resumed run starts inside the first epoch and crosses into the second."""
+    common = ["--data", base / "data.json", "--init-from", base / "model", "--batch-size", 8, "--lr", 3e-3,
+              "--eval-every", 1, "--eval-batches", 1, "--max-new-tokens", 3, "--warmup", 2, *flags]
+    assert finetune_main([*map(str, common), "--out", str(tmp_path / "full")]) == 0
+    with monkeypatch.context() as m:
+        m.setattr(finetune_script, "Trainer", partial(finetune_script.Trainer, on_step=ctrl_c_after(3)))
+        capsys.readouterr()
+        assert finetune_main([*map(str, common), "--out", str(tmp_path / "cut")]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted at step 3/8; checkpoint saved in {tmp_path / 'cut' / 'checkpoint.safetensors'}." in err
+    assert f"examples/finetune_instructions.py --out {tmp_path / 'cut'} --resume" in err
+    assert finetune_main(["--out", str(tmp_path / "cut"), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed at step 3/8 (epoch 1, batch 3)" in out, out
+    assert outcome(tmp_path / "cut") == outcome(tmp_path / "full")
+    assert [r["step"] for r in outcome(tmp_path / "cut")[0]] == list(range(9))
+    assert (tmp_path / "cut" / "model" / "model.safetensors").read_bytes() == (
+        tmp_path / "full" / "model" / "model.safetensors").read_bytes()
+
+
+def test_data_is_required_unless_resuming(tmp_path, capsys):
+    assert_clean_error(finetune_main(["--out", str(tmp_path / "o")]), capsys,
+                       "the following arguments are required: --data")
 
 
 # ---- bad input -----------------------------------------------------------------------------------

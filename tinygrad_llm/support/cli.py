@@ -8,10 +8,25 @@ Flags are checked by argparse itself, before any work starts, with the `type=` f
 out of range, NaN or infinity is refused with a line naming the flag, e.g.
 
     error: argument --lr: must be a finite number > 0, got 'nan'
+
+Every training command builds its parser from the same groups, so that a flag means the same in each
+(only its default may differ):
+
+    p = Parser(description=...)
+    add_device_flags(p)                                  # --device --tf32 --dtype
+    add_training_flags(p, lr=2e-3, epochs=6, warmup=10)  # --lr --warmup --weight-decay --batch-size --epochs
+                                                         # --max-steps --eval-every
+    add_lora_flags(p)                                    # --lora RANK --lora-alpha
+    add_run_flags(p, out="runs/pretrain")                # --out --resume --overwrite --seed
+
+and resumes a run the same way: `resumed_args` takes the settings the checkpoint recorded, with the
+flags a resumed run may change (RESUMABLE and the command's own) given on the command line over them.
 """
 
 import argparse
 import math
+import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -19,7 +34,7 @@ from pathlib import Path
 from autograd import DeviceError
 from autograd.checkpoint import CheckpointError, FileFormatError
 from tinygrad_llm.support.download import DownloadError
-from tinygrad_llm.training.run_folder import CHECKPOINT
+from tinygrad_llm.training.run_folder import CHECKPOINT, read_checkpoint_metadata
 
 # what a user's input can raise: missing or unreadable files, bad values, a corrupt checkpoint, a device
 # that is not there, a download that failed, a file that is malformed (FileFormatError, a ValueError, named
@@ -145,6 +160,160 @@ compute_dtype.__name__ = "float32 or float16"
 
 
 # ---------------------------------------------------------------------------------------------------
+# The flags every training command shares
+
+
+DEVICES = ["cpu", "cuda"]
+# what each shared flag means, the same in every training command: its help starts with these words
+SHARED_HELP = {
+    "--device": "where the model trains: cpu, or cuda (CuPy and a GPU)",
+    "--tf32": "GPU only: float32 matmuls in TensorFloat-32 on the tensor cores (faster, less precise)",
+    "--dtype": "float16: the Linear layers' matrix products in half precision with dynamic loss scaling; "
+               "weights, gradients and optimizer state stay float32. Meant for GPUs: on the CPU it is slower",
+    "--lr": "peak learning rate",
+    "--warmup": "warmup steps: the learning rate rises linearly to --lr over them",
+    "--weight-decay": "AdamW's decoupled weight decay, on the 2-D weights (matrices and embeddings)",
+    "--batch-size": "examples per batch",
+    "--epochs": "passes over the training data",
+    "--max-steps": "stop after this many optimizer steps (overrides --epochs)",
+    "--eval-every": "steps between evaluations",
+    "--lora": "train rank-RANK LoRA adapters on every Linear layer instead of the weights themselves",
+    "--lora-alpha": "LoRA's update is scaled by alpha / RANK",
+    "--out": "output folder",
+    "--resume": "continue the run saved in --out, with the settings it was started with",
+    "--overwrite": "start a new run in an --out that holds one, replacing it",
+    "--seed": "random seed",
+}
+# the shared flags that a resumed run may change; the others come from its checkpoint
+RESUMABLE = {"device", "tf32", "dtype", "epochs", "max_steps", "eval_every"}
+
+
+def _default(parser, value):
+    """`value`, or SUPPRESS in a parser that leaves out the flags not given (argument_default=SUPPRESS:
+    the parse that tells which flags override a resumed run's settings)."""
+    return argparse.SUPPRESS if parser.argument_default == argparse.SUPPRESS else value
+
+
+def _help(flag, more=None):
+    return SHARED_HELP[flag] + (f"; {more}" if more else "")
+
+
+def add_device_flags(parser, *, devices=None):
+    """--device, --tf32 (--no-tf32 turns it off when resuming a run that had it) and --dtype."""
+    a, d = parser.add_argument, lambda v: _default(parser, v)
+    a("--device", default=d("cpu"), choices=devices or DEVICES, help=_help("--device"))
+    a("--tf32", action=argparse.BooleanOptionalAction, default=d(False),
+      help=_help("--tf32", "--no-tf32 turns it off when resuming a run that had it"))
+    a("--dtype", type=compute_dtype, default=d("float32"), metavar="float32|float16", help=_help("--dtype"))
+
+
+def add_training_flags(parser, *, lr, epochs, batch_size=8, warmup=0, weight_decay=0.1, eval_every=50,
+                       lr_help=None, weight_decay_help=None, batch_size_help=None):
+    """--lr, --warmup, --weight-decay, --batch-size, --epochs, --max-steps, --eval-every, with this
+    command's defaults (lr=None: the command chooses one after parsing, and lr_help says how)."""
+    a, d = parser.add_argument, lambda v: _default(parser, v)
+    a("--lr", type=positive_float, default=d(lr), help=_help("--lr", lr_help))
+    a("--warmup", type=nonnegative_int, default=d(warmup), help=_help("--warmup"))
+    a("--weight-decay", type=nonnegative_float, default=d(weight_decay),
+      help=_help("--weight-decay", weight_decay_help))
+    a("--batch-size", type=positive_int, default=d(batch_size), help=_help("--batch-size", batch_size_help))
+    a("--epochs", type=positive_int, default=d(epochs), help=_help("--epochs"))
+    a("--max-steps", type=nonnegative_int, default=d(None), help=_help("--max-steps"))
+    a("--eval-every", type=positive_int, default=d(eval_every), help=_help("--eval-every"))
+
+
+def add_lora_flags(parser, *, lora_help=None):
+    """--lora RANK (default: no LoRA) and --lora-alpha."""
+    a, d = parser.add_argument, lambda v: _default(parser, v)
+    a("--lora", type=positive_int, default=d(None), metavar="RANK", help=_help("--lora", lora_help))
+    a("--lora-alpha", type=positive_float, default=d(16.0), help=_help("--lora-alpha"))
+
+
+def add_run_flags(parser, *, out, seed=123, out_help=None, seed_help=None):
+    """--out, --resume, --overwrite and --seed."""
+    a, d = parser.add_argument, lambda v: _default(parser, v)
+    a("--out", default=d(out), help=_help("--out", out_help))
+    a("--resume", action="store_true", default=d(False), help=_help("--resume"))
+    a("--overwrite", action="store_true", default=d(False), help=_help("--overwrite"))
+    a("--seed", type=nonnegative_int, default=d(seed), help=_help("--seed", seed_help))
+
+
+def resumed_args(build_parser, argv, args, command, resumable=RESUMABLE):
+    """On --resume: the settings the run in args.out was started with (its checkpoint's
+    metadata["args"]; this parser's defaults for any an earlier version did not record), with the flags
+    in `resumable` that this command line gives over them. Other flags given are ignored, and a note
+    says which. `build_parser(suppress=True)` must leave out the flags not given. Returns
+    (args, the checkpoint's metadata); `command` (the script's name, recorded in metadata["command"])
+    keeps one command from resuming another's run."""
+    if args.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    saved = read_checkpoint_metadata(args.out)
+    metadata = saved.get("metadata") or {}
+    recorded = metadata.get("command", command)
+    if recorded != command:
+        raise ValueError(f"{args.out} holds a run of {recorded}, not of {command}: resume it with that command, "
+                         "or choose another --out")
+    given = vars(build_parser(suppress=True).parse_args(argv))
+    defaults = vars(build_parser().parse_args([]))
+    old = {k: v for k, v in (metadata.get("args") or {}).items() if k in defaults}
+    settings = {**defaults, **old, **{k: v for k, v in given.items() if k in resumable}}
+    ignored = sorted(k for k in given if k not in resumable | {"out", "resume"} and given[k] != settings[k])
+    if ignored:
+        print(f"note: resuming with the checkpoint's settings; ignoring --{', --'.join(ignored)}")
+    return argparse.Namespace(**{**settings, "out": args.out, "resume": True, "overwrite": False}), saved
+
+
+def run_settings(args):
+    """The flags a run records in its checkpoint (metadata["args"]) for `resumed_args`."""
+    return {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
+
+
+def check_same_data(fingerprint, saved, out):
+    """On --resume: the data (`fingerprint`, a list of {"file", "bytes", "sha256"}) must be what the
+    checkpoint was trained on (its metadata["data_fingerprint"]), file by file."""
+    recorded = saved.get("metadata", {}).get("data_fingerprint")
+    if recorded is None or recorded == fingerprint:
+        return  # a checkpoint of an earlier version records none
+    for then, now in zip(recorded, fingerprint):
+        if then != now:
+            break
+    else:
+        then = now = None
+    what = (f"{now['file']} was {then['bytes']:,} bytes (sha256 {then['sha256'][:12]}) and is now {now['bytes']:,} "
+            f"bytes (sha256 {now['sha256'][:12]})" if then is not None else
+            f"it was {len(recorded)} files and is now {len(fingerprint)}")
+    raise ValueError(f"the training data changed since the checkpoint in {out}: {what}. Restore the data to "
+                     f"resume, or start over with --overwrite (without --resume)")
+
+
+def shell_command(script):
+    """How to run `script` again: with this interpreter (the venv's python, relative when it lies
+    under the working directory) and the script's path, as a shell would take them."""
+    def short(path):
+        path = Path(path).absolute()
+        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+
+    return f"{shlex.quote(short(sys.executable))} {shlex.quote(short(script))}"
+
+
+def report_interrupt(trainer, out, script):
+    """What a training command prints on stderr after Ctrl-C stopped `trainer`: the step, whether the
+    checkpoint in `out` was saved, and how to resume."""
+    ignore_further_ctrl_c()  # this report must be whole, and the status 130
+    path = Path(out) / CHECKPOINT
+    resume = f"resume with: {shell_command(script)} --out {shlex.quote(str(out))} --resume"
+    if trainer.saved_step == trainer.step:
+        print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; checkpoint saved in {path}.\n"
+              f"{resume}", file=sys.stderr)
+    elif trainer.saved_step is not None:
+        print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; the checkpoint was NOT saved: "
+              f"{path} holds step {trainer.saved_step}.\n{resume}", file=sys.stderr)
+    else:
+        print(f"\ninterrupted at step {trainer.step}/{trainer.total_steps}; the checkpoint was NOT saved, "
+              "and this run has none to resume from", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Run folders
 
 
@@ -165,4 +334,6 @@ def claim_run_folder(out, *, resume=False, overwrite=False, can_resume=True):
 
 __all__ = ["USER_ERRORS", "one_line", "run_main", "ignore_further_ctrl_c", "FlagError", "Parser", "int_at_least",
            "finite_float", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float", "fraction",
-           "probability", "compute_dtype", "claim_run_folder"]
+           "probability", "compute_dtype", "claim_run_folder", "DEVICES", "SHARED_HELP", "RESUMABLE",
+           "add_device_flags", "add_training_flags", "add_lora_flags", "add_run_flags", "resumed_args", "run_settings",
+           "check_same_data", "shell_command", "report_interrupt"]
