@@ -38,7 +38,7 @@ def test_a_server_that_ignores_range_restarts_cleanly(tmp_path):
 
 
 def test_a_part_of_unknown_origin_is_not_resumed(tmp_path):
-    """A corrupt .part with no record of what it is part of used to be completed and accepted."""
+    """A corrupt .part with no record of what it is part of is downloaded anew, never completed and accepted."""
     dest = tmp_path / "data.bin"
     (tmp_path / "data.bin.part").write_bytes(b"\0" * 1000)
     with serving({"/data.bin": DATA}) as server:

@@ -1,4 +1,4 @@
-"""Step 7, classification data (book chapter 6): labeled texts to padded batches.
+"""Book chapter 6, sections 6.2-6.3: classification data, labeled texts to padded batches.
 
 The SMS Spam Collection is one line per message, `label<TAB>text`, 4,827 "ham" and 747 "spam". The book
 balances it by sampling the majority class down to the minority's size, splits it 70/10/20 into
@@ -108,7 +108,7 @@ def read_labeled_tsv(path, label_names=SPAM_LABELS, on_bad="skip"):
 
 def balance_classes(labels, seed=123):
     """Indices (sorted) of a balanced subset: every class sampled down, without replacement, to the size
-    of the smallest one, as the book's create_balanced_dataset does for ham.
+    of the smallest one, as the book's create_balanced_dataset (listing 6.2) does for ham.
     [0, 0, 0, 1, 0, 1] -> two of the four 0s and both 1s, e.g. [0, 3, 4, 5]."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
@@ -120,7 +120,7 @@ def balance_classes(labels, seed=123):
 
 def split_indices(n, seed=123, train_frac=0.7, val_frac=0.1):
     """(train, val, test) index arrays of a seeded shuffle of range(n): the first int(train_frac * n),
-    the next int(val_frac * n), the rest (the book's random_split: 1,494 -> 1,045, 149, 300)."""
+    the next int(val_frac * n), the rest (the book's random_split, listing 6.3: 1,494 -> 1,045, 149, 300)."""
     if not (0 < train_frac and 0 <= val_frac and train_frac + val_frac < 1):
         raise ValueError(f"fractions must leave a test set: train {train_frac}, val {val_frac}")
     order = np.random.default_rng(seed).permutation(n)
@@ -143,8 +143,9 @@ def check_class_counts(data, min_per_class=MIN_PER_CLASS):
 
 
 class ClassificationDataset:
-    """Tokenized examples: item i is (ids, label), ids the first `max_length` tokens of text i (longer
-    texts are cut there, as the book does), unpadded; `lengths` holds every item's length."""
+    """Tokenized examples (the book's SpamDataset, listing 6.4, with the padding moved to `pad_batch`):
+    item i is (ids, label), ids the first `max_length` tokens of text i (longer texts are cut there, as
+    the book does), unpadded; `lengths` holds every item's length."""
 
     def __init__(self, token_ids, labels, max_length):
         if max_length < 1:

@@ -1,4 +1,4 @@
-"""Scoring fine-tuned answers with a larger local model (book section 7.8), through Ollama's REST API.
+"""Book chapter 7, section 7.8: scoring fine-tuned answers with a larger local model, through Ollama's REST API.
 
 Ollama (https://ollama.com) serves open models on this machine: `ollama serve`, then `ollama pull
 llama3`. For each test entry the judge is asked the book's question, "score the model response on a

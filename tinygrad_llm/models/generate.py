@@ -1,5 +1,8 @@
-"""Text generation (book step 4 and chapter 5's decoding strategies): pick each next token from the
-model's logits for the last position, append it, repeat.
+"""Book chapter 4, section 4.7, and chapter 5, section 5.3: text generation, pick each next token from
+the model's logits for the last position, append it, repeat.
+
+`generate` is the book's `generate_text_simple` (listing 4.8) with temperature 0 (greedy), and its
+`generate` with temperature and top-k (listing 5.4) otherwise; top_p (nucleus sampling) goes beyond it.
 
 Decoding: greedy (temperature 0), or sampling from softmax(logits / temperature) after keeping the
 top_k largest logits, then the smallest set of tokens whose probabilities add up to top_p (nucleus).
@@ -26,7 +29,7 @@ from tinygrad_llm.models.gpt import KVCache
 
 def sample_next(logits, rng, temperature=0.0, top_k=None, top_p=None):
     """Next ids (B,) from last-position logits (B, V) on the host: argmax when temperature is 0, else a
-    draw from softmax(logits / temperature) restricted by top_k, then top_p."""
+    draw from softmax(logits / temperature) restricted by top_k, then top_p (book sections 5.3.1-5.3.2)."""
     if temperature == 0.0:
         return logits.argmax(axis=-1)
     logits = logits / float(temperature)  # float32 stays float32
@@ -89,7 +92,8 @@ def _as_batch(ids):
 
 def generate(model, ids, max_new_tokens, *, temperature=0.0, top_k=None, top_p=None, eos_id=None, seed=None,
              use_cache=True, on_token=None):
-    """Continue `ids` ((T,) or (B, T) integers: a list, array or Tensor) by up to `max_new_tokens` tokens.
+    """Continue `ids` ((T,) or (B, T) integers: a list, array or Tensor) by up to `max_new_tokens` tokens
+    (book listings 4.8 and 5.4: `generate_text_simple` and `generate`).
 
     Returns the whole sequence as NumPy int64, (T + new,) or (B, T + new). Generation stops when every
     row has produced `eos_id`; as in the book the end-of-text token itself is not appended (in a batch,
@@ -124,7 +128,7 @@ def stream(model, ids, max_new_tokens, *, temperature=0.0, top_k=None, top_p=Non
     # subtle: closing this generator (the caller stops early) raises GeneratorExit at the yield below;
     # closing() then closes the inner steps, whose `finally` restores the model's mode. Without it the
     # inner generator is closed only when the interpreter collects it, which no version promises to do
-    # at once (Python 3.12 did not, and the model stayed in eval mode).
+    # at once, and until then the model would stay in eval mode.
     with contextlib.closing(_steps(model, batch, max_new_tokens, temperature, top_k, top_p, seed, use_cache)) as steps:
         for nxt in steps:
             if eos_id is not None and nxt[0] == eos_id:

@@ -1,5 +1,11 @@
-"""The GPT-2 architecture (book steps 3 to 5): embeddings, causal multi-head attention, transformer
-blocks and the language-model head.
+"""Book chapter 3, sections 3.3-3.6, and chapter 4, sections 4.1-4.6: the GPT-2 architecture, embeddings,
+causal multi-head attention, transformer blocks and the language-model head.
+
+Where the book's listings are: MultiHeadAttention (listing 3.5) is `CausalSelfAttention`, its
+`attend_reference` step by step; LayerNorm (listing 4.2) and GELU (listing 4.3) are `nn.LayerNorm` and
+`F.gelu` / `R.gelu` in autograd/; FeedForward (listing 4.4) is `MLP`; TransformerBlock (listing 4.6) is
+`Block`; GPTModel (listing 4.7) is `GPT`. The token and position embeddings of chapter 2, sections
+2.7-2.8, are `GPT.wte` and `GPT.wpe`.
 
 Parameter names follow GPT-2's published checkpoints (wte, wpe, h.N.attn.c_attn, ...), as nanoGPT does,
 so loading them is a short, explicit name map (`tinygrad_llm/models/gpt2_weights.py`).
@@ -122,7 +128,8 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    """Causal multi-head self-attention (book chapter 3) from one fused qkv projection.
+    """Causal multi-head self-attention (book section 3.6, listing 3.5's MultiHeadAttention) from one fused
+    qkv projection.
 
     `attend_reference` is the book's `MultiHeadAttention.forward` step by step; `forward` runs it when
     the config says `fused=False`, and otherwise `F.multi_head_attention`, one op that does the same
@@ -170,7 +177,8 @@ class CausalSelfAttention(nn.Module):
         return y.transpose(1, 2).reshape(B, T, C3 // 3)  # merge the heads: (B, T, H, D) -> (B, T, C)
 
     def attend_reference(self, qkv, cache=None, layer=0):
-        """The book's multi-head attention on the fused projection: (B, T, 3C) -> (B, T, C)."""
+        """The book's multi-head attention (listing 3.5's forward) on the fused projection: (B, T, 3C) -> (B, T, C).
+        The causal mask is section 3.5.1's, the dropout on the attention weights 3.5.2's."""
         B, T, C3 = qkv.shape
         C, H = C3 // 3, self.n_heads
         D = C // H
@@ -198,6 +206,9 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """The feed-forward network (book section 4.3, listing 4.4's FeedForward): Linear(C, 4C), GELU
+    (listing 4.3), Linear(4C, C)."""
+
     def __init__(self, cfg, rng):
         super().__init__()
         self.gelu = F.gelu if cfg.fused else R.gelu  # the fused op, or the book's three-line formula
@@ -209,7 +220,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)), each with residual dropout."""
+    """Pre-LayerNorm transformer block (book section 4.5, listing 4.6's TransformerBlock): x + attn(ln(x)),
+    then x + mlp(ln(x)), each with residual dropout (the shortcut connections of section 4.4)."""
 
     def __init__(self, cfg, rng):
         super().__init__()
@@ -225,7 +237,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """GPT-2: token and position embeddings, `n_layers` blocks, a final LayerNorm and the output head.
+    """GPT-2 (book section 4.6, listing 4.7's GPTModel): token and position embeddings, `n_layers` blocks,
+    a final LayerNorm and the output head.
 
     The head: with `tie_weights` (GPT-2's layout) the logits are x @ wte.weight^T and there is no
     `lm_head`; otherwise `lm_head` is an `nn.Linear(emb_dim, vocab_size, bias=False)` and forward calls it.
@@ -348,7 +361,8 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_path, cache_dir=None, device="cpu"):
         """GPT-2's published weights ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", downloaded once and
         cached) or a local Hugging Face checkpoint directory (config.json + model.safetensors). The model
-        is built and loaded on the host, then moved to `device`."""
+        is built and loaded on the host, then moved to `device`. (Book section 5.5: the book's
+        `load_weights_into_gpt`, listing 5.5, is `gpt2_weights.load_weights`.)"""
         fields, path = weights.find_pretrained(name_or_path, cache_dir)
         try:
             config = GPTConfig.from_dict(fields)

@@ -1,4 +1,7 @@
-"""GPT-2's published weights, and our models in the same format (book step 5).
+"""Book chapter 5, section 5.5: GPT-2's published weights, and our models in the same format.
+
+`load_weights` is the book's `load_weights_into_gpt` (listing 5.5), reading Hugging Face's safetensors
+files where the book reads OpenAI's TensorFlow checkpoint.
 
 A Hugging Face GPT-2 checkpoint is a directory with `config.json` (GPT2Config) and `model.safetensors`.
 Our parameter names are GPT-2's (`h.0.attn.c_attn.weight`, ...), so the name map is the identity after
@@ -118,8 +121,9 @@ def _hf_shape(p, transposed):
 
 
 def load_weights(model, path):
-    """Copy the tensors of a GPT-2 safetensors file into `model`'s parameters, in place. Every key is
-    checked first (missing, unexpected, shape) and all problems are raised together, naming the keys."""
+    """Copy the tensors of a GPT-2 safetensors file into `model`'s parameters, in place (book listing 5.5,
+    `load_weights_into_gpt`). Every key is checked first (missing, unexpected, shape) and all problems
+    are raised together, naming the keys."""
     path = Path(path)
     header, _, start = read_safetensors_header(path)
     expected = _expected(model)

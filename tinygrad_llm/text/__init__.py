@@ -1,1 +1,1 @@
-"""Book chapter 2: text to token ids (tokenizer) and token ids to batches (data)."""
+"""Book chapter 2: text to token ids (bpe, tokenizer, gpt2_files) and token ids to batches (data)."""

@@ -1,4 +1,4 @@
-"""Step 2: token ids to training batches.
+"""Book chapter 2, section 2.6: data sampling with a sliding window, token ids to training batches.
 
 A language model learns to predict each next token, so a training example is a window of
 `max_length` tokens (the input) and the same window moved one token on (the target). `GPTDataset`
@@ -33,7 +33,7 @@ class GPTDataset:
     s = i * stride and T = max_length, both views of the array (no copy per window).
 
     Windows start at 0, stride, 2*stride, ... while a full target fits, as the book's GPTDatasetV1
-    counts them: (len(ids) - max_length - 1) // stride + 1 windows.
+    (listing 2.5) counts them: (len(ids) - max_length - 1) // stride + 1 windows.
     """
 
     def __init__(self, token_ids, max_length: int, stride: int):
@@ -138,7 +138,7 @@ class DataLoader:
 
 def create_dataloader(text, tokenizer, batch_size: int = 4, max_length: int = 256, stride: int = 128,
                       shuffle: bool = True, drop_last: bool = True, seed: int = 0) -> DataLoader:
-    """The book's create_dataloader_v1: tokenize `text` (<|endoftext|> allowed) and batch it.
+    """The book's create_dataloader_v1 (listing 2.6): tokenize `text` (<|endoftext|> allowed) and batch it.
     `text` may also be token ids already, in which case `tokenizer` is not used."""
     if isinstance(text, str):
         text = np.asarray(tokenizer.encode(text, allowed_special={"<|endoftext|>"}), dtype=np.int64)
