@@ -1,12 +1,12 @@
-"""Appendix A, introduction to PyTorch, on this project's engine: tensors, automatic differentiation, a
+"""Book appendix A: introduction to PyTorch, on this project's engine: tensors, automatic differentiation, a
 small network, data loaders, a training loop, saving and loading.
 
 Prints what the book's appendix A prints, at the same points, next to the book's value. The logistic
 regression's loss and gradients are the book's to 4 decimals; the network's numbers come from random
 weights (the book's from PyTorch's generator, ours from NumPy's) and differ, its accuracy does not.
 Read autograd/tensor.py (Tensor, backward, grad), autograd/ops.py (the basic ops, each forward above its
-backward), autograd/functional.py (binary_cross_entropy, cross_entropy, softmax), autograd/nn.py
-(Module, Sequential, Linear), autograd/optim.py (SGD), tinygrad_llm/text/data.py (DataLoader) and
+backward), autograd/functional/ (losses.py: binary_cross_entropy, cross_entropy; activations.py: softmax),
+autograd/module.py and autograd/nn.py (Module, Sequential, Linear), autograd/optim.py (SGD), tinygrad_llm/text/data.py (DataLoader) and
 autograd/checkpoint.py beside it. No data files are needed.
 
     python examples/book/appendix_a.py

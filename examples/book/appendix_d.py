@@ -1,9 +1,9 @@
-"""Appendix D, adding bells and whistles to the training loop: learning-rate warmup, cosine decay and
+"""Book appendix D: adding bells and whistles to the training loop, learning-rate warmup, cosine decay and
 gradient clipping.
 
 Prints what the book's appendix D prints, at the same points, next to the book's value. The learning
 rates are the book's exactly: each sequence is printed beside the one its loop computes. Read
-autograd/optim.py (cosine_with_warmup, clip_grad_norm_, LRScheduler) and tinygrad_llm/training/trainer.py
+autograd/optim.py (cosine_with_warmup, clip_grad_norm_, LRScheduler) and tinygrad_llm/training/config.py
 (TrainConfig's initial_lr, warmup_steps, min_lr, grad_clip and clip_after_warmup) beside it.
 The gradient-clipping example uses the small model of examples/book/ch05.py, not the 124M one, and its
 values differ from the book's (random weights). --train runs the book's 15-epoch training with these

@@ -1,11 +1,11 @@
-"""Appendix E, parameter-efficient fine-tuning with LoRA: the book's parameter counts, and what LoRA does.
+"""Book appendix E: parameter-efficient fine-tuning with LoRA, the book's parameter counts, and what LoRA does.
 
 Prints what the book's appendix E prints, at the same points, next to the book's value. Read
 tinygrad_llm/finetune/lora.py (LoRALinear, apply_lora, merge_lora, the adapter file) and
 tinygrad_llm/finetune/classifier.py (the classification head it is applied to) beside it. The book fine-tunes
 GPT-2's published weights, which are not downloaded here: the counts do not depend on the weights' values,
 so a GPT-2-sized model with fresh weights gives the same counts; the training itself is
-`examples/finetune_classifier.py --trainable lora` (and `benchmarks/bench_lora.py` compares it with full
+`examples/finetune_classifier.py --lora 16` (and `benchmarks/bench_lora.py` compares it with full
 fine-tuning).
 
     python examples/book/appendix_e.py

@@ -1,8 +1,9 @@
-"""Chapter 2, working with text data: from the-verdict.txt to token ids, sliding windows and embeddings.
+"""Book chapter 2: working with text data, from the-verdict.txt to token ids, sliding windows and embeddings.
 
 Prints what the book's chapter 2 prints, at the same points, each next to the book's value. Read
-tinygrad_llm/text/tokenizer.py (byte-level BPE, GPT-2's files), tinygrad_llm/text/data.py (GPTDataset,
-DataLoader, create_dataloader) and autograd/nn.py (Embedding) beside it.
+tinygrad_llm/text/bpe.py (get_stats, merge), tinygrad_llm/text/tokenizer.py (byte-level BPE),
+tinygrad_llm/text/gpt2_files.py (GPT-2's files), tinygrad_llm/text/data.py (GPTDataset, listing 2.5;
+DataLoader; create_dataloader, listing 2.6) and autograd/nn.py (Embedding) beside it.
 
     python examples/book/ch02.py [--data-dir ../shared/data]
 """

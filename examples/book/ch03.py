@@ -1,9 +1,9 @@
-"""Chapter 3, coding attention mechanisms: the attention weights of "Your journey starts with one step".
+"""Book chapter 3: coding attention mechanisms, the attention weights of "Your journey starts with one step".
 
 Prints what the book's chapter 3 prints, at the same points, each next to the book's value: simplified
 self-attention (3.3), trainable weights (3.4), the causal mask and dropout (3.5), and multi-head
 attention with each head's weights (3.6). Read autograd/reference.py (softmax) and
-tinygrad_llm/models/gpt.py (`CausalSelfAttention.attend_reference`, the book's MultiHeadAttention on one fused
+tinygrad_llm/models/gpt.py (`CausalSelfAttention.attend_reference`, the book's MultiHeadAttention of listing 3.5 on one fused
 qkv projection; `GPT.attention_weights`) beside it. The numbers of 3.3 are exact; from 3.4 on the weight
 matrices are drawn by NumPy's generator, not PyTorch's, so the values differ and the shapes agree.
 

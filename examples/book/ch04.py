@@ -1,11 +1,13 @@
-"""Chapter 4, implementing a GPT model from scratch: layer norm, GELU, the feed-forward network, shortcut
+"""Book chapter 4: implementing a GPT model from scratch, layer norm, GELU, the feed-forward network, shortcut
 connections, the transformer block, the 124M model and greedy generation.
 
 Prints what the book's chapter 4 prints, at the same points, next to the book's value. Values drawn from
 random weights differ (the book's come from PyTorch's generator, ours from NumPy's); counts, sizes and
 shapes are the book's. Read tinygrad_llm/models/gpt.py (MLP, Block, GPT: the book's FeedForward,
-TransformerBlock and GPTModel under GPT-2's names), autograd/functional.py (layer_norm, gelu) and
-tinygrad_llm/models/generate.py beside it. Building the 124M model takes a few seconds.
+TransformerBlock and GPTModel, listings 4.4, 4.6 and 4.7, under GPT-2's names), autograd/reference.py
+(layer_norm and gelu as the book writes them, listings 4.2 and 4.3; the fused ones are in
+autograd/functional/normalization.py and activations.py) and tinygrad_llm/models/generate.py
+(generate_text_simple, listing 4.8) beside it. Building the 124M model takes a few seconds.
 
     python examples/book/ch04.py [--data-dir ../shared/data]
 """

@@ -1,4 +1,4 @@
-"""Chapter 6, fine-tuning for classification: the SMS spam data, its balanced split, the padded batches,
+"""Book chapter 6: fine-tuning for classification, the SMS spam data, its balanced split, the padded batches,
 and a GPT whose vocabulary head is replaced by two outputs.
 
 Prints what the book's chapter 6 prints, at the same points, each next to the book's value. Read

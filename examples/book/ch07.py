@@ -1,4 +1,4 @@
-"""Chapter 7, fine-tuning to follow instructions: the data, the Alpaca prompt, and the book's collate.
+"""Book chapter 7: fine-tuning to follow instructions, the data, the Alpaca prompt, and the book's collate.
 
 Prints what the book's chapter 7 prints, at the same points, each next to the book's value. Read
 tinygrad_llm/finetune/instruct.py (format_input, the split, InstructionDataset, custom_collate_fn, the test
