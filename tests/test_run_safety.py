@@ -173,11 +173,11 @@ def test_metrics_hold_null_where_a_value_is_not_finite(tok, ids, tmp_path):
 
 def test_metrics_are_rewritten_whole_through_atomic_write(tok, ids, tmp_path, monkeypatch):
     """metrics.jsonl goes through the one atomic write, never an append a kill could leave half done."""
-    import tinygrad_llm.training.trainer as train_module
+    import tinygrad_llm.training.run_folder as run_folder_module
 
     written = []
-    real = train_module.write_text
-    monkeypatch.setattr(train_module, "write_text", lambda path, text: (written.append((path, text)), real(path, text))[1])
+    real = run_folder_module.write_text
+    monkeypatch.setattr(run_folder_module, "write_text", lambda path, text: (written.append((path, text)), real(path, text))[1])
     model, train, _ = make(tok, ids)
     cfg = TrainConfig(max_steps=2, eval_every=1, eval_batches=1, out_dir=str(tmp_path), **quiet())
     Trainer(model, train, None, cfg, log=None).fit()

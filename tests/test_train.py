@@ -143,11 +143,11 @@ def test_initial_lr_gives_appendix_d_schedule(tok, ids):
 
 
 def test_clip_after_warmup_clips_only_after_the_warmup_steps(tok, ids, monkeypatch):
-    import tinygrad_llm.training.trainer as train_module
+    import tinygrad_llm.training.step as step_module
 
     clipped = []
-    real = train_module.clip_grad_norm_
-    monkeypatch.setattr(train_module, "clip_grad_norm_",
+    real = step_module.clip_grad_norm_
+    monkeypatch.setattr(step_module, "clip_grad_norm_",
                         lambda params, max_norm, norm=None: (clipped.append(trainer.step), real(params, max_norm, norm))[1])
     model, train, _ = make(tok, ids)
     trainer = Trainer(model, train, None, TrainConfig(warmup_steps=3, max_steps=6, grad_clip=1.0, eval_every=100,

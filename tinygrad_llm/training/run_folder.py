@@ -1,4 +1,5 @@
-"""What a training run leaves in its folder, and how it is read back.
+"""Book chapter 5, section 5.4 (saving and loading), for a whole run: what a training run leaves in its
+folder, and how it is read back.
 
     out_dir/checkpoint.safetensors   model, optimizer, schedule, data position and metadata (Trainer.save_checkpoint)
     out_dir/metrics.jsonl            one JSON line per evaluation (NaN written as null: `json_safe`)
@@ -6,15 +7,21 @@
     out_dir/tokenizer/               the BPE's files, written once per run (`tokenizer_record` names them)
     out_dir/model/                   the final model in Hugging Face's GPT-2 layout (Trainer.export_model)
 
+`RunFolder` writes them for the loop (tinygrad_llm/training/trainer.py), each file through
+`atomic_write`, so a run killed at any instant leaves the previous version of a file or the new one.
+A checkpoint and the files it needs are one unit: the tokenizer's files are written once (and again only
+when they differ), and the checkpoint records the tokenizer's fingerprint.
+
 `read_checkpoint_metadata` reads a checkpoint's training state without loading the model, and
 `checkpoint_tokenizer` the tokenizer it was trained with, checked against the fingerprint it recorded.
-The loop that writes all this is tinygrad_llm/training/trainer.py.
 """
 
+import json
 import math
 from pathlib import Path
 
-from autograd.checkpoint import CheckpointError, atomic_write, read_metadata
+from autograd.checkpoint import (CheckpointError, atomic_write, load_state, read_metadata, remove_stale_temporaries,
+                                 save_state, write_text)
 from tinygrad_llm.text.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -99,3 +106,80 @@ def plot_metrics(records, path):
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
+
+
+class RunFolder:
+    """The files a run writes in `path` (only rank 0 of a data-parallel run writes)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._tokenizer_on_disk = None  # the folder where this tokenizer's files are known to be written
+
+    def prepare(self, is_main=True):
+        """Create the folder; in the writer's process, remove the temporary files of a writer that was
+        killed mid-write."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for folder in (self.path, self.path / "tokenizer", self.path / "model"):
+            if is_main:  # the writer's folder: only rank 0 writes there
+                remove_stale_temporaries(folder)
+
+    def write_metrics(self, records):
+        """metrics.jsonl: one strict-JSON line per evaluation record, rewritten whole through atomic_write
+        (a few hundred short lines at most), so a kill never leaves half a line."""
+        write_text(self.path / METRICS, "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in records))
+
+    def plot(self, records):
+        return plot_metrics(records, self.path / "loss.png")
+
+    def save_checkpoint(self, model, optimizer, scheduler, tokenizer, extra):
+        """checkpoint.safetensors with `extra` as its metadata, after the tokenizer's files (once) when it
+        is a BPE of ours. Returns the checkpoint's path."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        record = tokenizer_record(tokenizer)
+        if record is not None and record["kind"] == "bpe":
+            self._write_tokenizer_once(tokenizer, self.path / record["path"])
+        path = self.path / CHECKPOINT
+        save_state(path, model, optimizer, scheduler, extra=extra)
+        return path
+
+    def _write_tokenizer_once(self, tokenizer, folder):
+        """The tokenizer's files in `folder`, written only when they are not there already: rewriting
+        them at every checkpoint would give a kill one more chance to land between two files. Each file
+        is written atomically, and the checkpoint written after them records their fingerprint."""
+        if self._tokenizer_on_disk == folder:
+            return
+        fingerprint = tokenizer_fingerprint(tokenizer)
+        try:
+            same = tokenizer_fingerprint(BPETokenizer.load(folder)) == fingerprint
+        except (OSError, ValueError):  # not there yet, or from a run that was killed or replaced
+            same = False
+        if not same:
+            tokenizer.save(folder)
+        self._tokenizer_on_disk = folder
+
+    def load_checkpoint(self, model, optimizer, scheduler, decay_all):
+        """Load the checkpoint into the model, optimizer and schedule; returns its `extra` metadata. Where
+        the optimizer groups differ because of TrainConfig.decay_all, the error says what to resume with."""
+        try:
+            return load_state(self.path / CHECKPOINT, model, optimizer, scheduler)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}{self._groups_hint(decay_all)}") from None
+
+    def _groups_hint(self, decay_all):
+        try:
+            saved = read_checkpoint_metadata(self.path)["train_config"]["decay_all"]
+        except (OSError, CheckpointError, KeyError, TypeError):
+            return ""
+        if saved == decay_all:
+            return ""
+        return (f"\n  the checkpoint was trained with TrainConfig(decay_all={saved}) and this Trainer has "
+                f"decay_all={decay_all}: resume with decay_all={saved}")
+
+    def export_model(self, model, tokenizer):
+        """model/ in Hugging Face's GPT-2 layout, with the tokenizer's files beside it when it is a BPE of
+        ours, so examples/generate.py and other tools can load it. Returns its path."""
+        model.save_pretrained(self.path / "model")
+        record = tokenizer_record(tokenizer)
+        if record is not None and record["kind"] == "bpe":
+            tokenizer.save(self.path / "model")
+        return self.path / "model"
