@@ -1,4 +1,5 @@
-"""Basic ops: each forward directly above its backward.
+"""Book appendix A, section A.3 (models as computation graphs): the basic ops, the graph's nodes, each
+forward directly above its backward.
 
 Gradients that flow into a broadcast input come back in the output's shape; `Tensor.backward` sums
 them to the input's shape with `function.unbroadcast`, so no op here repeats that.
@@ -192,13 +193,18 @@ class Sigmoid(Function):
     outputs keep their digits: y = 1 / (1 + e) where x >= 0, e / (1 + e) elsewhere. dy/dx = y (1 - y)."""
 
     def forward(self, a):
-        xp = get_array_module(a)
-        e = xp.exp(-xp.abs(a))
-        self.out = xp.where(a >= 0, 1.0, e) / (1.0 + e)
+        self.out, _ = stable_sigmoid(get_array_module(a), a)
         return self.out
 
     def backward(self, grad):
         return (grad * self.out * (1.0 - self.out),)
+
+
+def stable_sigmoid(xp, a):
+    """(sigmoid(a), e) with e = exp(-|a|): y = 1 / (1 + e) where a >= 0, e / (1 + e) elsewhere. The one
+    sigmoid of the library (the sigmoid op, and the binary cross-entropy on logits, which needs e too)."""
+    e = xp.exp(-xp.abs(a))
+    return xp.where(a >= 0, 1.0, e) / (1.0 + e), e
 
 
 # ---------------------------------------------------------------------------------------------------

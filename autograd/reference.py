@@ -1,16 +1,17 @@
-"""The model's functions as the book writes them: a few Tensor ops each, the gradients from the engine.
+"""Book chapters 3 to 5 (softmax in section 3.3, layer norm in 4.2, GELU in 4.3, the cross-entropy loss in
+5.1.2): the model's functions as the book writes them, a few Tensor ops each, the gradients from the engine.
 
-Read these before `functional.py`. Each function here is the formula, line by line, as in the book's
-chapters 3 and 4 (and tinygrad's composed layer norm and cross-entropy); the engine derives every
-gradient from the basic ops in `ops.py`. `functional.py` has the same functions as fused ops, one op each
-with a hand-derived backward, which is what the model runs by default: in eager NumPy every basic op
-here allocates a full-size temporary, and the fused ones do the same work in fewer passes. The tests hold
-each pair equal (values and gradients), and `GPTConfig(fused=False)` runs the whole model on this file.
+Read these before `functional/`. Each function here is the formula, line by line, as in the book (and
+tinygrad's composed layer norm and cross-entropy); the engine derives every gradient from the basic ops in
+`ops.py`. `functional/` has the same functions as fused ops, one op each with a hand-derived backward,
+which is what a model runs by default: in eager NumPy every basic op here allocates a full-size
+temporary, and the fused ones do the same work in fewer passes. The tests hold each pair equal (values
+and gradients), and `nn.LayerNorm(..., fused=False)` (a model's unfused setting) runs on this file.
 """
 
 import math
 
-from autograd.functional import check_ids
+from autograd.ids import check_ids
 from autograd.tensor import Tensor
 
 
@@ -42,10 +43,10 @@ def gelu(x):
 def cross_entropy(logits, targets, ignore_index=-100):
     """Mean of -log softmax(logits)[target] over the targets that are not `ignore_index`; logits (N, V) or
     (B, T, V), targets (N,) or (B, T) integer ids."""
-    xp_targets = targets.data if isinstance(targets, Tensor) else targets
+    target_ids = targets.data if isinstance(targets, Tensor) else targets
     logits = logits.reshape(-1, logits.shape[-1])  # (B, T, V) -> (B*T, V)
-    flat = xp_targets.reshape(-1)
-    check_ids(xp_targets, logits.shape[-1], "cross_entropy targets", ignore_index)  # -1 would pick the last class
+    flat = target_ids.reshape(-1)
+    check_ids(target_ids, logits.shape[-1], "cross_entropy targets", ignore_index)  # -1 would pick the last class
     keep = (flat != ignore_index).nonzero()[0]
     shifted = logits - logits.max(axis=-1, keepdims=True).detach()
     log_probs = shifted - shifted.exp().sum(axis=-1, keepdims=True).log()  # log softmax

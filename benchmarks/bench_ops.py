@@ -64,7 +64,7 @@ def tied_table_cases(rng):
     the rows added, then summed with the head's gradient (what the walk did before `RowGradient`)."""
     from autograd import Tensor
     from autograd.function import RowGradient
-    from autograd.tensor import _GradientSums
+    from autograd.backward import _GradientSums
 
     table = Tensor(np.zeros((V, C), np.float32), requires_grad=True)
     head_grad = rng.standard_normal((V, C), dtype=np.float32)
@@ -105,17 +105,17 @@ def main(argv=None):
 
     backend.keep_freed_memory()
     if args.attention_chunk:
-        F.ATTENTION_CHUNK = args.attention_chunk
+        F.attention.ATTENTION_CHUNK = args.attention_chunk
     rng = np.random.default_rng(0)
     cases = {**op_cases(rng), **tied_table_cases(rng)}
     ops = {name: timed(fn, args.repeat) for name, fn in cases.items()}
     ops[f"AdamW step, GPT-2 124M, blocks of {args.adamw_block}"] = timed(adamw_case(rng, args.adamw_block),
                                                                         max(3, args.repeat // 10))
-    result = {"bench": "ops", "attention_chunk": F.ATTENTION_CHUNK, "ops": ops, "blas": common.blas_info()}
+    result = {"bench": "ops", "attention_chunk": F.attention.ATTENTION_CHUNK, "ops": ops, "blas": common.blas_info()}
     if args.json:
         common.emit(result, True)
         return
-    print(f"# fused ops, forward + backward; {result['blas']}; attention chunk {F.ATTENTION_CHUNK} rows")
+    print(f"# fused ops, forward + backward; {result['blas']}; attention chunk {F.attention.ATTENTION_CHUNK} rows")
     for name, t in ops.items():
         print(f"{name}: min {t['min_ms']:.2f} ms, median {t['median_ms']:.2f} ms")
 

@@ -18,9 +18,9 @@ def test_gelu_in_blocks_equals_gelu_in_one_call(two_threads):
     x = rng.standard_normal((3, 50, 1001), dtype=np.float32) * 3  # 150 rows of 1001: blocks of 65 rows
     g = rng.standard_normal(x.shape, dtype=np.float32)
     p, r, y = (np.empty_like(x) for _ in range(3))
-    F._gelu_forward(np, x, p, r, y)  # the whole arrays at once
+    F.activations._gelu_forward(np, x, p, r, y)  # the whole arrays at once
     dy = r.copy()
-    F._gelu_backward(np, x, p, dy, g)
+    F.activations._gelu_backward(np, x, p, dy, g)
 
     xt = Tensor(x, requires_grad=True)
     out = F.gelu(xt)
@@ -37,10 +37,10 @@ def test_layer_norm_in_blocks_equals_layer_norm_in_one_call(two_threads, affine)
     g = rng.standard_normal(x.shape, dtype=np.float32)
     w, b = (rng.standard_normal(768, dtype=np.float32) for _ in range(2))
     xhat, rstd, y = np.empty_like(x), np.empty((4, 256, 1), np.float32), np.empty_like(x)
-    F._layer_norm_forward(np, x, xhat, rstd, *((y,) if affine else ()), w=w if affine else None,
+    F.normalization._layer_norm_forward(np, x, xhat, rstd, *((y,) if affine else ()), w=w if affine else None,
                           b=b if affine else None, eps=1e-5)  # the whole arrays at once
     gx = np.empty_like(x)
-    F._layer_norm_backward(np, g, xhat, rstd, gx, w=w if affine else None)
+    F.normalization._layer_norm_backward(np, g, xhat, rstd, gx, w=w if affine else None)
 
     xt = Tensor(x, requires_grad=True)
     out = F.layer_norm(xt, Tensor(w), Tensor(b)) if affine else F.layer_norm(xt)

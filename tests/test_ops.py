@@ -367,7 +367,7 @@ def test_attention(device, data, b, h, tq, extra, d, causal, dropout, chunk):
     def fn(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, causal=causal, dropout_p=dropout, generator=xp.random.default_rng(7))
 
-    with mock.patch.object(F, "ATTENTION_CHUNK", chunk):
+    with mock.patch.object(F.attention, "ATTENTION_CHUNK", chunk):
         check_gradients(fn, q, k, v, device=device)
 
 
@@ -380,7 +380,7 @@ def test_multi_head_attention(device, data, b, t, h, d, dropout, chunk):
     def fn(x):
         return F.multi_head_attention(x, h, dropout_p=dropout, generator=xp.random.default_rng(3))
 
-    with mock.patch.object(F, "ATTENTION_CHUNK", chunk):
+    with mock.patch.object(F.attention, "ATTENTION_CHUNK", chunk):
         check_gradients(fn, qkv, device=device)
 
 
@@ -391,7 +391,7 @@ def test_causal_attention_in_query_chunks_equals_one_chunk(t, extra, chunks):
     q = rng.standard_normal((2, 3, t, 16), dtype=np.float32)
     k, v = (rng.standard_normal((2, 3, t + extra, 16), dtype=np.float32) for _ in range(2))
     g = rng.standard_normal(q.shape, dtype=np.float32)
-    assert len(F._query_chunks(t, t + extra, True)) == chunks and len(F._query_chunks(t, t + extra, False)) == 1
+    assert len(F.attention._query_chunks(t, t + extra, True)) == chunks and len(F.attention._query_chunks(t, t + extra, False)) == 1
 
     def run():
         ts = [autograd.Tensor(a, requires_grad=True) for a in (q, k, v)]
@@ -400,7 +400,7 @@ def test_causal_attention_in_query_chunks_equals_one_chunk(t, extra, chunks):
         return [y.data] + [a.grad for a in ts]
 
     chunked = run()
-    with mock.patch.object(F, "ATTENTION_CHUNK", 10**9):
+    with mock.patch.object(F.attention, "ATTENTION_CHUNK", 10**9):
         whole = run()
     for a, b in zip(chunked, whole):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -568,3 +568,18 @@ def test_float32_stays_float32_through_every_op():
         out.sum().backward()
     for t in (x, w, b, wl, q, emb):
         assert t.grad.dtype == np.float32
+
+
+def test_the_fused_op_classes_keep_their_earlier_names():
+    """`F.Linear` and the other classes before the Op suffix are the same classes; none shares a name
+    with a module of autograd.nn."""
+    from autograd import nn
+
+    pairs = {"Linear": F.LinearOp, "Embedding": F.EmbeddingOp, "Dropout": F.DropoutOp, "LayerNorm": F.LayerNormOp,
+             "Gelu": F.GeluOp, "Softmax": F.SoftmaxOp, "LogSoftmax": F.LogSoftmaxOp, "CrossEntropy": F.CrossEntropyOp,
+             "BinaryCrossEntropy": F.BinaryCrossEntropyOp,
+             "BinaryCrossEntropyWithLogits": F.BinaryCrossEntropyWithLogitsOp,
+             "ScaledDotProductAttention": F.ScaledDotProductAttentionOp,
+             "MultiHeadAttention": F.MultiHeadAttentionOp}
+    for old, op in pairs.items():
+        assert getattr(F, old) is op and op.__name__ == old + "Op" and not hasattr(nn, op.__name__)

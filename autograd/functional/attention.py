@@ -1,0 +1,194 @@
+"""Book chapter 3, sections 3.5 (causal attention, with dropout on the weights) and 3.6 (multi-head
+attention): attention, fused.
+
+softmax(q k^T / sqrt(d) + mask) v as one op, in query chunks that skip the masked blocks. The work on
+one chunk is a pair of functions, `_attention_forward` and `_attention_backward`, which both ops call;
+the softmax inside a chunk is `_attention_weights_` forward and `_attention_weights_backward_` backward,
+run by `backend.blockwise` over whole heads. The book's step-by-step attention needs no op of its own:
+it is a few Tensor ops (a matmul, a mask, `softmax`) in the model that uses it.
+"""
+
+import functools
+import math
+
+import numpy as np
+
+from autograd import backend
+from autograd.function import Function
+from autograd.functional.activations import _exp_normalize_
+from autograd.functional.layers import _dropout_mask, default_generator
+
+ATTENTION_CHUNK = 128  # causal attention in query chunks of about this many rows (see _query_chunks)
+
+
+class ScaledDotProductAttentionOp(Function):
+    """softmax(q k^T / sqrt(d) + mask) v over (B, H, T, D), with optional dropout on the weights.
+
+    With s the scaled scores, a = softmax(s) (after dropout: a' = a * m), and g the upstream gradient:
+    dv = a'^T g,  da' = g v^T,  da = da' * m,  ds = a * (da - sum(da * a)),
+    dq = ds k / sqrt(d),  dk = ds^T q / sqrt(d).
+    The causal mask lets query i see keys j <= i + (Tk - Tq), so a query block at the end of a
+    longer key sequence (decoding with a KV cache) is masked correctly.
+    """
+
+    def forward(self, q, k, v, causal=True, dropout_p=0.0, generator=None):
+        return _attention_forward(self, q, k, v, causal, dropout_p, generator)
+
+    def backward(self, grad):
+        return _attention_backward(self, grad)
+
+
+def _query_chunks(tq, tk, causal):
+    """[(r0, r1, kend)]: the query rows r0:r1 of each chunk and the keys :kend that they can see.
+
+    Query i sees keys j <= i + (tk - tq), so in causal attention a chunk of early queries needs only the
+    first keys: with the rows split in chunks of about ATTENTION_CHUNK, the products and the softmax skip
+    the blocks above the diagonal that the mask would zero (for two chunks, a quarter of the work).
+    docs/performance.md has the measurement."""
+    n = tq // ATTENTION_CHUNK if causal else 1
+    if n < 2:
+        return [(0, tq, tk)]
+    bounds = [tq * i // n for i in range(n + 1)]
+    return [(r0, r1, r1 + tk - tq) for r0, r1 in zip(bounds, bounds[1:])]
+
+
+def _attention_forward(ctx, q, k, v, causal, dropout_p, generator, out=None):
+    """softmax(q k^T / sqrt(d) + mask) v on (..., T, D) arrays, chunk by chunk of queries, written into
+    `out` when given (any (..., Tq, D) view); saves what `_attention_backward` needs on ctx."""
+    xp = backend.get_array_module(q)
+    tq, tk = q.shape[-2], k.shape[-2]
+    ctx.scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float: a NumPy float64 scalar would promote to float64
+    ctx.chunks = _query_chunks(tq, tk, causal)
+    ctx.a, ctx.a_used, ctx.mask = [], [], []
+    ctx.q, ctx.k, ctx.v = q, k, v
+    y = out if out is not None or len(ctx.chunks) == 1 else xp.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
+    for r0, r1, kend in ctx.chunks:
+        rows = r1 - r0
+        s = q[..., r0:r1, :] @ k[..., :kend, :].swapaxes(-1, -2)  # (B, H, rows, D) @ (B, H, D, kend)
+        # the causal mask as an additive 0 / -inf: one broadcast add, much faster than a boolean assignment;
+        # needed where the chunk's first query cannot see its last key
+        offset = r0 + tk - tq  # query r0 sees keys <= offset
+        mask = xp.triu(xp.full((rows, kend), -np.inf, dtype=s.dtype), k=offset + 1) if causal and kend - 1 > offset else None
+        weights = functools.partial(_attention_weights_, rows=rows, kend=kend, scale=ctx.scale, mask=mask)
+        backend.blockwise(weights, s.reshape(-1, rows * kend))  # the attention weights, in place: one head per row
+        drop = _dropout_mask(generator, s.shape, dropout_p, s.dtype) if dropout_p > 0.0 else None
+        a_used = s * drop if drop is not None else s
+        for saved, value in ((ctx.a, s), (ctx.a_used, a_used), (ctx.mask, drop)):
+            saved.append(value)
+        chunk_y = a_used @ v[..., :kend, :]  # (B, H, rows, kend) @ (B, H, kend, D) -> (B, H, rows, D)
+        if y is None:
+            return chunk_y
+        y[..., r0:r1, :] = chunk_y
+    return y
+
+
+def _attention_weights_(xp, s, *, rows, kend, scale, mask):
+    """Scale, mask and softmax, in place, on a block of whole (rows, kend) score matrices (one head per
+    row of `s`)."""
+    s = s.reshape(-1, rows, kend)
+    s *= scale
+    if mask is not None:
+        s += mask
+    s -= s.max(axis=-1, keepdims=True)
+    _exp_normalize_(xp, s, -1)
+
+
+def _attention_backward(ctx, grad, out=None):
+    """dq, dk, dv from the upstream gradient, chunk by chunk, written into `out` = (dq, dk, dv) when given
+    (views of any layout). (No matmul `out=`: CuPy's matmul does not take one.) The last chunk sees every
+    key, so it is done first and sets dk and dv; the others add in."""
+    xp = backend.get_array_module(grad)
+    q, k, v = ctx.q, ctx.k, ctx.v
+    if out is None and len(ctx.chunks) > 1:
+        out = xp.empty(q.shape, dtype=grad.dtype), xp.empty(k.shape, dtype=grad.dtype), xp.empty(v.shape, dtype=grad.dtype)
+    first = True
+    for (r0, r1, kend), a, a_used, drop in reversed(list(zip(ctx.chunks, ctx.a, ctx.a_used, ctx.mask))):
+        rows, g = r1 - r0, grad[..., r0:r1, :]
+        dv_part = a_used.swapaxes(-1, -2) @ g
+        da = g @ v[..., :kend, :].swapaxes(-1, -2)
+        if drop is not None:
+            da *= drop
+        ds = da
+        weights_backward = functools.partial(_attention_weights_backward_, rows=rows, kend=kend, scale=ctx.scale)
+        backend.blockwise(weights_backward, ds.reshape(-1, rows * kend), a.reshape(-1, rows * kend))
+        dq_part = ds @ k[..., :kend, :]
+        dk_part = ds.swapaxes(-1, -2) @ q[..., r0:r1, :]
+        if out is None:  # one chunk: its products are the gradients
+            return dq_part, dk_part, dv_part
+        dq, dk, dv = out
+        dq[..., r0:r1, :] = dq_part
+        if first:  # the last chunk: every key
+            dk[...], dv[...], first = dk_part, dv_part, False
+        else:
+            dk[..., :kend, :] += dk_part
+            dv[..., :kend, :] += dv_part
+    return out
+
+
+def _attention_weights_backward_(xp, ds, a, *, rows, kend, scale):
+    """The softmax's backward, in place on whole heads: ds (holding da on entry) = a * (da - sum(da * a))
+    * scale."""
+    ds, a = ds.reshape(-1, rows, kend), a.reshape(-1, rows, kend)
+    ds *= a
+    ds -= a * ds.sum(axis=-1, keepdims=True)
+    ds *= scale
+
+
+def scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.0, training=True, generator=None):
+    """Attention over (B, H, T, D) tensors (any leading axes): softmax(q k^T / sqrt(D)) v."""
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit (T and D must agree)")
+    if causal and q.shape[-2] > k.shape[-2]:
+        raise ValueError(f"attention: causal attention needs no more queries ({q.shape[-2]}) than keys ({k.shape[-2]})")
+    if not training:
+        dropout_p = 0.0
+    if dropout_p > 0.0 and generator is None:
+        generator = default_generator(q.device)
+    return ScaledDotProductAttentionOp.apply(q, k, v, causal=causal, dropout_p=float(dropout_p), generator=generator)
+
+
+class MultiHeadAttentionOp(Function):
+    """Causal attention straight from the fused projection: qkv (B, T, 3C) -> y (B, T, C).
+
+    The same math as ScaledDotProductAttentionOp; the heads are split out of qkv as strided views and
+    merged back by writing into a (B, T, H, D) buffer, and the backward writes dq, dk, dv into one
+    (B, T, 3C) gradient. Splitting with three index ops instead would cost three zero-filled (B, T, 3C)
+    gradients, their sum, and two layout copies per layer.
+
+    (Generation with a KV cache calls `scaled_dot_product_attention` on the cached keys and values
+    instead: its queries are a few new positions, its keys every position so far.)
+    """
+
+    def forward(self, qkv, n_heads, causal=True, dropout_p=0.0, generator=None):
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        heads = qkv.reshape(B, T, 3, n_heads, C // n_heads).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
+        q, k, v = heads[0], heads[1], heads[2]
+        y = backend.get_array_module(qkv).empty((B, T, n_heads, C // n_heads), dtype=qkv.dtype)
+        _attention_forward(self, q, k, v, causal, dropout_p, generator, out=y.transpose(0, 2, 1, 3))  # (B, H, T, D) view
+        return y.reshape(B, T, C)  # the heads merged: (B, T, H, D) is (B, T, C)
+
+    def backward(self, grad):
+        xp = backend.get_array_module(grad)
+        B, T, C = grad.shape
+        H = self.q.shape[1]
+        g = grad.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)  # (B, H, T, D) view
+        dqkv = xp.empty((B, T, 3, H, C // H), dtype=grad.dtype)
+        d = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
+        _attention_backward(self, g, out=(d[0], d[1], d[2]))
+        return (dqkv.reshape(B, T, 3 * C),)
+
+
+def multi_head_attention(qkv, n_heads, causal=True, dropout_p=0.0, training=True, generator=None):
+    """Attention on the output of a fused q/k/v projection, (B, T, 3C) -> (B, T, C)."""
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_heads):
+        raise ValueError(f"multi_head_attention: qkv of shape {qkv.shape} is not (B, T, 3C) with C divisible by {n_heads} heads")
+    if not training:
+        dropout_p = 0.0
+    if dropout_p > 0.0 and generator is None:
+        generator = default_generator(qkv.device)
+    return MultiHeadAttentionOp.apply(qkv, n_heads=n_heads, causal=causal, dropout_p=float(dropout_p), generator=generator)
+
+
+__all__ = ["ATTENTION_CHUNK", "ScaledDotProductAttentionOp", "scaled_dot_product_attention", "MultiHeadAttentionOp",
+           "multi_head_attention"]

@@ -1,0 +1,100 @@
+"""Book chapter 4, section 4.2: layer normalization, fused.
+
+The formula and its derivative in the class docstring, the class (forward above backward), its helpers,
+then the public function. The composed form is in `autograd/reference.py`.
+"""
+
+import functools
+
+from autograd import backend
+from autograd.function import Function
+from autograd.functional.inputs import as_tensor
+from autograd.tensor import Tensor
+
+
+class LayerNormOp(Function):
+    """y = (x - mean) / sqrt(var + eps) * w + b over the last axis (biased variance).
+
+    With xhat the normalized input, rstd = 1/sqrt(var + eps), d = g * w and means over the last axis:
+    dL/dx = rstd * (d - mean(d) - xhat * mean(d * xhat))
+    dL/dw = sum over rows of g * xhat,   dL/db = sum over rows of g.
+
+    Both formulas work row by row, so `backend.blockwise` runs them in row blocks on every host core
+    (`_layer_norm_forward`, `_layer_norm_backward`); the sums over rows for dw and db stay whole-array.
+    """
+
+    def forward(self, x, w=None, b=None, eps=1e-5):
+        xp = backend.get_array_module(x)
+        xhat, rstd = xp.empty_like(x), xp.empty(x.shape[:-1] + (1,), dtype=x.dtype)
+        y = xp.empty_like(x) if w is not None else None
+        outputs = (xhat, rstd) if y is None else (xhat, rstd, y)
+        backend.blockwise(functools.partial(_layer_norm_forward, w=w, b=b, eps=eps), x, *outputs)
+        self.xhat, self.rstd, self.w = xhat, rstd, w
+        return xhat.copy() if y is None else y
+
+    def backward(self, grad):
+        xhat, rstd, w = self.xhat, self.rstd, self.w
+        c = xhat.shape[-1]
+        gx = backend.get_array_module(grad).empty_like(grad)
+        backend.blockwise(functools.partial(_layer_norm_backward, w=w), grad, xhat, rstd, gx)
+        grads = [gx]
+        if len(self.needs_grad) > 1:
+            g2 = grad.reshape(-1, c)
+            grads.append((g2 * xhat.reshape(-1, c)).sum(axis=0) if self.needs_grad[1] else None)
+        if len(self.needs_grad) > 2:
+            grads.append(g2.sum(axis=0) if self.needs_grad[2] else None)
+        return tuple(grads)
+
+
+def _layer_norm_forward(xp, x, xhat, rstd, y=None, *, w, b, eps):
+    """xhat = (x - mean) * rstd, rstd = 1/sqrt(var + eps) (shape (..., 1)), y = xhat * w + b, in the given
+    arrays. Sums times 1/C rather than .mean(): NumPy's mean wrapper has a fixed cost per call that is a
+    large part of a layer norm on one token while decoding."""
+    inv_c = 1.0 / x.shape[-1]
+    xp.sum(x, axis=-1, keepdims=True, out=rstd)  # rstd holds the mean for a moment
+    rstd *= inv_c
+    xp.subtract(x, rstd, out=xhat)
+    sq = xhat * xhat if y is None else xp.multiply(xhat, xhat, out=y)  # y is scratch until the last pass
+    xp.sum(sq, axis=-1, keepdims=True, out=rstd)
+    rstd *= inv_c
+    rstd += eps
+    xp.sqrt(rstd, out=rstd)
+    xp.divide(1.0, rstd, out=rstd)
+    xhat *= rstd
+    if y is not None:
+        xp.multiply(xhat, w, out=y)
+        if b is not None:
+            y += b
+
+
+def _layer_norm_backward(xp, grad, xhat, rstd, gx, *, w):
+    """gx = rstd * (d - mean(d) - xhat * mean(d * xhat)), d = grad * w, row by row."""
+    inv_c = 1.0 / xhat.shape[-1]
+    if w is not None:
+        xp.multiply(grad, w, out=gx)  # d
+    else:
+        gx[...] = grad
+    mean_d = gx.sum(axis=-1, keepdims=True)
+    mean_d *= inv_c
+    t = gx * xhat
+    mean_dx = t.sum(axis=-1, keepdims=True)
+    mean_dx *= inv_c
+    gx -= mean_d
+    xp.multiply(xhat, mean_dx, out=t)
+    gx -= t
+    gx *= rstd
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    x = as_tensor(x)
+    c = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != (c,):
+            raise ValueError(f"layer_norm: {name} has shape {tuple(p.shape)}, expected ({c},) for input {x.shape}")
+    if weight is None and bias is not None:
+        weight = Tensor._make(backend.xp_for(x.device).ones((c,), dtype=x.dtype), x.device, False)
+    inputs = [x] + [p for p in (weight, bias) if p is not None]
+    return LayerNormOp.apply(*inputs, eps=eps)
+
+
+__all__ = ["LayerNormOp", "layer_norm"]
