@@ -1,4 +1,5 @@
-"""Optimizers, gradient clipping and learning-rate schedules.
+"""Book appendix A, section A.7 (a typical training loop): optimizers, gradient clipping and
+learning-rate schedules.
 
 Every update runs in place on the parameter arrays, a few whole-array ufunc calls per parameter with
 `out=` into preallocated buffers: no per-element Python, no full-size temporaries per step, and no
@@ -13,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from autograd import backend
-from autograd.nn import zero_grad_
+from autograd.module import zero_grad_
 from autograd.tensor import Tensor
 
 
@@ -163,8 +164,8 @@ class AdamW(Optimizer):
 
     On the host the update runs block by block (`block_size` entries, 128K by default) so its passes hit
     the cache; on a device, one pass per whole array. (128K: the five 512 KB arrays of a block sit in L3,
-    and half as many ufunc calls as with 64K-entry blocks, which fit L2 but pay more per-call overhead:
-    gpt2-small's update 200-213 -> 169-203 ms on two threads, docs/performance.md.)
+    and half as many ufunc calls as with 64K-entry blocks, which fit L2 but pay more per-call overhead;
+    docs/performance.md has the measurement.)
     """
 
     _STATE_ARRAYS = ("exp_avg", "exp_avg_sq")
