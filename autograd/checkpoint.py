@@ -1,16 +1,23 @@
-"""Checkpoints as safetensors files: named arrays plus JSON metadata, loaded without running code.
+"""Book appendix A, section A.8 (saving and loading models): safetensors files of named arrays plus
+JSON metadata, loaded without running code.
 
 safetensors is the format the LLM world shares weights in; any tool that reads it can open these
 files. A file holds raw little-endian arrays under a JSON header, so loading is parsing, never
-unpickling. This module is the project's one reader and writer of such files (model weights in
-tinygrad_llm/models/gpt2_weights.py, classifiers, LoRA adapters and training checkpoints all go through it), and
-`atomic_write` is the one way the project writes any file: beside its destination under a temporary
-name, flushed to disk, then renamed over it, so a crash mid-save leaves the previous file intact.
+unpickling. This module is the one reader and writer of such files (pretrained weights read tensor by
+tensor, fine-tuned models, adapters and training checkpoints all go through it), and `atomic_write` is
+the one way to write any file: beside its destination under a temporary name, flushed to disk, then
+renamed over it, so a crash mid-save leaves the previous file intact.
+
+Three levels, each built on the one before:
+- `write_safetensors` / `read_safetensors_header` + `read_tensor_into`: the format, tensor by tensor;
+- `save_tensors` / `load_tensors`: {name: array} plus a JSON metadata dict (`save_checkpoint` and
+  `load_checkpoint` are their earlier names);
+- `save_state` / `load_state`: a model, its optimizer and scheduler together, for an exact resume.
 
 Layout of a `save_state` file:
 - tensors "model.<name>" (a tied parameter once, under its first name) and
   "optim.<index>.<buffer>" (e.g. "optim.3.exp_avg"),
-- metadata key "tinygrad_llm" holding JSON: {"version", "model_aliases": {name: first name},
+- the JSON under the metadata key `META_KEY`: {"version", "model_aliases": {name: first name},
   "optimizer": {"param_groups", "steps"}, "rng": dropout generator states, "scheduler", "extra"}.
 """
 
@@ -28,7 +35,7 @@ import safetensors
 from autograd import backend
 from autograd.tensor import Tensor
 
-META_KEY = "tinygrad_llm"
+META_KEY = "tinygrad_llm"  # part of the file format: every file written so far has its JSON under this key
 FORMAT_VERSION = 1
 
 
@@ -180,7 +187,7 @@ _SAFETENSORS_DTYPES = {"f4": "F32", "f8": "F64", "f2": "F16", "i8": "I64", "i4":
 
 
 # ---------------------------------------------------------------------------------------------------
-# safetensors, read tensor by tensor (GPT-2's weights: tinygrad_llm/models/gpt2_weights.py)
+# safetensors, read tensor by tensor (pretrained weights too large to hold twice)
 
 
 def read_safetensors_header(path):
@@ -191,7 +198,7 @@ def read_safetensors_header(path):
     prod(shape) * itemsize; the tensors tile the data region with no gap and no overlap; metadata is
     {str: str}. A violation is a CheckpointError naming the file and the tensor.
 
-    Why a reader of our own beside `safe_open` (which `load_checkpoint` below uses): the `safetensors`
+    Why a reader of our own beside `safe_open` (which `load_tensors` below uses): the `safetensors`
     package's NumPy reader cannot return BF16 tensors, and it memory-maps the file, so loading a
     checkpoint through it makes the whole file resident beside the model (tests/test_weights.py measures
     the peak)."""
@@ -267,7 +274,7 @@ def read_tensor_into(f, info, start, out):
         out[...] = raw
 
 
-def save_checkpoint(path, tensors, metadata=None):
+def save_tensors(path, tensors, metadata=None):
     """Write `tensors` ({name: array on any device}) and `metadata` (JSON-serializable) to `path`
     atomically, one tensor at a time (device arrays are copied to the host one by one)."""
     meta = {META_KEY: json.dumps(metadata if metadata is not None else {})}
@@ -275,7 +282,7 @@ def save_checkpoint(path, tensors, metadata=None):
 
 
 def read_metadata(path):
-    """The JSON metadata `save_checkpoint` stored in `path`, without reading any tensor (a file of
+    """The JSON metadata `save_tensors` stored in `path`, without reading any tensor (a file of
     another tool: its own {str: str} header metadata). Raises FileNotFoundError or CheckpointError."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -288,10 +295,10 @@ def read_metadata(path):
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from None
 
 
-def load_checkpoint(path, device="cpu"):
+def load_tensors(path, device="cpu"):
     """(tensors on `device`, metadata) from a safetensors file, read tensor by tensor through the package
     (which checks the header and every tensor's extent). The metadata is the JSON written by
-    `save_checkpoint`; for a file written by another tool it is the file's own {str: str} header."""
+    `save_tensors`; for a file written by another tool it is the file's own {str: str} header."""
     metadata = read_metadata(path)
     path = os.fspath(path)
     try:
@@ -300,6 +307,10 @@ def load_checkpoint(path, device="cpu"):
     except (safetensors.SafetensorError, ValueError, TypeError) as e:  # sizes, dtypes
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from None
     return tensors, metadata
+
+
+# the earlier names of save_tensors and load_tensors (a "checkpoint" is what save_state writes)
+save_checkpoint, load_checkpoint = save_tensors, load_tensors
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -333,7 +344,7 @@ def save_state(path, model=None, optimizer=None, scheduler=None, extra=None):
         meta["optimizer"] = {"param_groups": sd["param_groups"], "steps": steps}
     if scheduler is not None:
         meta["scheduler"] = scheduler.state_dict()
-    save_checkpoint(path, tensors, meta)
+    save_tensors(path, tensors, meta)
 
 
 def load_state(path, model=None, optimizer=None, scheduler=None, strict=True):
@@ -341,11 +352,11 @@ def load_state(path, model=None, optimizer=None, scheduler=None, strict=True):
     Returns the `extra` dict. Problems (missing or unexpected keys, shapes, dtypes) raise an error
     naming the file and the keys."""
     path = os.fspath(path)
-    tensors, meta = load_checkpoint(path)
+    tensors, meta = load_tensors(path)
     if meta.get("version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} was not written by save_state (format version {meta.get('version')!r}, "
-            f"expected {FORMAT_VERSION}); read it with load_checkpoint"
+            f"expected {FORMAT_VERSION}); read it with load_tensors"
         )
     if model is not None:
         state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -379,5 +390,5 @@ def load_state(path, model=None, optimizer=None, scheduler=None, strict=True):
 
 
 __all__ = ["FileFormatError", "CheckpointError", "atomic_write", "remove_stale_temporaries", "read_safetensors_header",
-           "read_tensor_into", "READ_DTYPES", "save_checkpoint",
-           "load_checkpoint", "save_state", "load_state"]
+           "read_tensor_into", "READ_DTYPES", "save_tensors",
+           "load_tensors", "save_state", "load_state", "save_checkpoint", "load_checkpoint"]

@@ -11,7 +11,7 @@ import safetensors.numpy
 
 import autograd.functional as F
 from autograd import Tensor, backend, checkpoint, nn
-from autograd.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint, save_state
+from autograd.checkpoint import CheckpointError, load_state, load_tensors, save_state, save_tensors
 from autograd.optim import AdamW, LRScheduler, clip_grad_norm_, cosine_with_warmup
 
 
@@ -68,8 +68,8 @@ def host_state(model):
 def test_save_and_load_checkpoint_round_trip(tmp_path):
     path = tmp_path / "a.safetensors"
     arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "ids": np.array([1, 2], np.int64)}
-    save_checkpoint(path, arrays, {"step": 3, "config": {"n": [1, 2]}})
-    tensors, meta = load_checkpoint(path)
+    save_tensors(path, arrays, {"step": 3, "config": {"n": [1, 2]}})
+    tensors, meta = load_tensors(path)
     assert meta == {"step": 3, "config": {"n": [1, 2]}}
     for k, v in arrays.items():
         assert tensors[k].dtype == v.dtype and tensors[k].tobytes() == v.tobytes()
@@ -82,10 +82,17 @@ def test_save_and_load_checkpoint_round_trip(tmp_path):
     assert json.loads(header["__metadata__"]["tinygrad_llm"]) == meta
 
 
+def test_the_earlier_names_of_save_and_load_tensors_still_work():
+    from autograd import checkpoint
+    from autograd.checkpoint import load_checkpoint, save_checkpoint
+
+    assert (save_checkpoint, load_checkpoint) == (checkpoint.save_tensors, checkpoint.load_tensors)
+
+
 def test_load_checkpoint_onto_a_device(tmp_path):
     path = tmp_path / "a.safetensors"
-    save_checkpoint(path, {"w": Tensor(np.ones(3, np.float32), device="strict")})
-    tensors, _ = load_checkpoint(path, device="strict")
+    save_tensors(path, {"w": Tensor(np.ones(3, np.float32), device="strict")})
+    tensors, _ = load_tensors(path, device="strict")
     assert backend.device_of(tensors["w"]) == "strict"
 
 
@@ -137,7 +144,7 @@ def test_resume_from_a_checkpoint_is_bit_exact(tmp_path, device):
 
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
-        load_checkpoint(tmp_path / "nothing.safetensors")
+        load_tensors(tmp_path / "nothing.safetensors")
 
 
 def test_truncated_and_malformed_files(tmp_path):
@@ -165,22 +172,22 @@ def test_wrong_shape_dtype_and_keys_name_the_file_and_key(tmp_path):
     meta = {"version": checkpoint.FORMAT_VERSION, "model_aliases": {"head.weight": "emb.weight"}}
 
     bad_shape = dict(state, **{"model.fc.weight": np.zeros((8, 9), np.float32)})
-    save_checkpoint(tmp_path / "shape.safetensors", bad_shape, meta)
+    save_tensors(tmp_path / "shape.safetensors", bad_shape, meta)
     with pytest.raises(ValueError, match=r"shape.safetensors.*\n.*fc.weight: expected shape \(8, 8\), got \(8, 9\)"):
         load_state(tmp_path / "shape.safetensors", model=TinyLM())
 
     bad_dtype = dict(state, **{"model.ln.bias": np.zeros(8, np.float16)})
-    save_checkpoint(tmp_path / "dtype.safetensors", bad_dtype, meta)
+    save_tensors(tmp_path / "dtype.safetensors", bad_dtype, meta)
     with pytest.raises(ValueError, match="ln.bias: expected dtype float32, got float16"):
         load_state(tmp_path / "dtype.safetensors", model=TinyLM())
 
     missing = {k: v for k, v in state.items() if k != "model.fc.bias"}
-    save_checkpoint(tmp_path / "missing.safetensors", missing, meta)
+    save_tensors(tmp_path / "missing.safetensors", missing, meta)
     with pytest.raises(KeyError, match="missing keys: fc.bias"):
         load_state(tmp_path / "missing.safetensors", model=TinyLM())
     load_state(tmp_path / "missing.safetensors", model=TinyLM(), strict=False)
 
-    save_checkpoint(tmp_path / "foreign.safetensors", {"x": np.zeros(1, np.float32)})
+    save_tensors(tmp_path / "foreign.safetensors", {"x": np.zeros(1, np.float32)})
     with pytest.raises(CheckpointError, match="not written by save_state"):
         load_state(tmp_path / "foreign.safetensors", model=TinyLM())
 

@@ -28,7 +28,7 @@ import numpy as np
 
 import autograd.functional as F
 from autograd import Tensor, backend, nn, no_grad
-from autograd.checkpoint import FileFormatError, load_checkpoint, save_checkpoint, write_text
+from autograd.checkpoint import FileFormatError, load_tensors, save_tensors, write_text
 from tinygrad_llm.finetune.classify_data import ClassificationDataset, encode_texts, pad_batch
 from tinygrad_llm.text.data import DataLoader
 from tinygrad_llm.finetune.lora import merged_state_dict
@@ -146,7 +146,7 @@ class GPTClassifier(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         if self.config.tokenizer == {"kind": "bpe"}:
             self.tokenizer.save(directory)
-        save_checkpoint(directory / WEIGHTS, tensors, {"format": "tinygrad_llm.GPTClassifier"})
+        save_tensors(directory / WEIGHTS, tensors, {"format": "tinygrad_llm.GPTClassifier"})
         write_text(directory / CONFIG, json.dumps(self.config.to_dict(), indent=2) + "\n")
 
     @classmethod
@@ -179,7 +179,7 @@ class GPTClassifier(nn.Module):
             tokenizer = get_tokenizer(record["name"])
         model = cls(config.gpt, config.num_classes, labels=config.labels, pool=config.pool, pad_id=config.pad_id,
                     max_length=config.max_length, tokenizer=tokenizer)
-        tensors, _ = load_checkpoint(directory / WEIGHTS)
+        tensors, _ = load_tensors(directory / WEIGHTS)
         model.load_state_dict(tensors)
         return model.to(device).eval()
 

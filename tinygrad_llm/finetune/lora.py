@@ -33,7 +33,7 @@ import numpy as np
 
 from autograd import Function, Tensor, backend, nn
 from autograd import functional as F
-from autograd.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from autograd.checkpoint import CheckpointError, load_tensors, save_tensors
 
 # Named groups of targets, as module-name patterns for the GPT-2 layout (tinygrad_llm/models/gpt.py)
 TARGET_GROUPS = {
@@ -257,7 +257,7 @@ def save_adapter(model, path):
     first = layers[0][1]
     meta = {"format": ADAPTER_FORMAT, "rank": first.rank, "alpha": first.alpha,
             "targets": [n for n, _ in layers], "shapes": shapes}
-    save_checkpoint(path, tensors, meta)
+    save_tensors(path, tensors, meta)
     return path
 
 
@@ -266,7 +266,7 @@ def load_adapter(model, path):
     has no LoRA layers yet (freezing the rest), else loads into the existing ones. A model whose layers do
     not match the adapter (a missing layer, other shapes, another rank) raises CheckpointError naming
     each mismatch. Returns the LoRAReport of the wrapped model."""
-    tensors, meta = load_checkpoint(path)
+    tensors, meta = load_tensors(path)
     if meta.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(f"{path} is not a LoRA adapter written by save_adapter "
                               f"(format {meta.get('format')!r}, expected {ADAPTER_FORMAT!r})")
