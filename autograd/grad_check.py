@@ -1,13 +1,31 @@
-"""Gradient checking by central finite differences in float64.
+"""Gradient checking by central finite differences in float64: the test of any op's backward, ours or yours.
 
 `check_gradients(fn, *arrays)` runs `fn` on float64 Tensors made from `arrays`, reduces its output
 to a scalar with a fixed random projection, and compares the analytic gradient of every input with
-(f(x + h) - f(x - h)) / 2h taken one entry at a time.
+(f(x + h) - f(x - h)) / 2h taken one entry at a time. `fn` is any function of Tensors that returns a
+Tensor, or a `Function` subclass itself (its `apply` is called). docs/your-own-op.md walks through
+checking a new op with it.
+
+    class Square(Function):
+        def forward(self, x):
+            self.x = x
+            return x * x
+
+        def backward(self, grad):
+            return (2.0 * self.x * grad,)
+
+    check_gradients(Square, np.array([1.0, -2.0]))  # passes; a wrong backward raises AssertionError
 """
 
 import numpy as np
 
+from autograd.function import Function
 from autograd.tensor import Tensor
+
+
+def _callable(fn):
+    """`fn`, or `fn.apply` for a Function subclass."""
+    return fn.apply if isinstance(fn, type) and issubclass(fn, Function) else fn
 
 
 def _scalar(out, weights):
@@ -15,7 +33,10 @@ def _scalar(out, weights):
 
 
 def numerical_gradients(fn, arrays, weights, device="cpu", eps=1e-6):
-    """d(sum(fn(*arrays) * weights))/d(arrays) by central differences, one array at a time."""
+    """d(sum(fn(*arrays) * weights))/d(arrays) by central differences, one array at a time. `arrays` are
+    float64 NumPy arrays (changed one entry at a time and put back), `weights` an array of fn's output
+    shape; returns one gradient array per input."""
+    fn = _callable(fn)
     grads = []
     for i, a in enumerate(arrays):
         g = np.zeros_like(a)
@@ -32,8 +53,17 @@ def numerical_gradients(fn, arrays, weights, device="cpu", eps=1e-6):
 
 
 def check_gradients(fn, *arrays, device="cpu", atol=1e-5, rtol=1e-4, eps=1e-6, seed=0):
-    """Raise AssertionError, naming the input and the worst entry, where analytic and numerical
-    gradients differ by more than atol + rtol * |numerical|. Returns the analytic gradients."""
+    """Check the backward of `fn` at the point `arrays` against central differences.
+
+    fn: a function of len(arrays) Tensors returning a Tensor of any shape, or a Function subclass.
+    arrays: the inputs, anything `np.array` takes; they are copied to float64, each one a Tensor that
+    requires grad, on `device`. atol, rtol: the tolerance, atol + rtol * |numerical| per entry. eps: the
+    finite-difference step. seed: the random projection that reduces fn's output to a scalar.
+
+    Raises AssertionError, naming the input and the worst entry, where the analytic and numerical
+    gradients differ by more than the tolerance. Returns the analytic gradients (NumPy arrays; zeros
+    for an input that got no gradient)."""
+    fn = _callable(fn)
     arrays = [np.array(a, dtype=np.float64) for a in arrays]
     inputs = [Tensor(a, requires_grad=True, device=device) for a in arrays]
     out = fn(*inputs)
@@ -52,3 +82,6 @@ def check_gradients(fn, *arrays, device="cpu", atol=1e-5, rtol=1e-4, eps=1e-6, s
                 f"({int(bad.sum())} of {an.size} entries off)"
             )
     return analytic
+
+
+__all__ = ["check_gradients", "numerical_gradients"]
