@@ -16,7 +16,7 @@ Two pieces, as in PyTorch's `torch.amp`:
   inf: then the step's update is skipped and the scale halved (`update(found_inf=True)`); after
   `growth_interval` good steps in a row it is doubled, to find the largest scale that still fits.
 
-One training step (what `tinygrad_llm.training.trainer.Trainer` does with TrainConfig(dtype="float16")):
+One training step in float16 (what a training loop built on this does):
 
     with compute_in(model, np.float16):
         loss = loss_fn(model, batch)

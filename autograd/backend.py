@@ -21,12 +21,11 @@ import platform
 import sys
 
 # OpenBLAS's worker threads spin for 2^28 cycles (about 0.1 s) after each BLAS call before they sleep, so
-# the passes that follow a matmul (GELU, softmax, cross-entropy in `blockwise`, AdamW's threads) found the
-# second core taken. 2^20 cycles (under a millisecond) still bridges the back-to-back GEMMs of a stacked
-# matmul. Measured on gpt2-small's step (2 cores, docs/performance.md): GELU 110-128 -> 72-83 ms,
-# cross-entropy 71-83 -> 47-53 ms, attention 225-278 -> 206-230 ms; the small-book step 0.85-0.94 ->
-# 0.76-0.79 s. OpenBLAS reads the variable once, when NumPy loads it: this takes effect in a program that
-# imports autograd (or tinygrad_llm) before NumPy, as the examples do; a value already set is kept.
+# the passes that follow a matmul (GELU, softmax, cross-entropy in `blockwise`, AdamW's threads) would
+# find the other cores taken. 2^20 cycles (under a millisecond) still bridges the back-to-back GEMMs of a
+# stacked matmul (docs/performance.md has the measurement). OpenBLAS reads the variable once, when NumPy
+# loads it: this takes effect in a program that imports autograd (or a package built on it) before NumPy,
+# as the examples do; a value already set is kept.
 if "numpy" not in sys.modules:
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
@@ -289,7 +288,7 @@ def blockwise(fn, *arrays, block=BLOCK_ELEMENTS):
     NumPy runs each ufunc on one core, one whole-array pass after another: a chain of eight passes over a
     (2, 256, 3072) activation streams it through memory eight times. In blocks of ~64K elements the chain
     runs while a block sits in cache, and the blocks are shared by HOST_THREADS threads (ufuncs release
-    the GIL). GELU's forward and backward together: 2.5x faster on 2 cores (docs/performance.md). On a GPU,
+    the GIL): a chain such as GELU's gains more than the extra core alone (docs/performance.md). On a GPU,
     the strict device, small arrays or non-contiguous ones, fn is called once on the whole arrays: one
     kernel per pass is what a GPU wants. fn must not depend on where the blocks start or end.
     """

@@ -1,4 +1,5 @@
-"""The base of every op, the grad-mode switch, the one un-broadcast helper and the row gradient.
+"""Book appendix A, section A.4 (automatic differentiation): the base of every op, the grad-mode switch,
+the one un-broadcast helper and the row gradient.
 
 An op is a `Function` subclass: `forward` computes on raw arrays and saves on `self` only what
 `backward` needs; `backward` takes the gradient of the output and returns one gradient per input
@@ -104,8 +105,8 @@ class RowGradient:
     an embedding table's, where a batch touches a few hundred of 50,257 rows.
 
     The backward walk adds it into the table's gradient where one is already being summed (GPT-2's tied
-    head puts a full one there first) instead of building a zero table and adding the two: 42-46 ms
-    less per gpt2-small step (docs/performance.md)."""
+    head puts a full one there first) instead of building a zero table and adding the two: two passes
+    over a (V, C) table saved in every step (docs/performance.md has the measurement)."""
 
     def __init__(self, index, rows, shape):
         self.index, self.rows, self.shape = index, rows, tuple(shape)
