@@ -12,7 +12,7 @@ exits with status 2.
 import sys
 
 from tinygrad_llm import instruct
-from tinygrad_llm.support.cli import Parser, nonnegative_float, nonnegative_int, positive_int, run_main
+from tinygrad_llm.support.cli import DEVICES, Parser, nonnegative_float, nonnegative_int, positive_int, run_main
 from tinygrad_llm.models.generate import decode_stream, stream
 
 
@@ -25,7 +25,7 @@ def build_parser():
     p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 picks the most likely token (greedy)")
     p.add_argument("--top-k", type=positive_int, default=None)
     p.add_argument("--seed", type=nonnegative_int, default=None)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where the model runs: cpu, or cuda (CuPy and a GPU)")
     return p
 
 

@@ -13,14 +13,14 @@ import sys
 from autograd import DeviceError
 from autograd.checkpoint import CheckpointError
 from tinygrad_llm.finetune.classifier import GPTClassifier
-from tinygrad_llm.support.cli import Parser, positive_int
+from tinygrad_llm.support.cli import DEVICES, Parser, positive_int
 
 
 def build_parser():
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("texts", nargs="*", help="texts to classify; none: read stdin, one per line")
     p.add_argument("--model", default="runs/classify/model", help="the classifier's directory")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where the model runs: cpu, or cuda (CuPy and a GPU)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     return p
 

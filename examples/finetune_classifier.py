@@ -1,6 +1,6 @@
 """Fine-tune a GPT to classify SMS messages as spam or ham (book chapter 6).
 
-    python examples/finetune_classifier.py --data SMSSpamCollection.tsv   # from scratch, a few minutes
+    python examples/finetune_classifier.py --data SMSSpamCollection.tsv   # from scratch
     python examples/classify.py "You have won a prize! Call 0800 now"     # spam  0.99...  You have won...
     python examples/finetune_classifier.py --data SMSSpamCollection.tsv --init-from runs/pretrain/model
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from autograd import backend
-from tinygrad_llm.support.cli import Parser, nonnegative_float, nonnegative_int, positive_int, probability, run_main
+from tinygrad_llm.support.cli import DEVICES, Parser, nonnegative_float, nonnegative_int, positive_int, probability, run_main
 from tinygrad_llm.models.generate import decode_stream, stream
 from tinygrad_llm.models.gpt import GPT
 from tinygrad_llm.text.tokenizer import ENDOFTEXT, get_tokenizer
@@ -30,7 +30,7 @@ def build_parser():
     p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--top-p", type=probability, default=None, help="sample among the most likely tokens holding mass p")
     p.add_argument("--seed", type=nonnegative_int, default=None)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where the model runs: cpu, or cuda (CuPy and a GPU)")
     p.add_argument("--no-cache", action="store_true", help="recompute every position each step (no KV cache)")
     p.add_argument("--tokenizer", default=None, help="gpt2 or a directory with encoder.json and vocab.bpe "
                                                      "(default: the model directory's, else gpt2)")

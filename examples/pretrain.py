@@ -1,6 +1,6 @@
 """Pretrain a GPT on a text corpus (book chapter 5).
 
-With no arguments it runs offline in a few minutes on a CPU: a small model ("cpu-small") on Python's own
+With no arguments it runs offline on a CPU: a small model ("cpu-small") on Python's own
 help topics (`pydoc_data`, part of the standard library), with a byte-level BPE trained on them.
 
     .venv/bin/python examples/pretrain.py                                   # the default run, in runs/pretrain
