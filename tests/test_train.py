@@ -15,7 +15,8 @@ from autograd.nn import Module, Parameter
 from tinygrad_llm.text.data import DataLoader, GPTDataset
 from tinygrad_llm.models.gpt import GPT, GPTConfig
 from tinygrad_llm.text.tokenizer import BPETokenizer
-from tinygrad_llm.training.trainer import TrainConfig, Trainer, evaluate, lm_loss, param_groups
+from autograd.optim import AdamW
+from tinygrad_llm.training import TrainConfig, Trainer, evaluate, lm_loss, param_groups, train_simple
 from tinygrad_llm.training.run_folder import CHECKPOINT, METRICS, plot_metrics, read_checkpoint_metadata
 from tests.conftest import TEXT, tiny_config
 
@@ -43,6 +44,65 @@ def test_evaluate_is_the_mean_loss_over_batches_in_eval_mode(tok, ids):
     assert model.training  # mode restored
     assert evaluate(model, val, max_batches=1) == pytest.approx(lm_loss(model.eval(), batches[0]).item(), rel=1e-6)
     assert math.isnan(evaluate(model, []))
+
+
+def test_train_simple_and_trainer_compute_the_same_losses(tok, ids, capsys):
+    """The book's loop and the robust one set up alike give the same numbers: the same model init and data
+    order, AdamW on every parameter with weight decay 0.1, a constant lr, no warmup, no clipping. The book
+    evaluates after steps 1, 1 + eval_freq, ... (its global_step starts at -1); an on_step hook has the
+    Trainer evaluate at those steps too."""
+    epochs, eval_freq, eval_iter, lr = 2, 3, 2, 3e-3
+    model, train, val = make(tok, ids)
+    optimizer = AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    book = train_simple(model, train, val, optimizer, epochs, eval_freq, eval_iter, "The", tok)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Ep ")]
+    assert len(book[0]) == len(printed) == -(-epochs * len(train) // eval_freq) >= 4
+
+    twin, train, val = make(tok, ids)
+    ours = ([], [], [])
+
+    def at_the_books_steps(trainer):
+        if (trainer.step - 1) % eval_freq == 0:
+            ours[0].append(evaluate(trainer.model, train, eval_iter))
+            ours[1].append(evaluate(trainer.model, val, eval_iter))
+            ours[2].append(trainer.tokens_seen)
+
+    config = TrainConfig(lr=lr, weight_decay=0.1, decay_all=True, schedule="constant", warmup_steps=0, grad_clip=0.0,
+                         epochs=epochs, eval_every=10**6, eval_batches=eval_iter, **quiet())
+    Trainer(twin, train, val, config, on_step=at_the_books_steps, log=None).fit()
+    assert ours == tuple(book)  # exactly: the same operations in the same order
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(model.parameters(), twin.parameters()))
+
+
+def test_train_simple_evaluates_at_the_books_steps(tok, capsys):
+    """The book's run of section 5.2: 9 batches of 2 x 256 tokens a epoch, 10 epochs, eval_freq 5. It prints
+    Ep 1 (Step 000000), Ep 1 (Step 000005), Ep 2 (Step 000010), ... Ep 10 (Step 000085), and its tokens seen
+    run 512, 3,072, ... 44,032 (figure 5.12). A tiny model on random ids stands in for the 124M one."""
+    ids = np.random.default_rng(0).integers(0, tok.n_vocab, 18 * 256 + 1)
+    train = DataLoader(GPTDataset(ids[:9 * 2 * 256 + 1], 256, 256), batch_size=2, shuffle=True, seed=123)
+    val = DataLoader(GPTDataset(ids[-257:], 256, 256), batch_size=2, shuffle=False, drop_last=False)
+    model = GPT(tiny_config(vocab_size=tok.n_vocab, context_length=256, emb_dim=16, n_heads=2), seed=123)
+    optimizer = AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
+    train_losses, val_losses, tokens_seen = train_simple(model, train, val, optimizer, num_epochs=10, eval_freq=5,
+                                                         eval_iter=5, start_context="The", tokenizer=tok)
+    steps = range(0, 90, 5)
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out if line.startswith("Ep ")] == [
+        f"Ep {s // 9 + 1} (Step {s:06d})" for s in steps]
+    assert sum(line.startswith("The") for line in out) == 10  # a sample after each epoch
+    assert tokens_seen == [512 * (s + 1) for s in steps] and tokens_seen[-1] == 44_032
+    assert len(train_losses) == len(val_losses) == 18 and train_losses[-1] < train_losses[0]
+
+
+def test_configs_reject_unknown_keys_and_fill_in_missing_ones():
+    """A key from a newer version names itself; one an older version did not write takes its default."""
+    for cls in (TrainConfig, GPTConfig):
+        saved = cls().to_dict()
+        assert cls.from_dict(saved) == cls()
+        with pytest.raises(ValueError, match=rf"unknown {cls.__name__} fields: from_the_future"):
+            cls.from_dict({**saved, "from_the_future": 1})
+        older = {k: v for k, v in saved.items() if k != "drop_rate" and k != "dtype"}
+        assert cls.from_dict(older) == cls()
 
 
 def test_param_groups_decay_matrices_only_unless_decay_all(tok, ids):
@@ -78,6 +138,7 @@ def test_training_lowers_the_loss_and_writes_metrics(tok, ids, tmp_path):
     assert meta["step"] == 40 and meta["tokenizer"] == {"kind": "bpe", "path": "tokenizer"}
     assert BPETokenizer.load(tmp_path / "tokenizer").encode(TEXT[:200]) == tok.encode(TEXT[:200])
     assert GPTConfig.from_dict(meta["model_config"]) == model.config
+    assert TrainConfig.from_dict(meta["train_config"]) == cfg  # through JSON: betas a list, back to a tuple
     assert (tmp_path / "model" / "config.json").is_file()  # Hugging Face layout for generate
     again = GPT.from_pretrained(str(tmp_path / "model"))
     np.testing.assert_array_equal(again.wte.weight.data, model.wte.weight.data)

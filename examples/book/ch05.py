@@ -8,9 +8,11 @@ epochs at lr 4e-4 (that run takes about 6 minutes on 2 cores: see the README's "
 run"). Values that come from random weights or random draws differ from the book's (its generator is
 PyTorch's, ours NumPy's); the counts, shapes and the decoding examples' numbers are the book's.
 
-Read tinygrad_llm/training/trainer.py (Trainer and evaluate: the book's train_model_simple and calc_loss_loader),
-autograd/functional.py (cross_entropy), tinygrad_llm/models/generate.py (generate and sample_next: the book's
-generate with temperature and top-k) and autograd/checkpoint.py (save_state, load_state) beside it.
+Read tinygrad_llm/training/simple.py (train_simple: the book's train_model_simple, listing 5.3),
+tinygrad_llm/training/loss.py (lm_loss and evaluate: calc_loss_batch and calc_loss_loader), autograd/functional.py
+(cross_entropy), tinygrad_llm/models/generate.py (generate and sample_next: the book's generate with temperature
+and top-k) and autograd/checkpoint.py (save_state, load_state) beside it. tinygrad_llm/training/trainer.py is the
+same loop made robust (schedules, checkpoints and an exact resume, Ctrl-C, float16): examples/pretrain.py runs it.
 
     python examples/book/ch05.py [--data-dir ../shared/data] [--epochs 1]
 """
@@ -24,11 +26,12 @@ from _book import heading, parse_args, show
 from autograd import Tensor, cat, where
 from autograd import functional as F
 from autograd.checkpoint import load_state, save_state
+from autograd.optim import AdamW
 from tinygrad_llm.text.data import create_dataloader, train_val_split
 from tinygrad_llm.models.generate import generate, sample_next
 from tinygrad_llm.models.gpt import GPT, GPTConfig
 from tinygrad_llm.text.tokenizer import get_tokenizer
-from tinygrad_llm.training.trainer import TrainConfig, Trainer, evaluate
+from tinygrad_llm.training import evaluate, train_simple
 
 # the book's toy vocabulary and next-token logits of section 5.3, and its sample counts
 VOCAB = ["closer", "every", "effort", "forward", "inches", "moves", "pizza", "toward", "you"]
@@ -100,14 +103,13 @@ def main(argv=None):
     print(f"Validation loss: {evaluate(model, val_loader):.4f}   (book: 10.9811)")
 
     heading("5.2 Training an LLM")
-    train_config = TrainConfig(lr=5e-3, weight_decay=0.1, decay_all=True, schedule="constant", grad_clip=0.0,
-                               epochs=args.epochs, eval_every=5, eval_batches=5, progress=False)
-    trainer = Trainer(model, train_loader, val_loader, train_config, tokenizer=tokenizer, log=None,
-                      on_eval=print_losses, on_step=lambda t: end_of_epoch_sample(t, start))
-    print("AdamW on every parameter (weight decay 0.1), constant lr 5e-3 (book: 4e-4), "
-          f"{args.epochs} epoch(s) (book: 10); losses on 5 batches every 5 steps, as the book's eval_freq and "
-          "eval_iter. Our step 0 is before the first update (the book's Step 000000 is after it).")
-    trainer.fit()
+    optimizer = AdamW(model.parameters(), lr=5e-3, weight_decay=0.1)
+    print("AdamW on every parameter (weight decay 0.1), lr 5e-3 (book: 4e-4), "
+          f"{args.epochs} epoch(s) (book: 10); losses on 5 batches every 5 steps (eval_freq=5, eval_iter=5)")
+    train_loader.set_epoch(0)  # the two passes of 5.1.3 were epochs 0 and 1: train from epoch 0's order again
+    train_losses, val_losses, tokens_seen = train_simple(
+        model, train_loader, val_loader, optimizer, num_epochs=args.epochs, eval_freq=5, eval_iter=5,
+        start_context="Every effort moves you", tokenizer=tokenizer)
     print("(book, 124M model at lr 4e-4: Step 000005 Train loss 8.066, Val loss 8.332; after 10 epochs, Step 000085: "
           "Train loss 0.569, Val loss 6.373)")
 
@@ -140,26 +142,14 @@ def main(argv=None):
     heading("5.4 Loading and saving model weights")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model_and_optimizer.safetensors"
-        save_state(path, model, trainer.optimizer)  # the book's torch.save({model, optimizer state dicts})
+        save_state(path, model, optimizer)  # the book's torch.save({model, optimizer state dicts})
         again = GPT(cfg, seed=0)
-        again_trainer = Trainer(again, train_loader, config=train_config, log=None)
-        load_state(path, again, again_trainer.optimizer)
+        again_optimizer = AdamW(again.parameters(), lr=5e-3, weight_decay=0.1)
+        load_state(path, again, again_optimizer)
         same = all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(model.parameters(), again.parameters()))
         show("weights after loading equal the saved ones", same, True)
     print("5.5: GPT.from_pretrained('gpt2') loads OpenAI's weights (a 500 MB download, not run here); "
           "examples/generate.py uses it.")
-
-
-def print_losses(trainer, record):
-    print(f"Ep {trainer.epoch + 1} (Step {record['step']:06d}): Train loss {record['train_loss']:.3f}, "
-          f"Val loss {record['val_loss']:.3f}")
-
-
-def end_of_epoch_sample(trainer, start):
-    """The book prints a 50-token greedy sample after each epoch."""
-    if trainer.batch_index == len(trainer.train_loader):
-        ids = generate(trainer.model, start, max_new_tokens=50)
-        print(trainer.tokenizer.decode(ids.tolist()).replace("\n", " "))
 
 
 if __name__ == "__main__":
