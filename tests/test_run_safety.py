@@ -21,7 +21,7 @@ from tests.conftest import TEXT, assert_clean_error
 from tinygrad_llm.support.cli import claim_run_folder
 from tinygrad_llm.text.data import encode_pieces, file_fingerprint, read_chunks
 from tinygrad_llm.text.tokenizer import BPETokenizer
-from tinygrad_llm.training.trainer import NonFiniteError, TrainConfig, Trainer, lm_loss
+from tinygrad_llm.training import NonFiniteError, TrainConfig, Trainer, lm_loss
 from tinygrad_llm.training.run_folder import METRICS, checkpoint_tokenizer, read_checkpoint_metadata
 from tests.test_train import make, quiet
 
@@ -58,7 +58,7 @@ def test_resume_refuses_tokenizer_files_that_are_not_the_checkpoints(tok, ids, t
     BPETokenizer.train(TEXT, 280).save(tmp_path / "tokenizer")  # another run's tokenizer
     with pytest.raises(CheckpointError, match="is not the one .* was trained with"):
         checkpoint_tokenizer(tmp_path, extra)
-    (tmp_path / "tokenizer" / "encoder.json").write_text("")  # what one kill -9 used to leave
+    (tmp_path / "tokenizer" / "encoder.json").write_text("")  # what a kill -9 mid-write leaves without atomic_write
     with pytest.raises(CheckpointError, match="cannot be read"):
         checkpoint_tokenizer(tmp_path, extra)
 

@@ -4,9 +4,9 @@ decoding with temperature and top-k, saving and loading.
 Prints what the book's chapter 5 prints, at the same points, next to the book's value. To take seconds,
 the training here is a small model of the book's shape (2 layers, 64 wide, the GPT-2 vocabulary, context
 256, untied head, no qkv bias, dropout 0.1) for 1 epoch at lr 5e-3, instead of the 124M model for 10
-epochs at lr 4e-4 (that run takes about 6 minutes on 2 cores: see the README's "Reproducing the book's
-run"). Values that come from random weights or random draws differ from the book's (its generator is
-PyTorch's, ours NumPy's); the counts, shapes and the decoding examples' numbers are the book's.
+epochs at lr 4e-4 (that run: docs/training.md, "Reproducing the book's run"). Values that come from
+random weights or random draws differ from the book's (its generator is PyTorch's, ours NumPy's); the
+counts, shapes and the decoding examples' numbers are the book's.
 
 Read tinygrad_llm/training/simple.py (train_simple: the book's train_model_simple, listing 5.3),
 tinygrad_llm/training/loss.py (lm_loss and evaluate: calc_loss_batch and calc_loss_loader), autograd/functional.py

@@ -1,8 +1,8 @@
 """Book chapter 5, section 5.2, and appendix D, sections D.1-D.3: the settings of a training run.
 
 `TrainConfig` holds every setting of `Trainer` (tinygrad_llm/training/trainer.py); `param_groups` splits
-the parameters into AdamW's decayed and undecayed groups; `lr_schedule` turns the config into the
-learning rate of each step: constant (the book's chapter 5), or appendix D's linear warmup (D.1) and
+the parameters into AdamW's decayed and undecayed groups; `total_steps` counts the run's steps, and
+`lr_schedule` turns the config into the learning rate of each step: constant (the book's chapter 5), or appendix D's linear warmup (D.1) and
 cosine decay (D.2). Gradient clipping (D.3) is `grad_clip` and `clip_after_warmup`.
 """
 
@@ -112,6 +112,16 @@ def param_groups(model, weight_decay, decay_all=False):
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def total_steps(cfg, train_loader):
+    """The steps of a run: max_steps, else the epochs' batches over grad_accum_steps."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    try:
+        return cfg.epochs * len(train_loader) // cfg.grad_accum_steps
+    except TypeError:
+        raise ValueError("a train loader without len() needs max_steps") from None
 
 
 def lr_schedule(cfg, total_steps):

@@ -48,7 +48,7 @@ from autograd.checkpoint import CheckpointError
 from autograd.optim import AdamW, LRScheduler
 from tinygrad_llm.support.distributed import Communicator
 from tinygrad_llm.text.tokenizer import tokenizer_fingerprint
-from tinygrad_llm.training.config import TrainConfig, lr_schedule, param_groups
+from tinygrad_llm.training.config import TrainConfig, lr_schedule, param_groups, total_steps
 from tinygrad_llm.training.interrupts import Interrupts
 from tinygrad_llm.training.loss import batch_tokens, evaluate, lm_loss
 from tinygrad_llm.training.nonfinite import NonFiniteError, NonFinitePolicy
@@ -84,7 +84,7 @@ class Trainer:
         self.optimizer = optimizer or AdamW(
             param_groups(model, cfg.weight_decay, cfg.decay_all), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
             weight_decay=cfg.weight_decay)
-        self.total_steps = self._total_steps()
+        self.total_steps = total_steps(cfg, train_loader)
         self.scheduler = LRScheduler(self.optimizer, lr_schedule(cfg, self.total_steps))
         self.step, self.epoch, self.batch_index, self.tokens_seen, self.elapsed = 0, 0, 0, 0, 0.0
         self.records, self.step_losses = [], []
@@ -101,15 +101,6 @@ class Trainer:
             self.log = lambda message: None
         self.nonfinite = NonFinitePolicy(cfg, self.comm, lambda message: self.log(message))
         self.skipped_steps = self.nonfinite.skipped_steps
-
-    def _total_steps(self):
-        cfg = self.config
-        if cfg.max_steps is not None:
-            return cfg.max_steps
-        try:
-            return cfg.epochs * len(self.train_loader) // cfg.grad_accum_steps
-        except TypeError:
-            raise ValueError("a train loader without len() needs max_steps") from None
 
     # ---- fit ----------------------------------------------------------------------------------------
 
