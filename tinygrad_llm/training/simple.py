@@ -11,6 +11,8 @@ from `start_context`.
         model, train_loader, val_loader, optimizer, num_epochs=10, eval_freq=5, eval_iter=5,
         start_context="Every effort moves you", tokenizer=tokenizer)
 
+The book's `device` argument is gone: the model's arrays say where they live (autograd/backend.py).
+
 `Trainer` (tinygrad_llm/training/trainer.py) is the same loop made robust: learning-rate schedules,
 clipping, gradient accumulation, checkpoints and an exact resume, Ctrl-C, float16, NaN handling, several
 processes. With a constant lr, no clipping and the same optimizer it computes the same losses

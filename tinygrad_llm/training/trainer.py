@@ -332,4 +332,5 @@ class Trainer:
         return extra
 
 
+# what `from tinygrad_llm.training.trainer import ...` gave when the whole loop lived in this file
 __all__ = ["TrainConfig", "Trainer", "NonFiniteError", "evaluate", "lm_loss", "batch_tokens", "param_groups"]
