@@ -22,7 +22,7 @@ import autograd.backend  # noqa: F401  (first: it tunes OpenBLAS's threads befor
 _PUBLIC = {
     "BPETokenizer": "text.tokenizer", "get_tokenizer": "text.tokenizer",
     "GPTDataset": "text.data", "DataLoader": "text.data", "create_dataloader": "text.data",
-    "GPT": "models.gpt", "GPTConfig": "models.gpt",
+    "GPT": "models.gpt", "GPTConfig": "models.gpt", "load_pretrained": "models.pretrained",
     "generate": "models.generate", "stream": "models.generate", "decode_stream": "models.generate",
     "TrainConfig": "training", "Trainer": "training", "evaluate": "training", "lm_loss": "training",
     "GPTClassifier": "finetune.classifier",

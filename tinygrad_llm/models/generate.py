@@ -51,6 +51,15 @@ def sample_next(logits, rng, temperature=0.0, top_k=None, top_p=None):
     return np.minimum(np.array(ids, dtype=np.int64), logits.shape[-1] - 1)
 
 
+def new_cache(model, batch_size):
+    """An empty KV cache for `model`: the model's own (`model.new_cache(batch_size)`, as the Llama family's,
+    whose cache holds n_kv_heads per layer), else GPT's `KVCache` on the device of its embedding."""
+    if hasattr(model, "new_cache"):
+        return model.new_cache(batch_size)
+    weight = model.wte.weight
+    return KVCache(model.config, batch_size, dtype=weight.dtype, device=weight.device)
+
+
 def _steps(model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
     """Yield the next ids (B,) one step at a time; `ids` (B, T) is the host sequence so far."""
     if temperature < 0:
@@ -61,8 +70,7 @@ def _steps(model, ids, max_new_tokens, temperature, top_k, top_p, seed, use_cach
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     ctx = model.config.context_length
     rng = np.random.default_rng(seed)
-    weight = model.wte.weight
-    cache = KVCache(model.config, len(ids), dtype=weight.dtype, device=weight.device) if use_cache else None
+    cache = new_cache(model, len(ids)) if use_cache else None
     # eval mode once for the whole generation rather than around every forward pass (a walk over every
     # module twice per token); an abandoned stream restores the mode when it is closed
     with nn.eval_mode(model):

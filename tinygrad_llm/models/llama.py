@@ -1,0 +1,314 @@
+"""Beyond the book: the Llama family (Llama 3, SmolLM2, Qwen3) on the same engine.
+
+What changed since GPT-2 (book chapter 4), each a few lines below, in the order a token meets them:
+- no position embedding table: the position is a rotation of each query and key (rotary position
+  embedding, RoPE, `rope_angles` and `apply_rope`), so attention scores depend on the distance between
+  two tokens; Llama 3 stretches its long wavelengths for a longer context (`rope_frequencies`);
+- RMSNorm instead of LayerNorm: no mean subtracted, no bias, x * rsqrt(mean(x^2) + eps) * weight;
+- grouped-query attention: n_kv_heads key/value heads, each shared by n_heads / n_kv_heads query heads,
+  so the KV cache is that many times smaller; Qwen3 also normalises q and k per head (QK-norm);
+- the SwiGLU feed-forward, down(silu(gate(x)) * up(x)), instead of Linear-GELU-Linear;
+- no biases, no dropout; the output head tied to the embedding (SmolLM2, Llama 3.2 1B) or not.
+
+The book's repository rebuilds these from scratch in ch05/07_gpt_to_llama (`standalone-llama32.ipynb`:
+`compute_rope_params`, `apply_rope`, `GroupedQueryAttention`, `FeedForward`) and ch05/11_qwen3 (the same
+with QK-norm); `LlamaAttention.attend_reference` and the functions below follow them.
+
+Two paths, as for GPT (`LlamaConfig.fused`): the reference path composes every stage from Tensor ops
+and repeats each key/value head for its group of query heads, as the book does; the fast path runs
+attention through `F.scaled_dot_product_attention` on the query heads grouped as (B, n_kv, group, T, D)
+against keys and values broadcast over the group axis (views, never copied per query head). RMSNorm,
+RoPE and SwiGLU are one method each (`RMSNorm.forward`, `apply_rope`, `LlamaMLP.forward`), composed in
+both paths until their fused ops arrive in autograd/functional; tests/test_llama.py holds the two paths
+equal.
+
+Parameter names are Hugging Face's without the "model." prefix of its `LlamaForCausalLM`
+(embed_tokens, layers.N.self_attn.q_proj, layers.N.mlp.gate_proj, layers.N.input_layernorm, norm,
+lm_head), so the checkpoint's name map is that prefix (`tinygrad_llm/models/llama_weights.py`). The
+configuration, `LlamaConfig`, and its reading from config.json and GGUF metadata are in llama_config.py.
+"""
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+import autograd.functional as F
+import autograd.reference as R
+from autograd import Tensor, backend, cat, nn
+from tinygrad_llm.models.gpt import KVCache
+from tinygrad_llm.models.llama_config import PRESETS, LlamaConfig, RopeScaling  # noqa: F401  (re-exported)
+
+# ---------------------------------------------------------------------------------------------------
+# The stages, composed of Tensor ops (the book's standalone Llama 3.2 and Qwen3)
+
+
+def rms_norm(x, weight, eps):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis: LayerNorm without the mean and the bias.
+    [3, 4] with weight 1 -> [3, 4] / sqrt(12.5) = [0.849, 1.131]."""
+    return x / ((x * x).mean(axis=-1, keepdims=True) + eps).sqrt() * weight
+
+
+def silu(x):
+    """x * sigmoid(x), the activation inside SwiGLU (also called swish)."""
+    return x * x.sigmoid()
+
+
+def rope_frequencies(head_dim, base, scaling=None):
+    """The inverse frequencies base^(-2i / head_dim), i = 0 .. head_dim/2 - 1, as float64 on the host
+    (the book's `compute_rope_params`), with Llama 3's scaling applied when `scaling` is given: wavelengths
+    2 pi / f past the original context divided by `scaling.factor`, short ones kept, the band between
+    interpolated smoothly."""
+    inv_freq = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
+    if scaling is None:
+        return inv_freq
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen = scaling.original_context_length / scaling.low_freq_factor  # longer than this: scaled down
+    high_wavelen = scaling.original_context_length / scaling.high_freq_factor  # shorter than this: kept
+    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = ((scaling.original_context_length / wavelen - scaling.low_freq_factor)
+              / (scaling.high_freq_factor - scaling.low_freq_factor))
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled)
+
+
+def rope_angles(inv_freq, positions):
+    """cos and sin, (T, D) float32 host arrays, of the angles position * frequency for `positions` (T,),
+    each frequency twice, in Hugging Face's rotate-half layout: dimension i and i + D/2 rotate together."""
+    angles = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]  # (T,) x (D/2,) -> (T, D/2)
+    angles = np.concatenate([angles, angles], axis=-1)  # (T, D/2) -> (T, D)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each pair (x_i, x_{i+D/2}) of x (..., T, D) by its angle: x * cos + rotate_half(x) * sin,
+    rotate_half(x) = [-x2, x1] for the halves x1, x2 (the book's `apply_rope`)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = cat([-x2, x1], axis=-1)  # (..., T, D)
+    return x * cos + rotated * sin
+
+
+# ---------------------------------------------------------------------------------------------------
+# The layers
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation over the last axis with a learned scale (ones). The fast path
+    waits for a fused op (F.rms_norm(x, weight, eps)); both paths compose `rms_norm` for now."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.dim, self.eps = int(dim), float(eps)
+        self.weight = nn.Parameter(np.ones(self.dim, dtype=np.float32))
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
+    def extra_repr(self):
+        return f"({self.dim},), eps={self.eps}"
+
+
+class LlamaKVCache(KVCache):
+    """GPT's KV cache (models/gpt.py) holding n_kv_heads heads per layer, not n_heads: with grouped-query
+    attention each key/value head serves a group of query heads, so the cache is n_heads / n_kv_heads
+    times smaller. `update` takes and returns (B, n_kv_heads, T, head_dim) arrays."""
+
+    def __init__(self, config, batch_size, max_len=None, dtype=np.float32, device="cpu"):
+        xp = backend.xp_for(device)
+        self.max_len = max_len or config.context_length
+        shape = (batch_size, config.n_kv_heads, self.max_len, config.head_dim)
+        self.keys = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
+        self.values = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
+        self.length = 0
+
+
+class LlamaAttention(nn.Module):
+    """Causal grouped-query self-attention with rotary positions (the book's `GroupedQueryAttention`),
+    and QK-norm for Qwen3.
+
+    The stages are methods: `project` (q, k, v in heads), `rotate` (RoPE), then `attend_reference`, the
+    book's way (each key/value head repeated for its group, a masked softmax of Tensor ops), or
+    `attend_fused`, one attention op on the query heads grouped per key/value head against keys and
+    values broadcast over the group (no copies). A KV cache stores the new keys and values first."""
+
+    def __init__(self, cfg, rng):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim, self.fused = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.fused
+        H, KV, D, C = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.emb_dim
+        self.q_proj = nn.Linear(C, H * D, bias=cfg.attention_bias, rng=rng)
+        self.k_proj = nn.Linear(C, KV * D, bias=cfg.attention_bias, rng=rng)
+        self.v_proj = nn.Linear(C, KV * D, bias=cfg.attention_bias, rng=rng)
+        self.o_proj = nn.Linear(H * D, C, bias=cfg.attention_bias, rng=rng)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(D, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, cache=None, layer=0):
+        B, T, _ = x.shape
+        q, k, v = self.project(x)  # (B, H, T, D), (B, KV, T, D), (B, KV, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # decoding: attend to the cached positions too (constants: no gradient)
+            if x.requires_grad:
+                raise RuntimeError("a KV cache is for inference; run the model under no_grad()")
+            keys, values = cache.update(layer, k.data, v.data)
+            k, v = Tensor(keys), Tensor(values)  # (B, KV, cached + T, D)
+        y = self.attend_fused(q, k, v) if self.fused else self.attend_reference(q, k, v)  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # (B, T, H*D) -> (B, T, C)
+
+    def project(self, x):
+        """Queries, keys and values in heads: (B, T, C) -> (B, H, T, D) and twice (B, KV, T, D), with
+        QK-norm (Qwen3) over each head's D."""
+        B, T, _ = x.shape
+        D = self.head_dim
+        q = self.q_proj(x).reshape(B, T, self.n_heads, D)  # (B, T, H*D) -> (B, T, H, D)
+        k = self.k_proj(x).reshape(B, T, self.n_kv_heads, D)  # (B, T, KV*D) -> (B, T, KV, D)
+        v = self.v_proj(x).reshape(B, T, self.n_kv_heads, D)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, T, heads, D) -> (B, heads, T, D)
+
+    def attend_reference(self, q, k, v):
+        """The book's grouped-query attention: repeat each key/value head for the group of query heads
+        that share it, then causal multi-head attention as in chapter 3. q (B, H, T, D), k and v
+        (B, KV, Tk, D) with Tk >= T (the cache's positions come first) -> (B, H, T, D)."""
+        B, H, T, D = q.shape
+        KV, Tk = k.shape[1], k.shape[2]
+        group = H // KV
+        # (B, KV, Tk, D) -> (B, KV, group, Tk, D) -> (B, H, Tk, D): the book's repeat_interleave(group, dim=1)
+        k = k.unsqueeze(2).expand(B, KV, group, Tk, D).reshape(B, H, Tk, D)
+        v = v.unsqueeze(2).expand(B, KV, group, Tk, D).reshape(B, H, Tk, D)
+        scores = q @ k.transpose(2, 3)  # (B, H, T, D) @ (B, H, D, Tk) -> (B, H, T, Tk)
+        # causal mask: query i (at position Tk - T + i) sees keys 0 .. Tk - T + i
+        xp = backend.xp_for(q.device)
+        mask = xp.triu(xp.ones((T, Tk), dtype=bool), k=Tk - T + 1)
+        weights = R.softmax(scores.masked_fill(mask, -math.inf) / math.sqrt(D), axis=-1)  # (B, H, T, Tk)
+        return weights @ v  # (B, H, T, Tk) @ (B, H, Tk, D) -> (B, H, T, D)
+
+    def attend_fused(self, q, k, v):
+        """The same attention as one op, with no copy of k and v per query head: the query heads of a
+        group attend together, (B, H, T, D) -> (B, KV, group, T, D), to their key/value head broadcast
+        over the group axis, (B, KV, Tk, D) -> (B, KV, 1 -> group, Tk, D) (a view: `expand` strides 0).
+        (Query head h uses key/value head h // group: heads are grouped contiguously, as in Hugging Face's
+        repeat_kv.) The gradient of the broadcast keys is summed over the group by the engine."""
+        B, H, T, D = q.shape
+        KV, Tk = k.shape[1], k.shape[2]
+        group = H // KV
+        q = q.reshape(B, KV, group, T, D)  # (B, H, T, D) -> (B, KV, group, T, D)
+        k = k.unsqueeze(2).expand(B, KV, group, Tk, D)  # (B, KV, Tk, D) -> (B, KV, group, Tk, D), a view
+        v = v.unsqueeze(2).expand(B, KV, group, Tk, D)
+        y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, KV, group, T, D)
+        return y.reshape(B, H, T, D)
+
+
+class LlamaMLP(nn.Module):
+    """The SwiGLU feed-forward (the book's Llama `FeedForward`): down(silu(gate(x)) * up(x)), C -> hidden -> C.
+    The fast path waits for a fused op (F.swiglu(gate, up)); both paths compose `silu` for now."""
+
+    def __init__(self, cfg, rng):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=False, rng=rng)
+        self.up_proj = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=False, rng=rng)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.emb_dim, bias=False, rng=rng)
+
+    def forward(self, x):
+        return self.down_proj(silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, C) -> (B, T, hidden) -> (B, T, C)
+
+
+class LlamaBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(rmsnorm(x)), then x + mlp(rmsnorm(x)) (Hugging Face's
+    LlamaDecoderLayer; the book's TransformerBlock with RMSNorm and without dropout)."""
+
+    def __init__(self, cfg, rng):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.emb_dim, cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(cfg, rng)
+        self.post_attention_layernorm = RMSNorm(cfg.emb_dim, cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(cfg, rng)
+
+    def forward(self, x, cos, sin, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Llama(nn.Module):
+    """A Llama-family language model (Llama 3, SmolLM2, Qwen3): the token embedding, `n_layers` blocks,
+    a final RMSNorm and the output head (the embedding's transpose when `tie_weights`, else `lm_head`).
+
+    The same interface as `GPT`: `model(ids)` gives logits (B, T, vocab); `forward(ids, cache=None,
+    last_only=False)`; `hidden_states(ids, cache)`; `new_cache(batch_size)` makes the KV cache that
+    `tinygrad_llm.models.generate` fills. Published weights: `tinygrad_llm.load_pretrained(source)`, or
+    `llama_weights.load_llama` / `save_pretrained` for the model alone. `init=False` keeps the layers' first draws instead of
+    Hugging Face's N(0, 0.02), for a loader that overwrites every parameter. Replacing the head (`model.lm_head = ...`) unties a tied model
+    as GPT's does.
+    """
+
+    def __init__(self, config, seed=0, init=True):
+        super().__init__()
+        self.config = cfg = config
+        rng = np.random.default_rng(seed)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.emb_dim, rng=rng)
+        self.layers = nn.ModuleList([LlamaBlock(cfg, rng) for _ in range(cfg.n_layers)])
+        self.norm = RMSNorm(cfg.emb_dim, cfg.rms_norm_eps)
+        if not cfg.tie_weights:
+            self.lm_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False, rng=rng)
+        # the rotary frequencies (D/2,), a host array and not a parameter; a GGUF file of Llama 3.1+
+        # stores its scaled frequencies' factors as a tensor, and the loader replaces this with them
+        self.inv_freq = rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling)
+        if init:  # a loader that overwrites every parameter skips the second draw
+            self._init_weights(rng)
+
+    def _init_weights(self, rng):
+        """N(0, 0.02) weights (Hugging Face's initializer_range), zero biases, norm scales at one."""
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                p.data[...] = 0.0
+            elif not name.endswith("norm.weight"):
+                rng.standard_normal(dtype=np.float32, out=p.data)  # in place: no full-size temporaries
+                p.data *= 0.02
+
+    def __setattr__(self, name, value):
+        if name == "lm_head" and isinstance(value, nn.Module) and "config" in self.__dict__ and self.config.tie_weights:
+            self.config = replace(self.config, tie_weights=False)  # a replaced head unties (see GPT)
+        super().__setattr__(name, value)
+
+    def new_cache(self, batch_size, max_len=None):
+        """An empty KV cache for `batch_size` sequences of up to `max_len` (default context_length)
+        positions, on the model's device, n_kv_heads heads per layer."""
+        w = self.embed_tokens.weight
+        return LlamaKVCache(self.config, batch_size, max_len, dtype=w.dtype, device=w.device)
+
+    def forward(self, ids, cache=None, last_only=False):
+        """Logits (B, T, vocab) for integer ids (B, T); with a KV cache, ids continue the cached sequence.
+        last_only=True: only the last position's logits, (B, 1, vocab), which is all generation reads."""
+        x = self.hidden_states(ids, cache)
+        if last_only and x.shape[1] > 1:
+            x = x[:, -1:]  # (B, T, C) -> (B, 1, C)
+        if self.config.tie_weights:
+            return F.linear(x, self.embed_tokens.weight)  # (B, T, C) -> (B, T, vocab)
+        return self.lm_head(x)  # (B, T, C) -> (B, T, vocab)
+
+    def hidden_states(self, ids, cache=None):
+        """The last block's output after the final RMSNorm, (B, T, C)."""
+        ids = ids.data if isinstance(ids, Tensor) else ids
+        B, T = ids.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.context_length:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than the context length {self.config.context_length}; "
+                "crop the input to its last context_length tokens")
+        # the angles of this call's positions (after the cached ones), made once for every layer
+        cos, sin = rope_angles(self.inv_freq, np.arange(start, start + T))  # (T, D) each
+        device = self.embed_tokens.weight.device
+        cos, sin = Tensor(backend.to_device(cos, device)), Tensor(backend.to_device(sin, device))
+        x = self.embed_tokens(ids)  # (B, T) -> (B, T, C)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.norm(x)
+
+
+__all__ = ["LlamaConfig", "RopeScaling", "PRESETS", "Llama", "LlamaAttention", "LlamaMLP", "LlamaBlock", "RMSNorm",
+           "LlamaKVCache", "rms_norm", "silu", "rope_frequencies", "rope_angles", "apply_rope"]

@@ -1,0 +1,136 @@
+"""One entry point for every published model this project runs: `load_pretrained(source)` -> (model, tokenizer).
+
+    model, tok = load_pretrained("gpt2")                                     # GPT-2 (book chapter 5)
+    model, tok = load_pretrained("path/SmolLM2-135M-Instruct.Q4_1.gguf")     # a Llama-family GGUF file
+    model, tok = load_pretrained("path/to/dir")                              # config.json + safetensors
+    model, tok = load_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")      # a hub name, downloaded once
+
+A source is read as the first of these that fits:
+- a GPT-2 name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"): `GPT.from_pretrained`, with GPT-2's
+  tokenizer (tiktoken's "gpt2");
+- a .gguf file: `llama_weights.load_gguf`, with the tokenizer the file holds;
+- a directory: its config.json's model_type says which model (gpt2: `GPT.from_pretrained`, with the
+  encoder.json + vocab.bpe beside it or else GPT-2's; llama / qwen3: `llama_weights.load_hf_directory`,
+  with its tokenizer.json, or None where it has none);
+- a hub name "owner/name": the config, safetensors and tokenizer files fetched with huggingface_hub's
+  `snapshot_download` into its cache (once; a cached copy is used offline), then read as a directory.
+  Offline with nothing cached, or a gated model without a login, is a WeightsUnavailableError that
+  says what to do.
+"""
+
+import logging
+from pathlib import Path
+
+from tinygrad_llm.models import gpt2_weights
+from tinygrad_llm.models.gpt2_weights import WeightsUnavailableError
+
+# what a hub download fetches: the model's config and weights, and its tokenizer's files
+HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
+
+
+def load_pretrained(source, *, device="cpu", cache_dir=None):
+    """(model, tokenizer) of `source`: a GPT-2 name, a .gguf file, a model directory or a hub name (see
+    the module docstring). The model is built and loaded on the host, then moved to `device`; the
+    tokenizer is None where the source holds none."""
+    from tinygrad_llm.models.gpt import GPT
+    from tinygrad_llm.models.llama_weights import load_gguf
+
+    name = str(source)
+    path = Path(source)
+    if name in gpt2_weights.PRETRAINED and not path.exists():
+        return GPT.from_pretrained(name, cache_dir=cache_dir, device=device), gpt2_tokenizer(None)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ValueError(f"{path} is a file but not a .gguf file; pass a GGUF file, a model directory "
+                             "(config.json + model.safetensors) or a hub name")
+        return load_gguf(path).to(device), load_tokenizer(path)
+    if not path.is_dir():
+        if name.count("/") != 1 or name.startswith((".", "/")) or path.suffix.lower() == ".gguf":
+            raise FileNotFoundError(f"{name!r} is not a GGUF file, a model directory, one of the GPT-2 names "
+                                    f"({', '.join(gpt2_weights.PRETRAINED)}) or a hub name (owner/name)")
+        path = download_snapshot(name, cache_dir)
+    return load_directory(path, device)
+
+
+def load_directory(directory, device="cpu"):
+    """(model, tokenizer) of a Hugging Face directory: GPT-2 or the Llama family by its config.json."""
+    from tinygrad_llm.models.gpt import GPT
+    from tinygrad_llm.models.llama_config import ARCHITECTURES
+    from tinygrad_llm.models.llama_weights import load_hf_directory, read_hf_config
+
+    directory = Path(directory)
+    model_type = read_hf_config(directory).get("model_type", "gpt2")
+    if model_type == "gpt2":
+        return GPT.from_pretrained(directory, device=device), gpt2_tokenizer(directory)
+    if model_type in ARCHITECTURES:
+        return load_hf_directory(directory).to(device), load_tokenizer(directory)
+    raise gpt2_weights.CheckpointError(f"{directory / 'config.json'}: model_type {model_type!r} is not supported "
+                                       f"(supported: gpt2, {', '.join(ARCHITECTURES)})")
+
+
+def gpt2_tokenizer(directory):
+    """GPT-2's tokenizer: the encoder.json + vocab.bpe in `directory` where it holds them (a model we
+    trained and saved), else tiktoken's "gpt2" (as examples/generate.py finds it)."""
+    from tinygrad_llm.text.tokenizer import get_tokenizer
+
+    if directory is not None and (Path(directory) / "encoder.json").is_file() and (Path(directory) / "vocab.bpe").is_file():
+        return get_tokenizer(str(directory))
+    return get_tokenizer("gpt2")
+
+
+def load_tokenizer(source):
+    """The tokenizer a GGUF file or a Llama-family directory holds (text/hf_tokenizer.py), or None for a
+    directory without a tokenizer.json."""
+    from tinygrad_llm.text import hf_tokenizer
+
+    if Path(source).is_dir() and not (Path(source) / "tokenizer.json").is_file():
+        return None
+    return hf_tokenizer.load_tokenizer(source)
+
+
+def download_snapshot(repo, cache_dir=None):
+    """The local directory of hub model `repo` (its config, weights and tokenizer files), from the
+    Hugging Face cache or downloaded into it by huggingface_hub (resumed and verified by the client)."""
+    import huggingface_hub as hub
+    from huggingface_hub import constants, errors
+
+    try:  # a copy already cached (by us, transformers or huggingface-cli) needs no network
+        return Path(hub.snapshot_download(repo, allow_patterns=HUB_PATTERNS, cache_dir=cache_dir, local_files_only=True))
+    except (errors.LocalEntryNotFoundError, OSError, ValueError):
+        pass
+    where = (f"Pass a local directory (config.json + model.safetensors + tokenizer.json) or a .gguf file instead, "
+             f"or fetch it where a network is: huggingface-cli download {repo}")
+    if constants.HF_HUB_OFFLINE:
+        raise WeightsUnavailableError(f"{repo} is not in the Hugging Face cache {cache_dir or constants.HF_HUB_CACHE} "
+                                      f"and downloads are off (HF_HUB_OFFLINE). {where}")
+    hub_log = logging.getLogger("huggingface_hub")  # one line below says it all; hold back the client's warnings
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        return Path(hub.snapshot_download(repo, allow_patterns=HUB_PATTERNS, cache_dir=cache_dir))
+    except errors.GatedRepoError as e:
+        raise WeightsUnavailableError(
+            f"{repo} is gated: accept its licence at https://huggingface.co/{repo} and log in with "
+            f"`huggingface-cli login` (or set HF_TOKEN), then run again. {where}") from e
+    except errors.RepositoryNotFoundError as e:
+        raise WeightsUnavailableError(f"{repo} is not a model on the Hugging Face hub (or it is private: log in with "
+                                      f"`huggingface-cli login`). {where}") from e
+    except errors.HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise WeightsUnavailableError(
+                f"{repo} refused the download (HTTP {status}): accept its licence at https://huggingface.co/{repo} "
+                f"and log in with `huggingface-cli login`. {where}") from e
+        raise WeightsUnavailableError(f"could not download {repo} ({_one_line(e)}). {where}") from e
+    except (errors.LocalEntryNotFoundError, OSError, ValueError) as e:  # no network
+        raise WeightsUnavailableError(f"could not download {repo} ({_one_line(e)}). {where}") from e
+    finally:
+        hub_log.setLevel(level)
+
+
+def _one_line(e):
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+
+
+__all__ = ["load_pretrained", "load_directory", "load_tokenizer", "gpt2_tokenizer", "download_snapshot", "HUB_PATTERNS"]
