@@ -1,0 +1,268 @@
+"""The Llama family's model (tinygrad_llm/models/llama.py): its config, the stages against their formulas,
+the reference and fast paths equal (logits and gradients), the KV cache, and tiny random models that
+transformers itself builds, whose logits and gradients ours must equal."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import autograd.functional as F
+from autograd import Tensor, no_grad
+from tinygrad_llm.models.generate import generate
+from tinygrad_llm.models.llama import (Llama, LlamaConfig, LlamaKVCache, RopeScaling, apply_rope, rms_norm,
+                                       rope_angles, rope_frequencies)
+
+TINY = LlamaConfig.preset("tiny-llama")
+TINY_QWEN3 = LlamaConfig.preset("tiny-qwen3")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config
+
+
+def test_heads_that_do_not_divide_are_refused_by_name():
+    with pytest.raises(ValueError, match="n_heads 9 must be a multiple of n_kv_heads 4"):
+        LlamaConfig(n_heads=9, n_kv_heads=4)
+
+
+def test_head_dim_is_derived_or_given():
+    assert LlamaConfig.preset("smollm2-135m").head_dim == 64  # 576 / 9
+    assert LlamaConfig.preset("qwen3-0.6b").head_dim == 128  # given: 16 heads of 128 on a width of 1024
+    with pytest.raises(ValueError, match="head_dim 7 must be even"):
+        LlamaConfig(head_dim=7)
+
+
+def test_config_round_trips_through_its_dict():
+    cfg = LlamaConfig.preset("llama-3.2-1b")
+    assert LlamaConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown LlamaConfig fields: colour"):
+        LlamaConfig.from_dict({**cfg.to_dict(), "colour": 1})
+
+
+HF_LLAMA32 = {  # Llama 3.2 1B's config.json as transformers 4 wrote it (rope_theta and rope_scaling)
+    "model_type": "llama", "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
+    "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "hidden_act": "silu",
+    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False,
+}
+
+
+def test_from_hf_reads_both_generations_of_rope_settings():
+    old = LlamaConfig.from_hf(HF_LLAMA32)
+    assert old == LlamaConfig.preset("llama-3.2-1b", tie_weights=True)
+    rope = {**HF_LLAMA32["rope_scaling"], "rope_theta": 500000.0}
+    new = {k: v for k, v in HF_LLAMA32.items() if k not in ("rope_theta", "rope_scaling")} | {"rope_parameters": rope}
+    assert LlamaConfig.from_hf(new) == old  # transformers 5's rope_parameters
+    plain = LlamaConfig.from_hf({**new, "rope_parameters": {"rope_theta": 1e5, "rope_type": "default"}})
+    assert plain.rope_scaling is None and plain.rope_base == 1e5
+
+
+def test_from_hf_refuses_what_the_model_does_not_implement():
+    with pytest.raises(ValueError, match="model_type 'mistral' is not supported"):
+        LlamaConfig.from_hf({**HF_LLAMA32, "model_type": "mistral"})
+    with pytest.raises(ValueError, match="rope type 'yarn'"):
+        LlamaConfig.from_hf({**HF_LLAMA32, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    with pytest.raises(ValueError, match="hidden_act 'gelu'"):
+        LlamaConfig.from_hf({**HF_LLAMA32, "hidden_act": "gelu"})
+
+
+def test_from_gguf_metadata_reads_llama_and_qwen3_keys():
+    meta = {"general.architecture": "llama", "llama.block_count": 30, "llama.context_length": 8192,
+            "llama.embedding_length": 576, "llama.feed_forward_length": 1536, "llama.attention.head_count": 9,
+            "llama.attention.head_count_kv": 3, "llama.rope.freq_base": 100000.0,
+            "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.rope.dimension_count": 64}
+    assert LlamaConfig.from_gguf_metadata(meta, vocab_size=49152) == LlamaConfig.preset("smollm2-135m")
+    qwen = {k.replace("llama.", "qwen3."): v for k, v in meta.items()} | {"general.architecture": "qwen3",
+                                                                          "qwen3.attention.key_length": 128}
+    cfg = LlamaConfig.from_gguf_metadata(qwen, vocab_size=49152, tied=False)
+    assert (cfg.model_type, cfg.qk_norm, cfg.head_dim, cfg.tie_weights) == ("qwen3", True, 128, False)
+    with pytest.raises(ValueError, match="general.architecture 'gpt2' is not supported"):
+        LlamaConfig.from_gguf_metadata({**meta, "general.architecture": "gpt2"}, vocab_size=10)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stages
+
+
+def test_rms_norm_worked_example():
+    y = rms_norm(Tensor(np.array([3.0, 4.0], dtype=np.float32)), Tensor(np.ones(2, dtype=np.float32)), 0.0)
+    np.testing.assert_allclose(y.data, [3 / np.sqrt(12.5), 4 / np.sqrt(12.5)], rtol=1e-6)
+
+
+def test_rope_rotates_pairs_and_keeps_the_norm():
+    inv = rope_frequencies(8, 10000.0)
+    np.testing.assert_allclose(inv, 10000.0 ** (-np.arange(0, 8, 2) / 8))
+    cos, sin = rope_angles(inv, np.arange(5))
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    y = apply_rope(Tensor(x), Tensor(cos), Tensor(sin)).data
+    np.testing.assert_allclose(y[:, 0], x[:, 0], rtol=1e-6)  # position 0: no rotation
+    np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
+    # dimension 0 and 4 (= D/2) rotate together by angle position * inv[0] = position
+    np.testing.assert_allclose(y[:, 3, 0], x[:, 3, 0] * np.cos(3.0) - x[:, 3, 4] * np.sin(3.0), rtol=1e-5)
+
+
+def test_llama3_frequency_scaling_equals_transformers():
+    torch = pytest.importorskip("torch")
+    rope_utils = pytest.importorskip("transformers.modeling_rope_utils")
+    from transformers import LlamaConfig as HFLlamaConfig
+
+    hf = HFLlamaConfig(**{k: v for k, v in HF_LLAMA32.items() if k != "model_type"})
+    fn = rope_utils.ROPE_INIT_FUNCTIONS["llama3"]
+    theirs, _ = fn(hf, torch.device("cpu"))
+    ours = rope_frequencies(64, 500000.0, RopeScaling(32.0, 1.0, 4.0, 8192))
+    np.testing.assert_allclose(ours, theirs.double().numpy(), rtol=1e-6)
+    assert not np.allclose(ours, rope_frequencies(64, 500000.0))  # the long wavelengths did change
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reference and fast paths, the cache
+
+
+def _grads(model, ids, targets):
+    logits = model(ids)
+    loss = F.cross_entropy(logits, targets)
+    loss.backward()
+    return logits.data, {n: p.grad.copy() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_QWEN3, replace(TINY, n_kv_heads=1), replace(TINY, n_kv_heads=4)],
+                         ids=["gqa", "qwen3", "mqa", "mha"])
+def test_fast_path_equals_the_reference_logits_and_gradients(cfg):
+    rng = np.random.default_rng(1)
+    ids, targets = rng.integers(0, cfg.vocab_size, (2, 12)), rng.integers(0, cfg.vocab_size, (2, 12))
+    fast_logits, fast = _grads(Llama(cfg, seed=3), ids, targets)
+    ref_logits, ref = _grads(Llama(replace(cfg, fused=False), seed=3), ids, targets)
+    np.testing.assert_allclose(fast_logits, ref_logits, atol=1e-5)
+    assert fast.keys() == ref.keys()
+    for name in fast:
+        np.testing.assert_allclose(fast[name], ref[name], atol=1e-5, err_msg=name)
+
+
+def test_fast_path_in_query_chunks_equals_the_reference(monkeypatch):
+    """The fused attention splits long sequences in query chunks; keys broadcast over the group must
+    take their gradients there too."""
+    monkeypatch.setattr(F.attention, "ATTENTION_CHUNK", 4)
+    rng = np.random.default_rng(2)
+    ids, targets = rng.integers(0, 97, (1, 20)), rng.integers(0, 97, (1, 20))
+    fast_logits, fast = _grads(Llama(TINY, seed=0), ids, targets)
+    ref_logits, ref = _grads(Llama(replace(TINY, fused=False), seed=0), ids, targets)
+    np.testing.assert_allclose(fast_logits, ref_logits, atol=1e-5)
+    for name in fast:
+        np.testing.assert_allclose(fast[name], ref[name], atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_cache_holds_kv_heads_and_gives_the_full_pass_logits(fused):
+    model = Llama(replace(TINY_QWEN3, fused=fused), seed=0)
+    ids = np.random.default_rng(0).integers(0, 97, (2, 9))
+    cache = model.new_cache(2)
+    assert isinstance(cache, LlamaKVCache) and cache.keys[0].shape == (2, 2, 64, 16)  # n_kv_heads 2, not 4
+    with no_grad():
+        full = model(ids).data
+        steps = [model(ids[:, :5], cache).data] + [model(ids[:, t:t + 1], cache).data for t in range(5, 9)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_greedy_generation_with_and_without_the_cache_is_the_same():
+    model = Llama(TINY, seed=4)
+    prompt = np.array([[5, 17, 3], [8, 8, 1]])
+    with_cache = generate(model, prompt, 12)
+    np.testing.assert_array_equal(with_cache, generate(model, prompt, 12, use_cache=False))
+    assert with_cache.shape == (2, 15)
+
+
+def test_a_cache_is_for_inference_and_the_context_is_checked():
+    model = Llama(TINY, seed=0)
+    with pytest.raises(RuntimeError, match="KV cache is for inference"):
+        model(np.array([[1, 2]]), model.new_cache(1))
+    with pytest.raises(ValueError, match="longer than the context length 64"):
+        model(np.zeros((1, 65), dtype=np.int64))
+
+
+def test_tied_head_reads_the_embedding_and_a_new_head_unties():
+    from autograd import nn
+
+    model = Llama(TINY_QWEN3, seed=0)
+    assert model.config.tie_weights and not hasattr(model, "lm_head")
+    model.lm_head = nn.Linear(32, 2, bias=False)
+    assert not model.config.tie_weights and model(np.array([[1, 2, 3]])).shape == (1, 3, 2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Against transformers' own Llama and Qwen3, random tiny models it writes
+
+
+def hf_tiny(kind="llama", **overrides):
+    """A tiny random transformers model (eval mode, float32): Llama with 4 query heads on 2 KV heads."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    common = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6)
+    if kind == "qwen3":
+        cfg = transformers.Qwen3Config(**{**common, "head_dim": 16, **overrides})
+        model = transformers.Qwen3ForCausalLM(cfg)
+    else:
+        cfg = transformers.LlamaConfig(**{**common, **overrides})
+        model = transformers.LlamaForCausalLM(cfg)
+    return model.eval()
+
+
+VARIANTS = {
+    "llama-untied": ("llama", dict(tie_word_embeddings=False)),
+    "llama-tied": ("llama", dict(tie_word_embeddings=True)),
+    "llama3-rope-scaling": ("llama", dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+                                          rope_theta=500000.0)),
+    "llama-head-dim-given": ("llama", dict(head_dim=16)),
+    "qwen3-tied": ("qwen3", dict(tie_word_embeddings=True)),
+    "qwen3-untied": ("qwen3", dict(tie_word_embeddings=False)),
+}
+
+
+@pytest.fixture(params=list(VARIANTS), scope="module")
+def hf_and_ours(request, tmp_path_factory):
+    from tinygrad_llm.models.llama_weights import load_llama
+
+    kind, overrides = VARIANTS[request.param]
+    hf = hf_tiny(kind, **overrides)
+    directory = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(directory, safe_serialization=True)
+    return hf, load_llama(directory), json.loads((directory / "config.json").read_text())
+
+
+def test_logits_and_gradients_equal_transformers(hf_and_ours):
+    import torch
+
+    hf, ours, _ = hf_and_ours
+    rng = np.random.default_rng(0)
+    ids, targets = rng.integers(0, 97, (2, 16)), rng.integers(0, 97, (2, 16))
+    hf.zero_grad()
+    logits = hf(torch.tensor(ids)).logits
+    torch.nn.functional.cross_entropy(logits.reshape(-1, 97), torch.tensor(targets).reshape(-1)).backward()
+    ours_logits, grads = _grads(ours, ids, targets)
+    np.testing.assert_allclose(ours_logits, logits.detach().numpy(), atol=1e-4)
+    theirs = dict(hf.named_parameters())
+    for name in ("embed_tokens.weight", "layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight",
+                 "layers.1.mlp.gate_proj.weight", "layers.1.input_layernorm.weight", "norm.weight"):
+        g = theirs[f"model.{name}"].grad.numpy()
+        np.testing.assert_allclose(grads[name], g, rtol=1e-4, atol=1e-4 * np.abs(g).max(), err_msg=name)
+    if ours.config.qk_norm:
+        g = theirs["model.layers.0.self_attn.k_norm.weight"].grad.numpy()
+        np.testing.assert_allclose(grads["layers.0.self_attn.k_norm.weight"], g, rtol=1e-4, atol=1e-4 * np.abs(g).max())
+
+
+def test_greedy_generation_equals_transformers(hf_and_ours):
+    import torch
+
+    hf, ours, _ = hf_and_ours
+    prompt = np.array([[3, 14, 15, 92, 65]])
+    with torch.no_grad():
+        theirs = hf.generate(torch.tensor(prompt), max_new_tokens=20, do_sample=False, min_new_tokens=20,
+                             pad_token_id=0).numpy()
+    np.testing.assert_array_equal(generate(ours, prompt, 20), theirs)
+    np.testing.assert_array_equal(generate(ours, prompt, 20, use_cache=False), theirs)
