@@ -47,7 +47,14 @@ class BPETokenizer:
     vocab: id -> the token's bytes; merges: (left id, right id) -> merged id, in rank order (the
     first pair is merged first); special_tokens: text -> id, matched only when `encode` allows them;
     pattern: the pre-tokenizer's regular expression (GPT-2's unless given).
+
+    A subclass that cuts text differently overrides `pretokenize` (tinygrad_llm/text/hf_tokenizer.py
+    does, for the Llama family's tokenizer.json and GGUF files).
     """
+
+    # A pre-token that is a whole vocabulary entry is that entry, without running the merges, as
+    # tiktoken decides it; a Hugging Face BPE does so only where its tokenizer.json sets ignore_merges.
+    ignore_merges = True
 
     def __init__(self, vocab: dict[int, bytes], merges: dict[tuple[int, int], int],
                  special_tokens: dict[str, int] | None = None, name: str = "bpe", pattern: str = GPT2_PATTERN):
@@ -57,14 +64,18 @@ class BPETokenizer:
         self.name = name
         self.pattern = pattern
         self.ranks = {pair: rank for rank, pair in enumerate(self.merges)}
-        byte_ids = {token[0]: i for i, token in self.vocab.items() if len(token) == 1}
-        if len(byte_ids) != 256:
-            raise ValueError(f"a byte-level vocabulary needs all 256 single bytes; it has {len(byte_ids)}")
-        self._byte_ids = [byte_ids[b] for b in range(256)]
+        self._byte_ids = self._byte_table()
         self._token_ids = {token: i for i, token in self.vocab.items()}
         self._decoder = {**self.vocab, **{i: s.encode("utf-8") for s, i in self.special_tokens.items()}}
         self._pattern = regex.compile(pattern)
         self._cache: dict[str, list[int]] = {}
+
+    def _byte_table(self) -> list[int]:
+        """The id of each single byte, indexed by byte value: where every pre-token's merging starts."""
+        byte_ids = {token[0]: i for i, token in self.vocab.items() if len(token) == 1}
+        if len(byte_ids) != 256:
+            raise ValueError(f"a byte-level vocabulary needs all 256 single bytes; it has {len(byte_ids)}")
+        return [byte_ids[b] for b in range(256)]
 
     @property
     def n_vocab(self) -> int:
@@ -224,12 +235,17 @@ class BPETokenizer:
         cache, ids = self._cache, []
         if len(cache) > _CACHE_LIMIT:
             cache.clear()
-        for word in self._pattern.findall(text):
+        for word in self.pretokenize(text):
             word_ids = cache.get(word)
             if word_ids is None:
                 word_ids = cache[word] = self._bpe(word.encode("utf-8"))
             ids.extend(word_ids)
         return ids
+
+    def pretokenize(self, text: str) -> list[str]:
+        """The pre-tokens of `text`, each merged on its own: the matches of the pattern (section 2.2's
+        splitting). "Hello, world" -> ["Hello", ",", " world"]."""
+        return self._pattern.findall(text)
 
     def _bpe_simple(self, data: bytes) -> list[int]:
         """GPT-2's bpe(): merge the lowest-ranked adjacent pair everywhere until none is ranked.
@@ -250,8 +266,8 @@ class BPETokenizer:
         the lowest-ranked pair, leftmost first, which is the order `merge` replaces them in; only the
         two pairs beside a merge are new, so a pre-token of n bytes costs O(n log n). (minbpe's and
         tiktoken's fast paths do the same.) A pre-token that is a whole token is that token, as
-        tiktoken decides it too."""
-        if data in self._token_ids:
+        tiktoken decides it too (see `ignore_merges`)."""
+        if self.ignore_merges and data in self._token_ids:
             return [self._token_ids[data]]
         ids = [self._byte_ids[b] for b in data]
         n, ranks = len(ids), self.ranks
