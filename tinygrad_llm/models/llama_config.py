@@ -68,10 +68,12 @@ class LlamaConfig:
             object.__setattr__(self, "head_dim", self.emb_dim // self.n_heads)
         if isinstance(self.rope_scaling, dict):
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
-        for name, limit in _SIZE_LIMITS.items():
+        for name, limit in _SIZE_LIMITS.items():  # in order: the heads are checked before the head_dim they give
             value = getattr(self, name)
             if type(value) is not int or not 1 <= value <= limit:  # bool is an int subclass: excluded
                 raise ValueError(f"{name} must be an integer in [1, {limit}], got {value!r}")
+            if name == "n_kv_heads" and self.n_heads % self.n_kv_heads:
+                raise ValueError(f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}")
         for name in ("tie_weights", "qk_norm", "attention_bias", "fused"):
             if type(getattr(self, name)) is not bool:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -79,8 +81,6 @@ class LlamaConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even (RoPE rotates pairs of dimensions)")
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):

@@ -234,13 +234,14 @@ def gguf_metadata(reader):
     return meta
 
 
-def load_gguf(path, **config_overrides):
+def load_gguf(path, reader=None, **config_overrides):
     """A Llama model from a GGUF file: the config from its metadata (vocabulary size from its token list,
     tied when it has no output.weight), then every tensor dequantized to float32, the attn_q / attn_k rows
     of a llama-architecture file put back in Hugging Face's order, into the parameters. Every name, type
-    and shape is checked before any tensor is dequantized."""
+    and shape is checked before any tensor is dequantized. `reader`: the file's `open_gguf(path)`, where
+    the caller has it open already."""
     path = Path(path)
-    reader = open_gguf(path)
+    reader = reader if reader is not None else open_gguf(path)
     meta = gguf_metadata(reader)
     tensors = {t.name: t for t in reader.tensors}
     fields = config_fields_from_gguf(meta, meta.get("tokenizer.ggml.tokens.count"), "output.weight" not in tensors,

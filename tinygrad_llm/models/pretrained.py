@@ -34,7 +34,7 @@ def load_pretrained(source, *, device="cpu", cache_dir=None):
     the module docstring). The model is built and loaded on the host, then moved to `device`; the
     tokenizer is None where the source holds none."""
     from tinygrad_llm.models.gpt import GPT
-    from tinygrad_llm.models.llama_weights import load_gguf
+    from tinygrad_llm.models.llama_weights import load_gguf, open_gguf
 
     name = str(source)
     path = Path(source)
@@ -44,7 +44,9 @@ def load_pretrained(source, *, device="cpu", cache_dir=None):
         if path.suffix.lower() != ".gguf":
             raise ValueError(f"{path} is a file but not a .gguf file; pass a GGUF file, a model directory "
                              "(config.json + model.safetensors) or a hub name")
-        return load_gguf(path).to(device), load_tokenizer(path)
+        reader = open_gguf(path)
+        model = load_gguf(path, reader).to(device)
+        return model, load_tokenizer(path) if "tokenizer.ggml.tokens" in reader.fields else None
     if not path.is_dir():
         if name.count("/") != 1 or name.startswith((".", "/")) or path.suffix.lower() == ".gguf":
             raise FileNotFoundError(f"{name!r} is not a GGUF file, a model directory, one of the GPT-2 names "
