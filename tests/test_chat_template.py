@@ -9,7 +9,7 @@ import pytest
 
 from tests.test_llama_tokenizer import STYLES, train_style
 from tinygrad_llm.text.chat import render_chat
-from tinygrad_llm.text.hf_tokenizer import load_tokenizer
+from tinygrad_llm.text.hf_files import load_tokenizer
 
 jinja2 = pytest.importorskip("jinja2")
 

@@ -1,4 +1,4 @@
-"""The Llama family's tokenizers (tinygrad_llm/text/hf_tokenizer.py) id for id against the tokenizers library
+"""The Llama family's tokenizers (tinygrad_llm/text/hf_tokenizer.py, hf_files.py) id for id against the tokenizers library
 and transformers: the real SmolLM2-135M-Instruct GGUF, and tiny byte-level BPEs that the tokenizers library
 trains here in the styles of Llama 3, Qwen2 and SmolLM2, read from tokenizer.json and from GGUF files written
 from them."""
@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from autograd.checkpoint import FileFormatError
 from tests.conftest import TEXT
-from tinygrad_llm.text.hf_tokenizer import (GPT2_SPLIT, LLAMA3_SPLIT, QWEN2_SPLIT, HFTokenizer, load_gguf_tokenizer,
-                                            load_tokenizer, load_tokenizer_json)
+from tinygrad_llm.text.hf_files import load_gguf_tokenizer, load_tokenizer, load_tokenizer_json
+from tinygrad_llm.text.hf_tokenizer import GPT2_SPLIT, LLAMA3_SPLIT, QWEN2_SPLIT, HFTokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
 gguf = pytest.importorskip("gguf")
