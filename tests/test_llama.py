@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import autograd.functional as F
-from autograd import Tensor, no_grad
+from autograd import Tensor, backend, no_grad
 from tinygrad_llm.models.generate import generate
 from tinygrad_llm.models.llama import (Llama, LlamaConfig, LlamaKVCache, RopeScaling, apply_rope, rms_norm,
                                        rope_angles, rope_frequencies)
@@ -266,3 +266,17 @@ def test_greedy_generation_equals_transformers(hf_and_ours):
                              pad_token_id=0).numpy()
     np.testing.assert_array_equal(generate(ours, prompt, 20), theirs)
     np.testing.assert_array_equal(generate(ours, prompt, 20, use_cache=False), theirs)
+
+
+def test_both_paths_and_the_cache_run_on_every_device(device):
+    """One code path for every device: the strict simulated device refuses any host array mixed in."""
+    rng = np.random.default_rng(5)
+    ids, targets = rng.integers(0, 97, (2, 10)), rng.integers(0, 97, (2, 10))
+    host_logits, host = _grads(Llama(TINY_QWEN3, seed=0), ids, targets)
+    for fused in (True, False):
+        model = Llama(replace(TINY_QWEN3, fused=fused), seed=0).to(device)
+        logits, grads = _grads(model, ids, targets)
+        np.testing.assert_allclose(backend.to_host(logits), host_logits, atol=1e-4)
+        np.testing.assert_allclose(backend.to_host(grads["layers.0.self_attn.q_proj.weight"]),
+                                   host["layers.0.self_attn.q_proj.weight"], atol=1e-4)
+        np.testing.assert_array_equal(generate(model, ids[:1, :4], 6), generate(Llama(TINY_QWEN3, seed=0), ids[:1, :4], 6))
