@@ -133,6 +133,12 @@ class Dropout(Module):
         else:
             self._generator.bit_generator.state = state
 
+    def reseed(self, seed):
+        """Start the generator again from `seed`, dropping its state (each rank of a data-parallel run
+        draws its own masks this way)."""
+        self.seed = seed
+        self._generator, self._generator_device, self._pending_state = None, None, None
+
     def forward(self, x):
         if not self.training or self.p == 0.0:
             return x

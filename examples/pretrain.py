@@ -6,11 +6,12 @@ help topics (`pydoc_data`, part of the standard library), with a byte-level BPE 
     .venv/bin/python examples/pretrain.py                                   # the default run, in runs/pretrain
     .venv/bin/python examples/pretrain.py --data book.txt --max-steps 2000  # your text (files, a dir, a URL)
     .venv/bin/python examples/pretrain.py --out runs/pretrain --resume      # continue where a run stopped
-    .venv/bin/mpiexec -n 2 .venv/bin/python examples/pretrain.py --grad-accum 2   # data parallel, 2 ranks
+    .venv/bin/mpiexec -n 2 .venv/bin/python examples/pretrain.py                 # data parallel, 2 ranks
 
 Data parallel (the `mpi` extra): started by mpiexec/mpirun, each rank computes its share of the
---grad-accum micro-batches of every step (a multiple of the number of ranks), the gradients are
-averaged over MPI, and rank 0 alone prints and writes. The global batch does not depend on the number of
+--grad-accum micro-batches of every step (a multiple of the number of ranks; one per rank when the flag
+is not given), the gradients are averaged over MPI, each rank draws its own dropout masks, and rank 0
+alone prints and writes. The global batch does not depend on the number of
 ranks, so a run resumes with any number that divides --grad-accum. If one rank fails, every rank stops.
 
 Bad input (a flag out of range, NaN or infinite, missing or empty data, non-UTF-8 text, a corpus shorter
@@ -82,7 +83,8 @@ def build_parser(suppress=False):
     add_training_flags(p, lr=2e-3, epochs=6, warmup=10, eval_every=100,
                        weight_decay_help="on every parameter with --decay-all",
                        batch_size_help="--grad-accum batches make one step")
-    a("--grad-accum", type=positive_int, default=d(1), help="micro-batches per optimizer step")
+    a("--grad-accum", type=positive_int, default=d(None),
+      help="micro-batches per optimizer step, over all ranks together; default: one per rank (1 in one process)")
     a("--min-lr", type=nonnegative_float, default=d(None), help="end of the cosine schedule (default lr/10)")
     a("--schedule", default=d("cosine"), choices=["cosine", "constant"])
     a("--decay-all", action="store_true", default=d(False),
@@ -270,9 +272,14 @@ def run(argv, comm=None):
     saved = None
     if args.resume:
         args, saved = resumed_args(build_parser, argv, args, COMMAND, RESUMABLE)
+    one_per_rank = args.grad_accum is None
+    if one_per_rank:  # one micro-batch per rank, recorded as a number: a resume keeps the global batch
+        args.grad_accum = comm.size
     if comm.size > 1:
         print(f"data parallel over {comm.backend_name}: {comm.size} ranks, process ids "
               + ", ".join(f"rank {r}: {pid}" for r, pid in enumerate(comm.pids())))
+        print(f"{args.grad_accum} micro-batches of {args.batch_size} per step, {args.grad_accum // comm.size} "
+              "on each rank" + (" (--grad-accum not given: one per rank)" if one_per_rank else ""))
         if args.device != "cpu":
             raise ValueError("distributed training runs on the CPU (MPI): drop --device cuda, or run one process")
     prompt = args.sample_prompt

@@ -103,6 +103,43 @@ def test_accumulation_must_split_over_the_ranks():
                 comm=comm)
 
 
+def _dropout_masks(model):
+    """The mask each Dropout module of `model` draws next, as bytes (drawing it advances the generators)."""
+    from autograd import Tensor
+    from autograd.nn import Dropout
+
+    model.train()
+    return [(m(Tensor(np.ones(64, dtype=np.float32))).numpy() == 0).tobytes()
+            for _, m in model.named_modules() if isinstance(m, Dropout)]
+
+
+def test_each_rank_draws_its_own_dropout_masks_and_rank_0_those_of_one_process():
+    from tests.distributed_worker import build
+
+    masks = [_dropout_masks(build(None, 2, Communicator(LaunchInfo(rank=r, size=2)), drop_rate=0.5).model)
+             for r in (0, 1)]
+    alone = _dropout_masks(build(None, 2, drop_rate=0.5).model)
+    assert masks[0] == alone  # one process, or rank 0 of many: the masks it always drew
+    assert len(masks[1]) == len(alone) == 5  # the embeddings', and per block the attention weights' and the residual's
+    assert all(a != b for a, b in zip(masks[0], masks[1]))
+
+
+def test_a_rank_the_checkpoint_never_had_gets_masks_of_its_own(tmp_path):
+    """A 1-process checkpoint resumed by 2 ranks: rank 1 cannot take a saved stream, and must not replay
+    rank 0's; a 2-rank checkpoint holds each rank's generators, and the same rank takes its own back."""
+    from tests.distributed_worker import build
+
+    one = build(tmp_path / "one", 2, max_steps=2, drop_rate=0.5)
+    one.fit()
+    resumed = [build(tmp_path / "one", 2, Communicator(LaunchInfo(rank=r, size=2)), drop_rate=0.5)
+               for r in (0, 1)]
+    for trainer in resumed:
+        trainer.resume()
+    assert resumed[0].model.rng_states() == one.model.rng_states()
+    masks = [_dropout_masks(t.model) for t in resumed]
+    assert all(a != b for a, b in zip(*masks))
+
+
 def test_a_launcher_whose_mpi_is_not_mpi4pys_is_a_clean_error(tmp_path):
     """Open MPI's variables with no Open MPI behind them: without mpi4py the hint installs it, with
     mpi4py (MPICH) the process sees itself alone and says so."""
@@ -165,6 +202,25 @@ def test_two_ranks_train_as_one_process_with_the_same_accumulation(grad_accum, t
     assert len(two_losses) == 4
     np.testing.assert_allclose(two_losses, one.step_losses, rtol=1e-5)
     assert_same_parameters(tmp_path / "two", tmp_path / "one")
+
+
+@needs_mpi
+def test_two_ranks_with_dropout_draw_different_masks_and_resume_bit_exactly(tmp_path):
+    """With dropout, 2 ranks stopped after 2 steps and resumed on 2 ranks end exactly where 2 ranks that
+    never stopped end: the checkpoint held each rank's own dropout generators."""
+    full = mpirun(2, WORKER, tmp_path / "full", 2, "--dropout", "--max-steps", 4)
+    half = mpirun(2, WORKER, tmp_path / "half", 2, "--dropout", "--max-steps", 2)
+    assert full.returncode == 0 and half.returncode == 0, full.stderr + half.stderr
+    rest = mpirun(2, WORKER, tmp_path / "half", 2, "--dropout", "--max-steps", 4, "--resume")
+    assert rest.returncode == 0, rest.stderr
+    rng = json.loads((tmp_path / "full" / "rng.json").read_text())
+    assert None not in rng["end"][0].values() and rng["end"][0] != rng["end"][1]  # each rank drew its own
+    half_rng = json.loads((tmp_path / "half" / "rng.json").read_text())
+    full_losses = json.loads((tmp_path / "full" / "losses.json").read_text())
+    assert json.loads((tmp_path / "half" / "losses.json").read_text()) == full_losses[2:]  # bit for bit
+    assert half_rng["end"] == rng["end"]
+    pa, pb = _params(tmp_path / "half"), _params(tmp_path / "full")
+    assert all(np.array_equal(pa[name], pb[name]) for name in pa)
 
 
 @needs_mpi
@@ -249,3 +305,20 @@ def test_a_killed_rank_stops_the_job_and_the_checkpoint_still_loads(tiny, tmp_pa
     assert f"PID {rank1_pid}" in rest, rest  # the launcher names the dead process; ids_line says it is rank 1
     tensors, meta = load_checkpoint(out / CHECKPOINT)
     assert meta["extra"]["step"] >= 1 and "model.wte.weight" in tensors
+
+
+@needs_mpi
+def test_without_grad_accum_two_ranks_take_one_micro_batch_each(tiny, tmp_path):
+    """`mpiexec -n 2 python examples/pretrain.py` with no --grad-accum just works: one micro-batch per
+    rank, said in the first lines, and recorded so that a resume on one process keeps the global batch."""
+    args = tiny[:tiny.index("--grad-accum")]  # the flag left out
+    result = mpirun(2, PRETRAIN, *args, "--max-steps", 2, "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    assert "2 micro-batches of 2 per step, 1 on each rank (--grad-accum not given: one per rank)" in result.stdout
+    _, meta = load_checkpoint(tmp_path / "o" / CHECKPOINT)
+    assert meta["extra"]["train_config"]["grad_accum_steps"] == 2
+    assert meta["extra"]["metadata"]["args"]["grad_accum"] == 2
+    alone = subprocess.run([sys.executable, str(PRETRAIN), *args, "--max-steps", "1", "--out", str(tmp_path / "one")],
+                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 0, alone.stderr
+    assert load_checkpoint(tmp_path / "one" / CHECKPOINT)[1]["extra"]["train_config"]["grad_accum_steps"] == 1

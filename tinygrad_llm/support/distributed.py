@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autograd import backend
+from autograd import backend, nn
 
 BUCKET_BYTES = 25 * 2**20  # PyTorch DDP's default bucket size
 
@@ -235,6 +235,24 @@ class MPICommunicator(Communicator):
         self.comm.Abort(status)
 
 
+def rank_dropout_seed(seed, rank, step=0):
+    """The dropout seed of `rank` in a data-parallel run whose model drew `seed`: rank 0 of a fresh run
+    keeps it (one process trains as it always did), every other (rank, step) gets its own."""
+    if rank == 0 and step == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def distinct_dropout_streams(model, rank, step=0):
+    """Reseed every Dropout module of `model` for `rank`, so that the ranks of a data-parallel run draw
+    different dropout masks (with the same seed on every rank, each rank's micro-batch would get the
+    same masks as every other's: N ranks would train like one with correlated noise). `step` > 0 gives
+    a run resumed on more ranks than it was saved with fresh streams for the ranks it never had."""
+    for _, module in model.named_modules():
+        if isinstance(module, nn.Dropout) and module.seed is not None:
+            module.reseed(rank_dropout_seed(module.seed, rank, step))
+
+
 def init_communicator(environ=None) -> Communicator:
     """The communicator of this process: MPI when a launcher started more than one rank, else the
     single-process one (mpi4py is then never imported)."""
@@ -315,5 +333,5 @@ class GradientBuckets:
 
 __all__ = [
     "BUCKET_BYTES", "Communicator", "DistributedError", "GradientBuckets", "LaunchInfo", "MPICommunicator",
-    "init_communicator", "launch_info",
+    "init_communicator", "launch_info", "rank_dropout_seed", "distinct_dropout_streams",
 ]

@@ -32,11 +32,14 @@ gradients unscaled before clipping.
 
 Data-parallel runs pass `comm` (tinygrad_llm/support/distributed.py): each rank computes its share of the
 step's micro-batches, the gradients are averaged before clipping, and rank 0 alone evaluates and writes.
+Each rank draws its own dropout masks (rank 0 the ones a single process would); the checkpoint keeps
+every rank's generators, so a resume on as many ranks draws the same masks again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from pathlib import Path
@@ -46,7 +49,7 @@ from tqdm.auto import tqdm
 from autograd.amp import COMPUTE_DTYPES, GradScaler, compute_in
 from autograd.checkpoint import CheckpointError
 from autograd.optim import AdamW, LRScheduler
-from tinygrad_llm.support.distributed import Communicator
+from tinygrad_llm.support.distributed import Communicator, distinct_dropout_streams
 from tinygrad_llm.text.tokenizer import tokenizer_fingerprint
 from tinygrad_llm.training.config import TrainConfig, lr_schedule, param_groups, total_steps
 from tinygrad_llm.training.interrupts import Interrupts
@@ -95,6 +98,8 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
         self.folder = RunFolder(self.out_dir) if self.out_dir is not None else None
         self.comm = comm if comm is not None else Communicator()
+        if self.comm.rank > 0:  # each rank its own dropout masks; rank 0 draws what one process would
+            distinct_dropout_streams(model, self.comm.rank)
         self.scaler = GradScaler() if cfg.dtype == "float16" else None
         self._gradients = GradientStep(model, self.optimizer, cfg, loss_fn, tokens_fn, self.comm, self.scaler)
         if not self.comm.is_main:  # ranks other than 0 log nothing
@@ -287,7 +292,10 @@ class Trainer:
         if self.folder is None:
             return None
         self._sync_losses()
-        if not self.comm.is_main:  # rank 0 writes for all: every rank holds the same state
+        # every rank's dropout generators, so that a resume on as many ranks draws the same masks
+        rank_rng = ([json.loads(text) for text in self.comm.gather_text(json.dumps(self.model.rng_states()))]
+                    if self.comm.size > 1 else None)
+        if not self.comm.is_main:  # rank 0 writes for all: every rank holds the same parameters
             return None
         record = tokenizer_record(self.tokenizer)
         extra = {
@@ -299,6 +307,7 @@ class Trainer:
             # what the tokenizer files beside it must be: checked by checkpoint_tokenizer at resume
             "tokenizer_fingerprint": tokenizer_fingerprint(self.tokenizer) if record is not None else None,
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rank_rng_states": rank_rng,
         }
         with self.interrupts.uninterruptible():
             path = self.folder.save_checkpoint(self.model, self.optimizer, self.scheduler, self.tokenizer, extra)
@@ -325,6 +334,13 @@ class Trainer:
                 self.scaler.load_state_dict(extra["grad_scaler"])
             except ValueError as e:
                 raise CheckpointError(f"checkpoint {path}: {e}") from None
+        # the checkpoint restored rank 0's dropout generators everywhere: each rank takes its own back,
+        # or, on a different number of ranks than it was saved with, fresh streams of its own
+        rank_rng = extra.get("rank_rng_states")
+        if rank_rng is not None and len(rank_rng) == self.comm.size:
+            self.model.set_rng_states(rank_rng[self.comm.rank])
+        elif self.comm.rank > 0:
+            distinct_dropout_streams(self.model, self.comm.rank, self.step)
         if self.folder is not None and self.comm.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.folder.write_metrics(self.records)
