@@ -191,10 +191,15 @@ class LlamaAttention(nn.Module):
         group attend together, (B, H, T, D) -> (B, KV, group, T, D), to their key/value head broadcast
         over the group axis, (B, KV, Tk, D) -> (B, KV, 1 -> group, Tk, D) (a view: `expand` strides 0).
         (Query head h uses key/value head h // group: heads are grouped contiguously, as in Hugging Face's
-        repeat_kv.) The gradient of the broadcast keys is summed over the group by the engine."""
+        repeat_kv.) The gradient of the broadcast keys is summed over the group by the engine. A single new
+        token (decoding with the cache) sees every key, so its group's queries are stacked as the rows of
+        one product per key/value head, (B, KV, group, D), with no mask."""
         B, H, T, D = q.shape
         KV, Tk = k.shape[1], k.shape[2]
         group = H // KV
+        if T == 1:  # decoding one token: it sees every key, so a group's queries are the rows of one product
+            y = F.scaled_dot_product_attention(q.reshape(B, KV, group, D), k, v, causal=False)  # (B, KV, group, D)
+            return y.reshape(B, H, 1, D)
         q = q.reshape(B, KV, group, T, D)  # (B, H, T, D) -> (B, KV, group, T, D)
         k = k.unsqueeze(2).expand(B, KV, group, Tk, D)  # (B, KV, Tk, D) -> (B, KV, group, Tk, D), a view
         v = v.unsqueeze(2).expand(B, KV, group, Tk, D)

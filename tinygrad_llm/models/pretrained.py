@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tinygrad_llm.models import gpt2_weights
 from tinygrad_llm.models.gpt2_weights import WeightsUnavailableError
+from tinygrad_llm.models.llama_weights import open_gguf
 
 # what a hub download fetches: the model's config and weights, and its tokenizer's files
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
@@ -34,7 +35,7 @@ def load_pretrained(source, *, device="cpu", cache_dir=None):
     the module docstring). The model is built and loaded on the host, then moved to `device`; the
     tokenizer is None where the source holds none."""
     from tinygrad_llm.models.gpt import GPT
-    from tinygrad_llm.models.llama_weights import load_gguf, open_gguf
+    from tinygrad_llm.models.llama_weights import load_gguf
 
     name = str(source)
     path = Path(source)
@@ -44,9 +45,9 @@ def load_pretrained(source, *, device="cpu", cache_dir=None):
         if path.suffix.lower() != ".gguf":
             raise ValueError(f"{path} is a file but not a .gguf file; pass a GGUF file, a model directory "
                              "(config.json + model.safetensors) or a hub name")
-        reader = open_gguf(path)
+        reader = open_gguf(path)  # one parse of the file serves the weights and the tokenizer
         model = load_gguf(path, reader).to(device)
-        return model, load_tokenizer(path) if "tokenizer.ggml.tokens" in reader.fields else None
+        return model, load_tokenizer(path, reader)
     if not path.is_dir():
         if name.count("/") != 1 or name.startswith((".", "/")) or path.suffix.lower() == ".gguf":
             raise FileNotFoundError(f"{name!r} is not a GGUF file, a model directory, one of the GPT-2 names "
@@ -81,14 +82,16 @@ def gpt2_tokenizer(directory):
     return get_tokenizer("gpt2")
 
 
-def load_tokenizer(source):
-    """The tokenizer a GGUF file or a Llama-family directory holds (text/hf_tokenizer.py), or None for a
-    directory without a tokenizer.json."""
-    from tinygrad_llm.text import hf_tokenizer
+def load_tokenizer(source, reader=None):
+    """The tokenizer a GGUF file (its `tokenizer.ggml.*` metadata; `reader`: the file's open GGUFReader) or
+    a Llama-family directory (its tokenizer.json) holds (text/hf_files.py), or None where it holds none."""
+    from tinygrad_llm.text import hf_files
 
-    if Path(source).is_dir() and not (Path(source) / "tokenizer.json").is_file():
-        return None
-    return hf_tokenizer.load_tokenizer(source)
+    source = Path(source)
+    if source.is_dir():
+        return hf_files.load_tokenizer(source) if (source / "tokenizer.json").is_file() else None
+    reader = reader if reader is not None else open_gguf(source)
+    return hf_files.load_gguf_tokenizer(source, reader) if "tokenizer.ggml.model" in reader.fields else None
 
 
 def download_snapshot(repo, cache_dir=None):
