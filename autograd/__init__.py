@@ -8,8 +8,9 @@ Read it in this order, beside the book's appendix A:
     backward.py       the backward walk and `grad()`                                    A.4
     tensor.py         the Tensor, its methods, the functions of several tensors         A.2
     reference.py      softmax, layer norm, GELU, cross-entropy as the book writes them  chapters 3-5
+                      (then the Llama family's RMSNorm, RoPE, SwiGLU, repeated kv heads; log-sigmoid)
     functional/       the same as fused ops, by concern (layers, activations, normalization, losses,
-                      attention), each with its hand-derived backward
+                      attention, rotary), each with its hand-derived backward
     module.py         Module and Parameter: parameters in a named tree, state dicts     A.5, A.8
     nn.py             the layers (Linear, Embedding, LayerNorm, Dropout, ...)           A.5, chapter 4
     optim.py          optimizers, clipping, schedules                                   A.7

@@ -11,10 +11,12 @@ One file per concern, each op in one order (the formula and its derivative in th
 `XxxOp(Function)` with forward above backward, its helpers, then the public function):
 
     layers.py         linear, embedding, dropout            (the ops behind nn.Linear, nn.Embedding, nn.Dropout)
-    activations.py    softmax, log_softmax, sigmoid, gelu
-    normalization.py  layer_norm
+    activations.py    softmax, log_softmax, sigmoid, gelu; silu, swiglu (Llama's feed-forward); log_sigmoid (DPO)
+    normalization.py  layer_norm; rms_norm (Llama's, and Qwen3's QK-norm)
     losses.py         cross_entropy, binary_cross_entropy, binary_cross_entropy_with_logits
-    attention.py      scaled_dot_product_attention, multi_head_attention
+    attention.py      scaled_dot_product_attention (grouped-query when k and v have fewer heads),
+                      multi_head_attention
+    rotary.py         rope_cos_sin, rope: the rotary position embedding of the Llama family
     inputs.py         what the ops accept: Tensors and checked ids
 
 Every public name is here too: `import autograd.functional as F; F.cross_entropy(logits, targets)`. The
@@ -22,14 +24,16 @@ attention's query chunk size is `F.attention.ATTENTION_CHUNK`, set on that modul
 benchmark change it there).
 """
 
-from autograd.functional import activations, attention, inputs, layers, losses, normalization
-from autograd.functional.activations import GeluOp, LogSoftmaxOp, SoftmaxOp, gelu, log_softmax, sigmoid, softmax
+from autograd.functional import activations, attention, inputs, layers, losses, normalization, rotary
+from autograd.functional.activations import (GeluOp, LogSigmoidOp, LogSoftmaxOp, SiluOp, SoftmaxOp, SwiGLUOp, gelu,
+                                             log_sigmoid, log_softmax, sigmoid, silu, softmax, swiglu)
 from autograd.functional.attention import (MultiHeadAttentionOp, ScaledDotProductAttentionOp, multi_head_attention,
                                            scaled_dot_product_attention)
 from autograd.functional.layers import DropoutOp, EmbeddingOp, LinearOp, default_generator, dropout, embedding, linear
 from autograd.functional.losses import (BinaryCrossEntropyOp, BinaryCrossEntropyWithLogitsOp, CrossEntropyOp,
                                         binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy)
-from autograd.functional.normalization import LayerNormOp, layer_norm
+from autograd.functional.normalization import LayerNormOp, RMSNormOp, layer_norm, rms_norm
+from autograd.functional.rotary import RopeOp, rope, rope_cos_sin, rope_inverse_frequencies
 from autograd.ids import check_ids
 
 # the op classes' earlier names
@@ -42,8 +46,10 @@ ScaledDotProductAttention, MultiHeadAttention = ScaledDotProductAttentionOp, Mul
 __all__ = [
     "linear", "embedding", "dropout", "default_generator", "softmax", "log_softmax", "sigmoid", "gelu", "layer_norm",
     "cross_entropy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "scaled_dot_product_attention",
-    "multi_head_attention", "check_ids",
+    "multi_head_attention", "check_ids", "rms_norm", "rope_cos_sin", "rope_inverse_frequencies", "rope", "silu",
+    "swiglu", "log_sigmoid",
     "LinearOp", "EmbeddingOp", "DropoutOp", "SoftmaxOp", "LogSoftmaxOp", "GeluOp", "LayerNormOp", "CrossEntropyOp",
     "BinaryCrossEntropyOp", "BinaryCrossEntropyWithLogitsOp", "ScaledDotProductAttentionOp", "MultiHeadAttentionOp",
-    "activations", "attention", "inputs", "layers", "losses", "normalization",
+    "RMSNormOp", "RopeOp", "SiluOp", "SwiGLUOp", "LogSigmoidOp",
+    "activations", "attention", "inputs", "layers", "losses", "normalization", "rotary",
 ]

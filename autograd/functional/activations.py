@@ -1,4 +1,6 @@
-"""Book chapter 3, section 3.3 (softmax) and chapter 4, section 4.3 (GELU): the activations, fused.
+"""Book chapter 3, section 3.3 (softmax) and chapter 4, section 4.3 (GELU): the activations, fused; then
+SiLU and SwiGLU, the Llama family's feed-forward (the book's repository, ch05/07_gpt_to_llama), and
+log-sigmoid, the loss of preference tuning (DPO: -log_sigmoid(beta * margin)).
 
 Each op: its formula and derivative in the class docstring, the class (forward above backward), its
 helpers, then the public function. The composed forms are in `autograd/reference.py`.
@@ -9,6 +11,7 @@ import math
 from autograd import backend
 from autograd.function import Function
 from autograd.functional.inputs import as_tensor
+from autograd.ops import stable_sigmoid
 
 
 class SoftmaxOp(Function):
@@ -134,4 +137,124 @@ def gelu(x):
     return GeluOp.apply(as_tensor(x))
 
 
-__all__ = ["SoftmaxOp", "softmax", "LogSoftmaxOp", "log_softmax", "sigmoid", "GeluOp", "gelu"]
+class SiluOp(Function):
+    """y = x * sigmoid(x) (SiLU, also called swish).
+
+    With s = sigmoid(x): dy/dx = s + x s (1 - s) = s (1 + x (1 - s)).
+
+    s comes from `ops.stable_sigmoid` (finite for any x: y is -0 far left, x far right); the passes run
+    in cache-sized blocks through `backend.blockwise` (`_silu_forward`, `_silu_slope`).
+    """
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        s, y = xp.empty_like(x), xp.empty_like(x)
+        backend.blockwise(_silu_forward, x, s, y)
+        self.x, self.s = x, s
+        return y
+
+    def backward(self, grad):
+        gx = backend.get_array_module(grad).empty_like(grad)
+        backend.blockwise(_silu_backward, self.x, self.s, grad, gx)
+        return (gx,)
+
+
+def _silu_forward(xp, x, s, y):
+    """s = sigmoid(x), y = x s, written into the given arrays."""
+    s[...] = stable_sigmoid(xp, x)[0]
+    xp.multiply(x, s, out=y)
+
+
+def _silu_slope(xp, x, s, out):
+    """out = dsilu/dx = s (1 + x (1 - s))."""
+    xp.subtract(1.0, s, out=out)
+    out *= x
+    out += 1.0
+    out *= s
+
+
+def _silu_backward(xp, x, s, grad, gx):
+    _silu_slope(xp, x, s, gx)
+    gx *= grad
+
+
+def silu(x):
+    return SiluOp.apply(as_tensor(x))
+
+
+class SwiGLUOp(Function):
+    """y = silu(gate) * up: the elementwise middle of the SwiGLU feed-forward, down(silu(gate(x)) * up(x))
+    (Shazeer 2020, "GLU Variants Improve Transformer"; Llama's MLP).
+
+    With s = sigmoid(gate):
+    dL/dgate = g * up * s (1 + gate (1 - s)),   dL/dup = g * silu(gate) = g * gate * s.
+
+    One op instead of sigmoid, two products and their saved temporaries; s is the one array it saves
+    beside its inputs.
+    """
+
+    def forward(self, gate, up):
+        xp = backend.get_array_module(gate)
+        s, y = xp.empty_like(gate), xp.empty_like(gate)
+        backend.blockwise(_swiglu_forward, gate, up, s, y)
+        self.gate, self.up, self.s = gate, up, s
+        return y
+
+    def backward(self, grad):
+        xp = backend.get_array_module(grad)
+        dgate, dup = xp.empty_like(grad), xp.empty_like(grad)
+        backend.blockwise(_swiglu_backward, self.gate, self.up, self.s, grad, dgate, dup)
+        return (dgate if self.needs_grad[0] else None, dup if self.needs_grad[1] else None)
+
+
+def _swiglu_forward(xp, gate, up, s, y):
+    """s = sigmoid(gate), y = gate s up, written into the given arrays."""
+    _silu_forward(xp, gate, s, y)
+    y *= up
+
+
+def _swiglu_backward(xp, gate, up, s, grad, dgate, dup):
+    """dgate = grad * up * dsilu/dgate, dup = grad * gate * s, written into the given arrays."""
+    _silu_slope(xp, gate, s, dgate)
+    dgate *= up
+    dgate *= grad
+    xp.multiply(gate, s, out=dup)
+    dup *= grad
+
+
+def swiglu(gate, up):
+    """silu(gate) * up for two tensors of one shape (the gate and up projections of the same input)."""
+    gate, up = as_tensor(gate), as_tensor(up)
+    if gate.shape != up.shape:
+        raise ValueError(f"swiglu: gate {gate.shape} and up {up.shape} must have one shape")
+    return SwiGLUOp.apply(gate, up)
+
+
+class LogSigmoidOp(Function):
+    """y = log sigmoid(x) = -softplus(-x) = min(x, 0) - log(1 + exp(-|x|)).
+
+    dy/dx = 1 - sigmoid(x) = sigmoid(-x).
+
+    The form with |x| never overflows: exp(-|x|) <= 1, so y and its slope are finite for any x (y = x
+    far left, -0 far right). The slope is `ops.stable_sigmoid` of -x, which keeps its digits where it is
+    tiny (e^-x far right) instead of rounding 1 - sigmoid(x) to 0; its exp(-|x|) serves the log too.
+    """
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        self.slope, e = stable_sigmoid(xp, -x)  # sigmoid(-x), exp(-|x|)
+        y = xp.log1p(e)
+        xp.subtract(xp.minimum(x, 0.0), y, out=y)
+        return y
+
+    def backward(self, grad):
+        return (grad * self.slope,)
+
+
+def log_sigmoid(x):
+    """log(sigmoid(x)), elementwise, finite for any x: DPO's loss is -log_sigmoid(beta * margin)."""
+    return LogSigmoidOp.apply(as_tensor(x))
+
+
+__all__ = ["SoftmaxOp", "softmax", "LogSoftmaxOp", "log_softmax", "sigmoid", "GeluOp", "gelu", "SiluOp", "silu",
+           "SwiGLUOp", "swiglu", "LogSigmoidOp", "log_sigmoid"]

@@ -6,6 +6,11 @@ one chunk is a pair of functions, `_attention_forward` and `_attention_backward`
 the softmax inside a chunk is `_attention_weights_` forward and `_attention_weights_backward_` backward,
 run by `backend.blockwise` over whole heads. The book's step-by-step attention needs no op of its own:
 it is a few Tensor ops (a matmul, a mask, `softmax`) in the model that uses it.
+
+Grouped-query attention (the Llama family; the book's repository, ch05/07_gpt_to_llama) is the same op
+with fewer key and value heads than query heads: each kv head serves a group of G query heads, whose
+rows are stacked into one product with it (`_group_rows`) instead of the kv head being copied G times,
+as the book's `repeat_interleave` does (`reference.repeat_kv`).
 """
 
 import functools
@@ -29,13 +34,28 @@ class ScaledDotProductAttentionOp(Function):
     dq = ds k / sqrt(d),  dk = ds^T q / sqrt(d).
     The causal mask lets query i see keys j <= i + (Tk - Tq), so a query block at the end of a
     longer key sequence (decoding with a KV cache) is masked correctly.
+
+    Grouped-query attention: k and v (B, Hkv, Tk, D) with Hkv dividing H, query head h attending to kv
+    head h // G, G = H / Hkv. The same formulas hold per query head; a kv head's dk and dv are the sums
+    over its G query heads, which the products form directly when the group's rows are stacked:
+    q viewed as (B, Hkv, G, Tq, D), a chunk's rows as (B, Hkv, G * rows, D), times k^T (B, Hkv, D, Tk).
     """
 
     def forward(self, q, k, v, causal=True, dropout_p=0.0, generator=None):
-        return _attention_forward(self, q, k, v, causal, dropout_p, generator)
+        groups = q.shape[-3] // k.shape[-3] if min(q.ndim, k.ndim) >= 3 else 1
+        if groups == 1:
+            return _attention_forward(self, q, k, v, causal, dropout_p, generator)
+        self.q_shape = q.shape
+        q = q.reshape(q.shape[:-3] + (k.shape[-3], groups) + q.shape[-2:])  # (B, Hkv, G, Tq, D) view
+        y = _attention_forward(self, q, k, v, causal, dropout_p, generator, groups=groups)
+        return y.reshape(self.q_shape[:-1] + v.shape[-1:])  # (B, Hkv, G, Tq, D) -> (B, H, Tq, D)
 
     def backward(self, grad):
-        return _attention_backward(self, grad)
+        if self.groups == 1:
+            return _attention_backward(self, grad)
+        grad = grad.reshape(self.q.shape[:-1] + grad.shape[-1:])  # (B, H, Tq, D) -> (B, Hkv, G, Tq, D) view
+        dq, dk, dv = _attention_backward(self, grad)
+        return dq.reshape(self.q_shape), dk, dv
 
 
 def _query_chunks(tq, tk, causal):
@@ -52,19 +72,22 @@ def _query_chunks(tq, tk, causal):
     return [(r0, r1, r1 + tk - tq) for r0, r1 in zip(bounds, bounds[1:])]
 
 
-def _attention_forward(ctx, q, k, v, causal, dropout_p, generator, out=None):
+def _attention_forward(ctx, q, k, v, causal, dropout_p, generator, out=None, groups=1):
     """softmax(q k^T / sqrt(d) + mask) v on (..., T, D) arrays, chunk by chunk of queries, written into
-    `out` when given (any (..., Tq, D) view); saves what `_attention_backward` needs on ctx."""
+    `out` when given (any (..., Tq, D) view); saves what `_attention_backward` needs on ctx.
+
+    groups > 1: q is (..., Hkv, G, Tq, D), k and v (..., Hkv, Tk, D), and each chunk's products run on the
+    group's stacked rows (`_group_rows`); the result is (..., Hkv, G, Tq, D)."""
     xp = backend.get_array_module(q)
     tq, tk = q.shape[-2], k.shape[-2]
     ctx.scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float: a NumPy float64 scalar would promote to float64
     ctx.chunks = _query_chunks(tq, tk, causal)
     ctx.a, ctx.a_used, ctx.mask = [], [], []
-    ctx.q, ctx.k, ctx.v = q, k, v
+    ctx.q, ctx.k, ctx.v, ctx.groups = q, k, v, groups
     y = out if out is not None or len(ctx.chunks) == 1 else xp.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
     for r0, r1, kend in ctx.chunks:
         rows = r1 - r0
-        s = q[..., r0:r1, :] @ k[..., :kend, :].swapaxes(-1, -2)  # (B, H, rows, D) @ (B, H, D, kend)
+        s = _group_rows(q[..., r0:r1, :], groups) @ k[..., :kend, :].swapaxes(-1, -2)  # (B, H, rows, D) @ (B, H, D, kend)
         # the causal mask as an additive 0 / -inf: one broadcast add, much faster than a boolean assignment;
         # needed where the chunk's first query cannot see its last key
         offset = r0 + tk - tq  # query r0 sees keys <= offset
@@ -75,11 +98,23 @@ def _attention_forward(ctx, q, k, v, causal, dropout_p, generator, out=None):
         a_used = s * drop if drop is not None else s
         for saved, value in ((ctx.a, s), (ctx.a_used, a_used), (ctx.mask, drop)):
             saved.append(value)
-        chunk_y = a_used @ v[..., :kend, :]  # (B, H, rows, kend) @ (B, H, kend, D) -> (B, H, rows, D)
+        chunk_y = _ungroup_rows(a_used @ v[..., :kend, :], groups)  # (B, H, rows, kend) @ (B, H, kend, D) -> (B, H, rows, D)
         if y is None:
             return chunk_y
         y[..., r0:r1, :] = chunk_y
     return y
+
+
+def _group_rows(x, groups):
+    """(..., Hkv, G, rows, D) -> (..., Hkv, G * rows, D): a group's query rows stacked, so that one product
+    with its kv head serves its G query heads and sums their dk and dv (a copy only of a chunk's strided
+    rows, never of k or v). x itself where groups == 1: multi-head attention runs as it always has."""
+    return x if groups == 1 else x.reshape(x.shape[:-3] + (-1, x.shape[-1]))
+
+
+def _ungroup_rows(x, groups):
+    """(..., Hkv, G * rows, D) -> (..., Hkv, G, rows, D), the inverse of `_group_rows` (a view)."""
+    return x if groups == 1 else x.reshape(x.shape[:-2] + (groups, -1, x.shape[-1]))
 
 
 def _attention_weights_(xp, s, *, rows, kend, scale, mask):
@@ -98,12 +133,12 @@ def _attention_backward(ctx, grad, out=None):
     (views of any layout). (No matmul `out=`: CuPy's matmul does not take one.) The last chunk sees every
     key, so it is done first and sets dk and dv; the others add in."""
     xp = backend.get_array_module(grad)
-    q, k, v = ctx.q, ctx.k, ctx.v
+    q, k, v, groups = ctx.q, ctx.k, ctx.v, ctx.groups
     if out is None and len(ctx.chunks) > 1:
         out = xp.empty(q.shape, dtype=grad.dtype), xp.empty(k.shape, dtype=grad.dtype), xp.empty(v.shape, dtype=grad.dtype)
     first = True
     for (r0, r1, kend), a, a_used, drop in reversed(list(zip(ctx.chunks, ctx.a, ctx.a_used, ctx.mask))):
-        rows, g = r1 - r0, grad[..., r0:r1, :]
+        rows, g = r1 - r0, _group_rows(grad[..., r0:r1, :], groups)
         dv_part = a_used.swapaxes(-1, -2) @ g
         da = g @ v[..., :kend, :].swapaxes(-1, -2)
         if drop is not None:
@@ -111,8 +146,8 @@ def _attention_backward(ctx, grad, out=None):
         ds = da
         weights_backward = functools.partial(_attention_weights_backward_, rows=rows, kend=kend, scale=ctx.scale)
         backend.blockwise(weights_backward, ds.reshape(-1, rows * kend), a.reshape(-1, rows * kend))
-        dq_part = ds @ k[..., :kend, :]
-        dk_part = ds.swapaxes(-1, -2) @ q[..., r0:r1, :]
+        dq_part = _ungroup_rows(ds @ k[..., :kend, :], groups)
+        dk_part = ds.swapaxes(-1, -2) @ _group_rows(q[..., r0:r1, :], groups)
         if out is None:  # one chunk: its products are the gradients
             return dq_part, dk_part, dv_part
         dq, dk, dv = out
@@ -135,9 +170,16 @@ def _attention_weights_backward_(xp, ds, a, *, rows, kend, scale):
 
 
 def scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.0, training=True, generator=None):
-    """Attention over (B, H, T, D) tensors (any leading axes): softmax(q k^T / sqrt(D)) v."""
+    """Attention over (B, H, T, D) tensors (any leading axes): softmax(q k^T / sqrt(D)) v.
+
+    k and v may have fewer heads than q, (B, Hkv, Tk, D) with Hkv dividing H: grouped-query attention,
+    query head h attending to kv head h // (H / Hkv), without a copy of k and v per query head."""
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not fit (T and D must agree)")
+    if min(q.ndim, k.ndim) >= 3 and q.shape[-3] != k.shape[-3]:
+        if k.ndim != q.ndim or k.shape[:-1] != v.shape[:-1] or k.shape[:-3] != q.shape[:-3] or q.shape[-3] % k.shape[-3]:
+            raise ValueError(f"attention: q {q.shape} has {q.shape[-3]} heads, k {k.shape} and v {v.shape} must "
+                             "have one shape and a number of heads that divides it, with the same leading axes")
     if causal and q.shape[-2] > k.shape[-2]:
         raise ValueError(f"attention: causal attention needs no more queries ({q.shape[-2]}) than keys ({k.shape[-2]})")
     if not training:
