@@ -426,6 +426,65 @@ def test_grouped_query_attention_checks_the_heads():
 
 
 # ---------------------------------------------------------------------------------------------------
+# Large and strided inputs: the blocked passes, and the views a model hands the ops
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    monkeypatch.setattr(backend, "HOST_THREADS", 2)
+
+
+def test_row_blocks_on_two_threads_equal_one_call(two_threads):
+    """Arrays past two blocks (2 * 65,536 entries) run in row blocks on two threads: the same numbers as
+    the whole arrays in one call, which is what the strict device and a GPU run."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 200, 576), dtype=np.float32) * 2  # 400 rows: blocks of 113 rows
+    up, g = (rng.standard_normal(x.shape, dtype=np.float32) for _ in range(2))
+    w = rng.standard_normal(576, dtype=np.float32)
+
+    def grads(fn, *arrays):
+        ts = [Tensor(a, requires_grad=True) for a in arrays]
+        y = fn(*ts)
+        y.backward(g)
+        return [y.data] + [t.grad for t in ts]
+
+    for fn, arrays in ((lambda x, w: F.rms_norm(x, w, eps=1e-5), (x, w)), (F.silu, (x,)), (F.swiglu, (x, up))):
+        blocked = grads(fn, *arrays)
+        with mock.patch.object(backend, "HOST_THREADS", 1):
+            whole = grads(fn, *arrays)
+        for a, b in zip(blocked, whole):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # dw sums rows in another order
+
+
+def test_views_as_a_model_makes_them_equal_the_references():
+    """A fused gate/up projection's halves for swiglu, heads split from (B, T, H, D) for rms_norm (QK-norm),
+    rope and grouped-query attention: strided views, not contiguous arrays."""
+    rng = np.random.default_rng(2)
+    b, t, hkv, groups, d = 2, 5, 2, 2, 8
+    h = hkv * groups
+    gate_up = rng.standard_normal((b, t, 2 * 12))
+    assert_same(both(lambda a: F.swiglu(a[..., :12], a[..., 12:]), lambda a: R.swiglu(a[..., :12], a[..., 12:]),
+                     gate_up, device="cpu"))
+    cos, sin = F.rope_cos_sin(d, t, base=1e5)
+    qkv = rng.standard_normal((b, t, (h + 2 * hkv) * d))
+    w = rng.standard_normal(d)
+
+    def attention(fns, x, w):
+        rms_norm, rope, attend = fns
+        q = x[..., :h * d].reshape(b, t, h, d)  # (B, T, H, D)
+        k = x[..., h * d:(h + hkv) * d].reshape(b, t, hkv, d)
+        v = x[..., (h + hkv) * d:].reshape(b, t, hkv, d).transpose(1, 2)  # (B, Hkv, T, D)
+        q = rope(rms_norm(q, w).transpose(1, 2), cos, sin)  # (B, H, T, D)
+        k = rope(rms_norm(k, w).transpose(1, 2), cos, sin)
+        return attend(q, k, v).transpose(1, 2).reshape(b, t, h * d)
+
+    fused = (F.rms_norm, F.rope, F.scaled_dot_product_attention)
+    reference = (R.rms_norm, R.rope, attention_repeated)
+    assert_same(both(lambda x, w: attention(fused, x, w), lambda x, w: attention(reference, x, w), qkv, w, device="cpu"),
+                tol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Dtypes
 
 
