@@ -22,7 +22,7 @@ again from its --init-from, then the checkpoint restores weights, optimizer and 
 
 Outputs in --out: model/ (the classifier: config.json, model.safetensors and its tokenizer's files, which
 examples/classify.py loads; with --lora the adapters merged in), metrics.jsonl (losses and accuracies),
-checkpoint.safetensors, results.json, and with LoRA lora_adapter.safetensors (A and B alone). Bad input
+checkpoint.safetensors, results.json, and with LoRA adapter.safetensors (A and B alone). Bad input
 prints one line, `error: ...`, and exits with status 2.
 """
 
@@ -37,7 +37,7 @@ from tinygrad_llm.finetune.classifier import (POOLS, TRAINABLE, GPTClassifier, a
                                               classification_loader, classification_loss, set_trainable)
 from tinygrad_llm.finetune.classify_data import (balanced_split, classification_splits, describe_lines,
                                                  download_sms_spam, read_labeled_tsv)
-from tinygrad_llm.finetune.lora import merge_lora, save_adapter
+from tinygrad_llm.finetune.lora import ADAPTER_FILE, merge_lora, save_adapter
 from tinygrad_llm.models.gpt import GPT, PRESETS, GPTConfig
 from tinygrad_llm.support import cli
 from tinygrad_llm.support.cli import (Parser, add_device_flags, add_lora_flags, add_run_flags, add_training_flags,
@@ -194,7 +194,7 @@ def run(argv):
         report_interrupt(trainer, out, __file__)
         return 130
     if args.trainable == "lora":  # model/ holds the merged weights already; the adapter alone is small
-        save_adapter(model, out / "lora_adapter.safetensors")
+        save_adapter(model, out / ADAPTER_FILE)
         merge_lora(model)
     results = {"train_acc": accuracy(model, loader(train_set, False)), "val_acc": accuracy(model, val),
                "test_acc": accuracy(model, test),

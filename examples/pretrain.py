@@ -45,7 +45,7 @@ from tinygrad_llm.models.gpt import GPT, PRESETS, GPTConfig
 from tinygrad_llm.text.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
 from tinygrad_llm.training.trainer import TrainConfig, Trainer
 from tinygrad_llm.training.run_folder import checkpoint_tokenizer
-from tinygrad_llm.finetune.lora import apply_lora, save_adapter
+from tinygrad_llm.finetune.lora import ADAPTER_FILE, apply_lora, save_adapter
 from tinygrad_llm.support import cli
 from tinygrad_llm.support.cli import (Parser, add_device_flags, add_lora_flags, add_run_flags, add_training_flags,
                                       check_same_data, claim_run_folder, fraction, int_at_least, nonnegative_float,
@@ -61,7 +61,6 @@ RESUMABLE = cli.RESUMABLE | {"eval_batches", "log_every", "checkpoint_every", "s
                              "temperature", "top_k", "on_nonfinite", "check_sync"}
 BPE_SAMPLE_CHARS = 8 << 20  # the BPE is trained on at most this much of the start of the training text
 DEVICE_CHOICES = cli.DEVICES  # the tests add "strict", the simulated device, to run out of its memory
-ADAPTER = "adapter.safetensors"  # with --lora: the adapters alone
 
 
 def build_parser(suppress=False):
@@ -101,7 +100,7 @@ def build_parser(suppress=False):
     a("--on-nonfinite", default=d("error"), choices=["error", "skip"],
       help="a step whose loss or gradient norm is NaN or infinite: stop with an error (nothing saved over the "
            "last good checkpoint), or skip its update")
-    add_lora_flags(p, lora_help=f"--out/{ADAPTER} holds them alone, model/ the merged weights")
+    add_lora_flags(p, lora_help=f"--out/{ADAPTER_FILE} holds them alone, model/ the merged weights")
     add_run_flags(p, out="runs/pretrain", out_help="checkpoint, metrics.jsonl, loss.png, model/")
     a("--check-sync", type=nonnegative_int, default=d(0), metavar="K",
       help="data-parallel runs: every K steps, stop with an error if the ranks' parameters differ (a debug check)")
@@ -321,7 +320,7 @@ def train_and_report(args, saved, prompt, comm):
         print(f"float16: final loss scale {trainer.scaler.scale_value:g}, {trainer.scaler.skipped_steps} steps "
               "skipped for overflowing gradients")
     if args.lora:  # model/ holds the merged weights (save_pretrained merges them); the adapters alone are small
-        print(f"LoRA adapters written to {save_adapter(model, Path(args.out) / ADAPTER)}")
+        print(f"LoRA adapters written to {save_adapter(model, Path(args.out) / ADAPTER_FILE)}")
     print(f"peak memory on device {args.device}: {size(backend.peak_memory(args.device))}")
     print(f"outputs in {args.out}/: checkpoint.safetensors, metrics.jsonl, model/ (Hugging Face layout)"
           + (", loss.png" if (Path(args.out) / "loss.png").exists() else " (pip install matplotlib for loss.png)"))

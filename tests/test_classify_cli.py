@@ -165,7 +165,7 @@ def test_fine_tune_a_pretrained_directory_then_classify(finetune, run_main, data
     assert result.returncode == 0, result.stderr
     if trainable is None:  # the book's settings for pretrained weights
         assert "trainable: last-block" in result.stdout and "; lr 5e-05, epochs 2" in result.stdout
-    assert (out / "lora_adapter.safetensors").is_file() == (trainable == "lora")
+    assert (out / "adapter.safetensors").is_file() == (trainable == "lora")
     assert "warning: skipped 1 malformed lines: line 25 (no tab)" in result.stderr
     assert "24 messages (12 ham, 12 spam); balanced and split: 16 train, 2 val, 6 test" in result.stdout
     assert "accuracy: train" in result.stdout and (out / "results.json").is_file()
@@ -206,7 +206,7 @@ def test_the_old_lora_spelling_is_lora_rank_with_a_note(finetune, data, tmp_path
     assert "deprecated" not in new.stdout
     assert outcome(tmp_path / "old") == outcome(tmp_path / "new")
     assert outcome(tmp_path / "new")[1]["trainable"] == "lora"
-    assert (tmp_path / "old" / "lora_adapter.safetensors").is_file()
+    assert (tmp_path / "old" / "adapter.safetensors").is_file()
 
 
 @pytest.mark.parametrize("flags, words", [

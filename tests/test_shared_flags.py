@@ -137,7 +137,7 @@ def own_flags(name, root):
     }[name]
 
 
-ADAPTERS = {"pretrain": "adapter.safetensors", "finetune_classifier": "lora_adapter.safetensors",
+ADAPTERS = {"pretrain": "adapter.safetensors", "finetune_classifier": "adapter.safetensors",
             "finetune_instructions": "adapter.safetensors"}
 
 

@@ -25,6 +25,7 @@ and A's Kaiming bound uses the layer's input size as the fan-in, 1/sqrt(in) (the
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ from autograd import functional as F
 from autograd.checkpoint import CheckpointError, load_tensors, save_tensors
 
 # Named groups of targets, as module-name patterns for the GPT-2 layout (tinygrad_llm/models/gpt.py)
+# what every training command names the file of the adapters alone, beside its model/ folder
+ADAPTER_FILE = "adapter.safetensors"
+
 TARGET_GROUPS = {
     "attn": ("*attn.c_attn", "*attn.c_proj"),
     "mlp": ("*mlp.c_fc", "*mlp.c_proj"),
@@ -119,9 +123,12 @@ class LoRALinear(nn.Module):
         A = rng.uniform(-bound, bound, (self.in_features, self.rank)).astype(np.float32)
         self.lora_A = nn.Parameter(backend.to_device(A, device))
         self.lora_B = nn.Parameter(backend.xp_for(device).zeros((self.rank, self.out_features), dtype=np.float32))
+        self.adapter_enabled = True  # False: the base layer alone (`adapters_disabled`)
 
     def forward(self, x):
         """The fast path: one fused op (`LoRALinearOp`) that computes what `forward_reference` does."""
+        if not self.adapter_enabled:
+            return self._base(x)  # the wrapped nn.Linear, holding the same weight and bias
         return LoRALinearOp.apply(*self._inputs(x), scaling=self.scaling)
 
     def forward_reference(self, x):
@@ -218,6 +225,25 @@ def apply_lora(model, rank=8, alpha=16.0, targets="all", trainable=(), seed=0):
                       total=model.num_parameters())
 
 
+@contextlib.contextmanager
+def adapters_disabled(model):
+    """Inside the block every LoRA layer of `model` computes its frozen base layer alone, as the model did
+    before `apply_lora`; the adapters are switched back on after it (also when the block raises). DPO's
+    reference model is the policy with its adapters off: one model in memory instead of two.
+
+        with adapters_disabled(model), no_grad():
+            reference_logits = model(ids)
+    """
+    layers = [layer for _, layer in lora_layers(model) if layer.adapter_enabled]
+    for layer in layers:
+        layer.adapter_enabled = False
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.adapter_enabled = True
+
+
 def merged_state_dict(model):
     """`model.state_dict()` with every LoRA layer written as the plain Linear it amounts to: its merged
     weight under its own name and no adapter tensors (the model itself is left as it is). What a saved
@@ -301,5 +327,5 @@ def load_adapter(model, path):
                       total=model.num_parameters())
 
 
-__all__ = ["LoRALinear", "LoRALinearOp", "merged_state_dict", "LoRAReport", "apply_lora", "merge_lora", "save_adapter", "load_adapter",
-           "lora_layers", "TARGET_GROUPS"]
+__all__ = ["ADAPTER_FILE", "LoRALinear", "LoRALinearOp", "merged_state_dict", "LoRAReport", "apply_lora", "merge_lora", "save_adapter", "load_adapter",
+           "lora_layers", "adapters_disabled", "TARGET_GROUPS"]
