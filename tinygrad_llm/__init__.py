@@ -2,8 +2,10 @@
 
 The package follows the order a learner meets it:
 
-    text/       tokenizer (byte-level BPE), data (sliding windows, the DataLoader)       book chapter 2
+    text/       bpe, tokenizer, gpt2_files (byte-level BPE), data (sliding windows)    book chapter 2
+                hf_tokenizer, hf_files, chat (the Llama family's tokenizers and chat templates)
     models/     gpt (chapters 3-4), generate (chapters 4-5), gpt2_weights (chapter 5)
+                llama, llama_config, llama_weights (Llama 3, SmolLM2, Qwen3), pretrained (load_pretrained)
     training/   the loop (chapter 5, appendix D), its checkpoints and run folder
     finetune/   classify_data + classifier (chapter 6), instruct + judge (chapter 7), lora (appendix E)
     support/    what a command line needs: cli (flags, errors), download, distributed (MPI)
@@ -24,7 +26,8 @@ _PUBLIC = {
     "GPTDataset": "text.data", "DataLoader": "text.data", "create_dataloader": "text.data",
     "GPT": "models.gpt", "GPTConfig": "models.gpt", "load_pretrained": "models.pretrained",
     "generate": "models.generate", "stream": "models.generate", "decode_stream": "models.generate",
-    "TrainConfig": "training", "Trainer": "training", "evaluate": "training", "lm_loss": "training",
+    "Llama": "models.llama", "LlamaConfig": "models.llama",
+    "TrainConfig": "training", "Trainer": "training", "train_simple": "training", "evaluate": "training", "lm_loss": "training",
     "GPTClassifier": "finetune.classifier",
     "apply_lora": "finetune.lora", "merge_lora": "finetune.lora",
 }

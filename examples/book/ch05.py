@@ -1,4 +1,4 @@
-"""Chapter 5, pretraining on unlabeled data: the loss of next-token prediction, training on the-verdict.txt,
+"""Book chapter 5: pretraining on unlabeled data: the loss of next-token prediction, training on the-verdict.txt,
 decoding with temperature and top-k, saving and loading.
 
 Prints what the book's chapter 5 prints, at the same points, next to the book's value. To take seconds,
@@ -9,8 +9,8 @@ random weights or random draws differ from the book's (its generator is PyTorch'
 counts, shapes and the decoding examples' numbers are the book's.
 
 Read tinygrad_llm/training/simple.py (train_simple: the book's train_model_simple, listing 5.3),
-tinygrad_llm/training/loss.py (lm_loss and evaluate: calc_loss_batch and calc_loss_loader), autograd/functional.py
-(cross_entropy), tinygrad_llm/models/generate.py (generate and sample_next: the book's generate with temperature
+tinygrad_llm/training/loss.py (lm_loss and evaluate: calc_loss_batch and calc_loss_loader), autograd/reference.py and
+autograd/functional/losses.py (cross_entropy), tinygrad_llm/models/generate.py (generate and sample_next: the book's generate with temperature
 and top-k) and autograd/checkpoint.py (save_state, load_state) beside it. tinygrad_llm/training/trainer.py is the
 same loop made robust (schedules, checkpoints and an exact resume, Ctrl-C, float16): examples/pretrain.py runs it.
 

@@ -19,7 +19,7 @@ import numpy as np
 import autograd.functional as F
 import autograd.reference as R
 from autograd import Tensor, backend, nn
-from tinygrad_llm import weights
+from tinygrad_llm.models import gpt2_weights
 
 
 @dataclass(frozen=True)
@@ -363,15 +363,15 @@ class GPT(nn.Module):
         cached) or a local Hugging Face checkpoint directory (config.json + model.safetensors). The model
         is built and loaded on the host, then moved to `device`. (Book section 5.5: the book's
         `load_weights_into_gpt`, listing 5.5, is `gpt2_weights.load_weights`.)"""
-        fields, path = weights.find_pretrained(name_or_path, cache_dir)
+        fields, path = gpt2_weights.find_pretrained(name_or_path, cache_dir)
         try:
             config = GPTConfig.from_dict(fields)
         except (TypeError, ValueError) as e:
-            raise weights.CheckpointError(f"{path.parent / 'config.json'}: {e}") from None
+            raise gpt2_weights.CheckpointError(f"{path.parent / 'config.json'}: {e}") from None
         model = cls(config)
-        weights.load_weights(model, path)
+        gpt2_weights.load_weights(model, path)
         return model.to(device)
 
     def save_pretrained(self, directory):
         """Write config.json + model.safetensors in Hugging Face's GPT-2 layout, readable by other tools."""
-        weights.save_pretrained(self, directory)
+        gpt2_weights.save_pretrained(self, directory)
