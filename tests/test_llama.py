@@ -142,6 +142,72 @@ def test_fast_path_equals_the_reference_logits_and_gradients(cfg):
         np.testing.assert_allclose(fast[name], ref[name], atol=1e-5, err_msg=name)
 
 
+def _ops(t):
+    """{op class name: [the op's input shapes]} over the graph that made `t` (an iterative walk)."""
+    seen, stack, ops = set(), [t], {}
+    while stack:
+        ctx = stack.pop()._ctx
+        if ctx is None or id(ctx) in seen:
+            continue
+        seen.add(id(ctx))
+        ops.setdefault(type(ctx).__name__, []).append([tuple(i.shape) for i in ctx.inputs])
+        stack.extend(ctx.inputs)
+    return ops
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_QWEN3], ids=["llama", "qwen3"])
+def test_fast_path_runs_the_fused_ops_and_the_reference_composes_them(cfg):
+    """The fast path is made of the fused ops (every norm, QK-norm included, one F.rms_norm; RoPE one F.rope
+    per q and k; the SwiGLU middle one op; attention one op given the n_kv_heads keys and values as they
+    are, with no expand or concatenation anywhere); the reference of Tensor ops only."""
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 6))
+    L, n_norms = cfg.n_layers, 2 * cfg.n_layers + 1 + (2 * cfg.n_layers if cfg.qk_norm else 0)
+    fast = _ops(Llama(cfg, seed=0)(ids))
+    assert len(fast["RMSNormOp"]) == n_norms and len(fast["RopeOp"]) == 2 * L and len(fast["SwiGLUOp"]) == L
+    attention = fast["ScaledDotProductAttentionOp"]
+    assert len(attention) == L
+    assert all(q == (2, cfg.n_heads, 6, cfg.head_dim) and k == v == (2, cfg.n_kv_heads, 6, cfg.head_dim)
+               for q, k, v in attention)
+    assert not {"Expand", "Concatenate", "Sigmoid", "Sqrt", "Mean"} & fast.keys()
+    reference = _ops(Llama(replace(cfg, fused=False), seed=0)(ids))
+    assert not {"RMSNormOp", "RopeOp", "SwiGLUOp", "SiluOp", "ScaledDotProductAttentionOp"} & reference.keys()
+    assert {"Expand", "Concatenate", "Sigmoid", "Sqrt"} <= reference.keys()
+
+
+def test_rope_table_is_made_once_and_decoding_reads_views_of_it(monkeypatch):
+    """cos and sin come from F.rope_cos_sin once per model (grown by doubling, at least 256 rows, at most the
+    context); each forward, a decoded token too, takes its rows start..start+T as views of that table. A
+    loader's own frequencies (a GGUF file's rotary factors) make a new table from them."""
+    cfg = replace(TINY, context_length=1024)
+    model = Llama(cfg, seed=0)
+    cos, sin = model.rope_table(5)
+    assert cos.shape == sin.shape == (256, cfg.head_dim) and cos.dtype == np.float32
+    expected = F.rope_cos_sin(cfg.head_dim, 256, cfg.rope_base)
+    np.testing.assert_array_equal(cos, expected[0])
+    np.testing.assert_array_equal(sin, expected[1])
+    np.testing.assert_allclose(cos, rope_angles(model.inv_freq, np.arange(256))[0], atol=1e-5)  # the reference's
+    seen, real_rope = [], F.rope
+    with no_grad():
+        cache = model.new_cache(1)
+        model(np.array([[1, 2, 3]]), cache)
+        monkeypatch.setattr(F, "rope", lambda x, c, s: seen.append((c, s)) or real_rope(x, c, s))
+        for token in (4, 5):
+            model(np.array([[token]]), cache)
+        monkeypatch.undo()
+    assert model.rope_table(5)[0] is cos  # no new table for the decoded tokens
+    assert len(seen) == 2 * 2 * cfg.n_layers  # two tokens, q and k of every layer
+    assert all(c.base is cos and s.base is sin for c, s in seen)  # views, not copies
+    np.testing.assert_array_equal(seen[-1][0], cos[4:5])  # the second decoded token sits at position 4
+    assert model.rope_table(300)[0].shape == (512, cfg.head_dim)  # doubled
+    assert model.rope_table(1000)[0].shape == (1024, cfg.head_dim)  # up to the context
+    model.inv_freq = model.inv_freq / 2.0  # as llama_weights does with a file's rope_freqs factors
+    np.testing.assert_allclose(model.rope_table(3)[0], rope_angles(model.inv_freq, np.arange(1024))[0], atol=1e-6)
+    ref = Llama(replace(cfg, fused=False), seed=0)
+    ref.inv_freq = model.inv_freq
+    ids = np.array([[7, 8, 9, 10]])
+    np.testing.assert_allclose(model(ids).data, ref(ids).data, atol=1e-5)
+
+
 def test_fast_path_in_query_chunks_equals_the_reference(monkeypatch):
     """The fused attention splits long sequences in query chunks; keys broadcast over the group must
     take their gradients there too."""

@@ -15,12 +15,14 @@ The book's repository rebuilds these from scratch in ch05/07_gpt_to_llama (`stan
 with QK-norm); `LlamaAttention.attend_reference` and the functions below follow them.
 
 Two paths, as for GPT (`LlamaConfig.fused`): the reference path composes every stage from Tensor ops
-and repeats each key/value head for its group of query heads, as the book does; the fast path runs
-attention through `F.scaled_dot_product_attention` on the query heads grouped as (B, n_kv, group, T, D)
-against keys and values broadcast over the group axis (views, never copied per query head). RMSNorm,
-RoPE and SwiGLU are one method each (`RMSNorm.forward`, `apply_rope`, `LlamaMLP.forward`), composed in
-both paths until their fused ops arrive in autograd/functional; tests/test_llama.py holds the two paths
-equal.
+(`rms_norm`, `rope_angles` and `apply_rope`, `silu`) and repeats each key/value head for its group of
+query heads, as the book does; the fast path runs each stage as one fused op of autograd/functional:
+`F.rms_norm` for every norm (QK-norm too), `F.rope` with the angles' table made once per model
+(`Llama.rope_table`: `F.rope_cos_sin`, a view of its rows start..start+T per forward), `F.swiglu` in the
+feed-forward, and grouped-query attention straight through `F.scaled_dot_product_attention`, which
+stacks each group's query rows against its key/value head (no copy of k and v per query head).
+Decoding one token with the KV cache is then seven matrix-vector products per layer and a few small
+ops around them. tests/test_llama.py holds the two paths equal, in logits and gradients.
 
 Parameter names are Hugging Face's without the "model." prefix of its `LlamaForCausalLM`
 (embed_tokens, layers.N.self_attn.q_proj, layers.N.mlp.gate_proj, layers.N.input_layernorm, norm,
@@ -95,15 +97,17 @@ def apply_rope(x, cos, sin):
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square normalisation over the last axis with a learned scale (ones). The fast path
-    waits for a fused op (F.rms_norm(x, weight, eps)); both paths compose `rms_norm` for now."""
+    """Root-mean-square normalisation over the last axis with a learned scale (ones): the fused op
+    `F.rms_norm` (fused=True, the fast path), or `rms_norm` composed of Tensor ops (the reference)."""
 
-    def __init__(self, dim, eps=1e-5):
+    def __init__(self, dim, eps=1e-5, fused=True):
         super().__init__()
-        self.dim, self.eps = int(dim), float(eps)
+        self.dim, self.eps, self.fused = int(dim), float(eps), bool(fused)
         self.weight = nn.Parameter(np.ones(self.dim, dtype=np.float32))
 
     def forward(self, x):
+        if self.fused:
+            return F.rms_norm(x, self.weight, self.eps)
         return rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self):
@@ -128,10 +132,10 @@ class LlamaAttention(nn.Module):
     """Causal grouped-query self-attention with rotary positions (the book's `GroupedQueryAttention`),
     and QK-norm for Qwen3.
 
-    The stages are methods: `project` (q, k, v in heads), `rotate` (RoPE), then `attend_reference`, the
-    book's way (each key/value head repeated for its group, a masked softmax of Tensor ops), or
-    `attend_fused`, one attention op on the query heads grouped per key/value head against keys and
-    values broadcast over the group (no copies). A KV cache stores the new keys and values first."""
+    The stages: `project` (q, k, v in heads, QK-norm), RoPE (`apply_rope`, or `F.rope` on the fast path),
+    then `attend_reference`, the book's way (each key/value head repeated for its group, a masked
+    softmax of Tensor ops), or `attend_fused`, one attention op that takes the n_kv_heads keys and
+    values as they are. A KV cache stores the new keys and values first."""
 
     def __init__(self, cfg, rng):
         super().__init__()
@@ -142,13 +146,16 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(C, KV * D, bias=cfg.attention_bias, rng=rng)
         self.o_proj = nn.Linear(H * D, C, bias=cfg.attention_bias, rng=rng)
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(D, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
+            self.q_norm = RMSNorm(D, cfg.rms_norm_eps, cfg.fused)
+            self.k_norm = RMSNorm(D, cfg.rms_norm_eps, cfg.fused)
 
     def forward(self, x, cos, sin, cache=None, layer=0):
         B, T, _ = x.shape
         q, k, v = self.project(x)  # (B, H, T, D), (B, KV, T, D), (B, KV, T, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.fused:  # one op each; cos and sin (T, D) broadcast over batch and heads
+            q, k = F.rope(q, cos, sin), F.rope(k, cos, sin)
+        else:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # decoding: attend to the cached positions too (constants: no gradient)
             if x.requires_grad:
                 raise RuntimeError("a KV cache is for inference; run the model under no_grad()")
@@ -187,38 +194,31 @@ class LlamaAttention(nn.Module):
         return weights @ v  # (B, H, T, Tk) @ (B, H, Tk, D) -> (B, H, T, D)
 
     def attend_fused(self, q, k, v):
-        """The same attention as one op, with no copy of k and v per query head: the query heads of a
-        group attend together, (B, H, T, D) -> (B, KV, group, T, D), to their key/value head broadcast
-        over the group axis, (B, KV, Tk, D) -> (B, KV, 1 -> group, Tk, D) (a view: `expand` strides 0).
-        (Query head h uses key/value head h // group: heads are grouped contiguously, as in Hugging Face's
-        repeat_kv.) The gradient of the broadcast keys is summed over the group by the engine. A single new
-        token (decoding with the cache) sees every key, so its group's queries are stacked as the rows of
-        one product per key/value head, (B, KV, group, D), with no mask."""
-        B, H, T, D = q.shape
-        KV, Tk = k.shape[1], k.shape[2]
-        group = H // KV
-        if T == 1:  # decoding one token: it sees every key, so a group's queries are the rows of one product
-            y = F.scaled_dot_product_attention(q.reshape(B, KV, group, D), k, v, causal=False)  # (B, KV, group, D)
-            return y.reshape(B, H, 1, D)
-        q = q.reshape(B, KV, group, T, D)  # (B, H, T, D) -> (B, KV, group, T, D)
-        k = k.unsqueeze(2).expand(B, KV, group, Tk, D)  # (B, KV, Tk, D) -> (B, KV, group, Tk, D), a view
-        v = v.unsqueeze(2).expand(B, KV, group, Tk, D)
-        y = F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, KV, group, T, D)
-        return y.reshape(B, H, T, D)
+        """The same attention as one op, `F.scaled_dot_product_attention`, given the n_kv_heads keys and
+        values as they are: q (B, H, T, D), k and v (B, KV, Tk, D). Query head h uses key/value head
+        h // group (heads grouped contiguously, as Hugging Face's repeat_kv); inside the op a group's
+        query rows are stacked into one product with its key/value head, so k and v are never copied per
+        query head and their gradients are the sums over the group. A single new token (decoding with
+        the cache) sees every key: one product per key/value head, its group's queries as the rows, no
+        mask."""
+        return F.scaled_dot_product_attention(q, k, v, causal=True)  # (B, H, T, D)
 
 
 class LlamaMLP(nn.Module):
     """The SwiGLU feed-forward (the book's Llama `FeedForward`): down(silu(gate(x)) * up(x)), C -> hidden -> C.
-    The fast path waits for a fused op (F.swiglu(gate, up)); both paths compose `silu` for now."""
+    The middle is one op on the fast path (`F.swiglu(gate, up)`), `silu` and a product in the reference."""
 
     def __init__(self, cfg, rng):
         super().__init__()
+        self.fused = cfg.fused
         self.gate_proj = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=False, rng=rng)
         self.up_proj = nn.Linear(cfg.emb_dim, cfg.hidden_dim, bias=False, rng=rng)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.emb_dim, bias=False, rng=rng)
 
     def forward(self, x):
-        return self.down_proj(silu(self.gate_proj(x)) * self.up_proj(x))  # (B, T, C) -> (B, T, hidden) -> (B, T, C)
+        gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, C) -> (B, T, hidden) each
+        h = F.swiglu(gate, up) if self.fused else silu(gate) * up
+        return self.down_proj(h)  # (B, T, hidden) -> (B, T, C)
 
 
 class LlamaBlock(nn.Module):
@@ -227,9 +227,9 @@ class LlamaBlock(nn.Module):
 
     def __init__(self, cfg, rng):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.emb_dim, cfg.rms_norm_eps)
+        self.input_layernorm = RMSNorm(cfg.emb_dim, cfg.rms_norm_eps, cfg.fused)
         self.self_attn = LlamaAttention(cfg, rng)
-        self.post_attention_layernorm = RMSNorm(cfg.emb_dim, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.emb_dim, cfg.rms_norm_eps, cfg.fused)
         self.mlp = LlamaMLP(cfg, rng)
 
     def forward(self, x, cos, sin, cache=None, layer=0):
@@ -255,12 +255,13 @@ class Llama(nn.Module):
         rng = np.random.default_rng(seed)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.emb_dim, rng=rng)
         self.layers = nn.ModuleList([LlamaBlock(cfg, rng) for _ in range(cfg.n_layers)])
-        self.norm = RMSNorm(cfg.emb_dim, cfg.rms_norm_eps)
+        self.norm = RMSNorm(cfg.emb_dim, cfg.rms_norm_eps, cfg.fused)
         if not cfg.tie_weights:
             self.lm_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False, rng=rng)
         # the rotary frequencies (D/2,), a host array and not a parameter; a GGUF file of Llama 3.1+
         # stores its scaled frequencies' factors as a tensor, and the loader replaces this with them
-        self.inv_freq = rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling)
+        self.inv_freq = self._config_inv_freq = rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling)
+        self._rope_table = None  # the fast path's (inv_freq, device, cos, sin), made by `rope_table`
         if init:  # a loader that overwrites every parameter skips the second draw
             self._init_weights(rng)
 
@@ -303,16 +304,44 @@ class Llama(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} tokens is longer than the context length {self.config.context_length}; "
                 "crop the input to its last context_length tokens")
-        # the angles of this call's positions (after the cached ones), made once for every layer
-        cos, sin = rope_angles(self.inv_freq, np.arange(start, start + T))  # (T, D) each
-        device = self.embed_tokens.weight.device
-        cos, sin = Tensor(backend.to_device(cos, device)), Tensor(backend.to_device(sin, device))
+        # the angles of this call's positions (after the cached ones), (T, D) each, for every layer
+        if self.config.fused:
+            cos, sin = self.rope_table(start + T)
+            cos, sin = cos[start:start + T], sin[start:start + T]  # views of the model's table: no copy
+        else:
+            cos, sin = rope_angles(self.inv_freq, np.arange(start, start + T))
+            device = self.embed_tokens.weight.device
+            cos, sin = Tensor(backend.to_device(cos, device)), Tensor(backend.to_device(sin, device))
         x = self.embed_tokens(ids)  # (B, T) -> (B, T, C)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += T
         return self.norm(x)
+
+    def rope_table(self, length):
+        """The fast path's cos and sin, arrays (n, D) on the model's device for positions 0 .. n-1 with
+        n >= length, made once by `F.rope_cos_sin` and kept, so that a forward (a decoded token) takes a
+        view of its rows start..start+T instead of computing and moving new angles. The table grows by
+        doubling (at least 256 rows, at most context_length): a model of a long context does not hold
+        the whole of it for a short chat. Where a loader replaced `inv_freq` (a GGUF file's own rotary
+        factors, Llama 3.1+), the table is made from those frequencies as the reference path's are."""
+        cfg, device = self.config, self.embed_tokens.weight.device
+        table = self._rope_table
+        if table is not None and table[0] is self.inv_freq and table[1] == device and len(table[2]) >= length:
+            return table[2], table[3]
+        have = len(table[2]) if table is not None else 0
+        n = min(cfg.context_length, max(length, 256, 2 * have))
+        if self.inv_freq is self._config_inv_freq:
+            s = cfg.rope_scaling
+            scaling = None if s is None else {
+                "factor": s.factor, "low_freq_factor": s.low_freq_factor, "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_context_length}
+            cos, sin = F.rope_cos_sin(cfg.head_dim, n, cfg.rope_base, scaling, xp=backend.xp_for(device))
+        else:
+            cos, sin = (backend.to_device(a, device) for a in rope_angles(self.inv_freq, np.arange(n)))
+        self._rope_table = (self.inv_freq, device, cos, sin)
+        return cos, sin
 
 
 __all__ = ["LlamaConfig", "RopeScaling", "PRESETS", "Llama", "LlamaAttention", "LlamaMLP", "LlamaBlock", "RMSNorm",
