@@ -2,8 +2,11 @@
 folder, and how it is read back.
 
     out_dir/checkpoint.safetensors   model, optimizer, schedule, data position and metadata (Trainer.save_checkpoint)
-    out_dir/metrics.jsonl            one JSON line per evaluation (NaN written as null: `json_safe`)
-    out_dir/loss.png                 train and validation loss (`plot_metrics`, with matplotlib)
+    out_dir/metrics.jsonl            one JSON line per evaluation (NaN written as null: `json_safe`), with
+                                     "per_step": the loss, grad norm and lr of each step since the line before
+    out_dir/loss.png                 train and validation loss (`plot_metrics`, with matplotlib), and beside
+                                     it lr.png, grad_norm.png and for fine-tuning accuracy.png or reward.png
+                                     (tinygrad_llm/viz/report.py, which draws them again from metrics.jsonl)
     out_dir/tokenizer/               the BPE's files, written once per run (`tokenizer_record` names them)
     out_dir/model/                   the final model in Hugging Face's GPT-2 layout (Trainer.export_model)
 
@@ -20,19 +23,32 @@ import json
 import math
 from pathlib import Path
 
-from autograd.checkpoint import (CheckpointError, atomic_write, load_state, read_metadata, remove_stale_temporaries,
-                                 save_state, write_text)
+from autograd.checkpoint import CheckpointError, load_state, read_metadata, remove_stale_temporaries, save_state, write_text
+from autograd.viz import save_figure
 from tinygrad_llm.text.tokenizer import BPETokenizer, get_tokenizer, tokenizer_fingerprint
+from tinygrad_llm.viz import report
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
 
 
 def json_safe(record):
-    """`record` with each NaN or infinite float replaced by None. JSON has no NaN or Infinity (Python's
-    json writes them, but they make the line invalid JSON for other readers), so metrics.jsonl and the
-    checkpoint's records hold null where a value was not a finite number."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    """`record` with each NaN or infinite float replaced by None, also inside its lists and dicts. JSON
+    has no NaN or Infinity (Python's json writes them, but they make the line invalid JSON for other
+    readers), so metrics.jsonl and the checkpoint's records hold null where a value was not a finite number."""
+    if isinstance(record, dict):
+        return {k: json_safe(v) for k, v in record.items()}
+    if isinstance(record, list):
+        return [json_safe(v) for v in record]
+    return None if isinstance(record, float) and not math.isfinite(record) else record
+
+
+def new_per_step():
+    """An evaluation record's "per_step": each step since the record before, its training loss (the mean
+    over its micro-batches), its gradient norm before clipping (None where the run neither clipped nor
+    skipped, so never computed it) and the learning rate its update used. The Trainer fills it from the
+    values it reads at log points: no extra host sync."""
+    return {"step": [], "loss": [], "grad_norm": [], "lr": []}
 
 
 def tokenizer_record(tokenizer):
@@ -87,25 +103,9 @@ def plot_metrics(records, path):
     """Train and validation loss against tokens seen, as a PNG. Returns the path, or None when
     matplotlib (the optional `plot` extra) is not installed."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        return save_figure(report.loss_figure(records), path, dpi=120)
     except ImportError:
         return None
-    tokens = [r["tokens_seen"] for r in records]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(tokens, [r["train_loss"] for r in records], label="train")
-    if any(r.get("val_loss") is not None for r in records):
-        ax.plot(tokens, [r.get("val_loss") for r in records], linestyle="-.", label="validation")
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-    return path
 
 
 class RunFolder:
@@ -129,7 +129,11 @@ class RunFolder:
         write_text(self.path / METRICS, "".join(json.dumps(json_safe(r), allow_nan=False) + "\n" for r in records))
 
     def plot(self, records):
-        return plot_metrics(records, self.path / "loss.png")
+        """loss.png and the report's other pictures beside it; the paths written, [] without matplotlib."""
+        try:
+            return report.write_report(self.path, records, glance=False)
+        except ImportError:
+            return []
 
     def save_checkpoint(self, model, optimizer, scheduler, tokenizer, extra):
         """checkpoint.safetensors with `extra` as its metadata, after the tokenizer's files (once) when it

@@ -12,7 +12,8 @@ listing 5.3); `Trainer` runs the same steps and adds what a long run needs, each
 One optimizer step is `grad_accum_steps` micro-batches: forward, loss, backward each, then gradient
 clipping, an AdamW update and the next learning rate. Every `eval_every` steps the loop measures the
 mean loss over a few training and validation batches (`evaluate`), generates a sample, and appends a
-line to `metrics.jsonl`. The losses stay device scalars until a log point (every `log_every` steps, an
+line to `metrics.jsonl`, with the loss, gradient norm and learning rate of every step since the line
+before (its "per_step"). The losses stay device scalars until a log point (every `log_every` steps, an
 evaluation, a checkpoint), where they are read all at once.
 
 Checkpoints (`out_dir/checkpoint.safetensors`, written atomically by `autograd.checkpoint.save_state`)
@@ -55,7 +56,7 @@ from tinygrad_llm.training.config import TrainConfig, lr_schedule, param_groups,
 from tinygrad_llm.training.interrupts import Interrupts
 from tinygrad_llm.training.loss import batch_tokens, evaluate, lm_loss
 from tinygrad_llm.training.nonfinite import NonFiniteError, NonFinitePolicy
-from tinygrad_llm.training.run_folder import CHECKPOINT, RunFolder, json_safe, tokenizer_record
+from tinygrad_llm.training.run_folder import CHECKPOINT, RunFolder, json_safe, new_per_step, tokenizer_record
 from tinygrad_llm.training.simple import sample_text
 from tinygrad_llm.training.step import GradientStep, PendingLosses, micro_batches
 
@@ -92,6 +93,7 @@ class Trainer:
         self.step, self.epoch, self.batch_index, self.tokens_seen, self.elapsed = 0, 0, 0, 0, 0.0
         self.records, self.step_losses = [], []
         self._pending = PendingLosses()
+        self._per_step = new_per_step()  # the steps since the last record, for its "per_step" (run_folder.py)
         self.saved_step = None
         self._rng_before_step = None  # the dropout generators before the step in progress
         self.interrupts = Interrupts()
@@ -185,6 +187,7 @@ class Trainer:
             update = False
         else:
             update = self.nonfinite.keep(step, grads.loss, grads.norm, self.optimizer, self.saved_step)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step's update used
         with self.interrupts.uninterruptible():
             if self.scaler is not None:
                 self.scaler.update(grads.overflowed)
@@ -197,6 +200,7 @@ class Trainer:
             self.tokens_seen += grads.tokens
             self.elapsed = start_elapsed + time.perf_counter() - t0
             self._pending.add(step, grads.loss, grads.norm)
+            self._per_step["lr"].append(lr)
             self._rng_before_step = None
         return grads.tokens
 
@@ -223,6 +227,8 @@ class Trainer:
             return
         steps, losses, norms = self._pending.read(self.comm)
         self.step_losses.extend(losses)
+        for key, values in (("step", steps), ("loss", losses), ("grad_norm", norms)):
+            self._per_step[key].extend(values)
         self.nonfinite.check(steps, losses, norms, self.saved_step)
 
     # ---- evaluation ---------------------------------------------------------------------------------
@@ -231,6 +237,7 @@ class Trainer:
         """Evaluate, sample, log, and append the record to metrics.jsonl (and the plot)."""
         cfg = self.config
         self._sync_losses()
+        per_step, self._per_step = self._per_step, new_per_step()
         if not self.comm.is_main:  # rank 0 evaluates alone; the others wait for it in the next step
             return None
         train_loss = evaluate(self.model, self.train_loader, cfg.eval_batches, self.loss_fn)
@@ -245,6 +252,8 @@ class Trainer:
             "tokens_per_sec": self.tokens_seen / self.elapsed if self.elapsed else None,
             "elapsed": round(self.elapsed, 3),
         }
+        if per_step["step"]:
+            record["per_step"] = per_step
         sample = self.sample()
         if sample is not None:
             record["sample"] = sample
@@ -308,6 +317,7 @@ class Trainer:
             "tokenizer_fingerprint": tokenizer_fingerprint(self.tokenizer) if record is not None else None,
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rank_rng_states": rank_rng,
+            "per_step": json_safe(self._per_step),  # the steps since the last record, which a resume goes on from
         }
         with self.interrupts.uninterruptible():
             path = self.folder.save_checkpoint(self.model, self.optimizer, self.scheduler, self.tokenizer, extra)
@@ -326,6 +336,7 @@ class Trainer:
             self.step, self.epoch, self.batch_index = extra["step"], extra["epoch"], extra["batch_index"]
             self.tokens_seen, self.elapsed = extra["tokens_seen"], extra["elapsed"]
             self.records = list(extra["records"])
+            self._per_step = extra.get("per_step") or new_per_step()
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path} holds no training state (missing {e})") from None
         # a float16 run goes on with its loss scale; a float32 checkpoint resumed in float16 starts a new one
