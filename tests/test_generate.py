@@ -162,6 +162,23 @@ def test_stops_at_end_of_text():
     assert row[:first] == list(greedy[:first]) and all(t == eos for t in row[first:])
 
 
+def test_stops_at_any_of_a_set_of_stop_ids():
+    """A chat model ends at eos or at an end-of-turn token (`tokenizer.stop_ids`): eos_id takes a set."""
+    model = tiny_model()
+    ids = np.concatenate([prompt(1, 5), prompt(1, 5, seed=9)])
+    greedy = generate(model, ids, 10)[:, 5:]
+    unseen = next(i for i in range(97) if i not in greedy)
+    first, second = int(greedy[0, 2]), int(greedy[1, 4])
+    stops = {first, second, unseen}
+    ends = [next(k for k, t in enumerate(row) if t in stops) for row in greedy.tolist()]
+    out = generate(model, ids, 10, eos_id=stops)
+    for row, end, got in zip(greedy.tolist(), ends, out[:, 5:].tolist()):
+        # each row as far as its first stop id, then padded with the id it stopped at
+        assert got[:end] == row[:end] and all(t == row[end] for t in got[end:])
+    assert list(stream(model, ids[1], 10, eos_id=stops)) == greedy[1, :ends[1]].tolist()
+    assert generate(model, ids, 10, eos_id={unseen}).tolist() == generate(model, ids, 10, eos_id=unseen).tolist()
+
+
 def test_stream_yields_the_generated_ids_one_by_one():
     model = tiny_model()
     ids = prompt(1, 4)

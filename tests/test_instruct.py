@@ -321,3 +321,116 @@ def test_judge_client_against_a_stub(ollama_stub):
 def test_judge_unreachable():
     with pytest.raises(judge.JudgeUnavailableError, match="cannot reach the judge"):
         judge.check_judge(f"http://127.0.0.1:{free_port()}")
+
+
+# ---- the model's chat template (a Llama-family tokenizer) -----------------------------------------
+
+# ChatML as SmolLM2 and Qwen write it (without SmolLM2's default system turn)
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def chatml_tokenizer(directory, entries=None):
+    """A ~400-token byte-level BPE trained by the tokenizers library on `entries` (default toy_entries),
+    with ChatML's special tokens, saved in `directory` as tokenizer.json and a tokenizer_config.json that
+    holds the ChatML template and <|im_end|> as eos, as a Hugging Face model directory has them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.trainers import BpeTrainer
+
+    text = "\n".join(e["instruction"] + "\n\n" + e["input"] + "\n" + e["output"] for e in entries or toy_entries())
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([text * 3 + "user assistant system"], trainer=trainer)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    config = {"chat_template": CHATML, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+              "tokenizer_class": "PreTrainedTokenizerFast"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return tok
+
+
+def tiny_chat_llama(directory, entries=None, **overrides):
+    """A Hugging Face directory of a tiny random Llama written by transformers (`LlamaForCausalLM(cfg)
+    .save_pretrained`) with `chatml_tokenizer`'s files: a chat model `load_pretrained` reads."""
+    from tests.test_llama import hf_tiny
+
+    hf_tok = chatml_tokenizer(directory, entries)
+    hf = hf_tiny(vocab_size=hf_tok.get_vocab_size(), max_position_embeddings=256, **overrides)
+    hf.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory):
+    pytest.importorskip("transformers")
+    return tiny_chat_llama(tmp_path_factory.mktemp("chat") / "llama")
+
+
+def test_chat_template_prompt_example_and_collate_have_the_templates_ids(chat_dir):
+    from tokenizers import Tokenizer
+
+    from tinygrad_llm.models.pretrained import load_tokenizer
+
+    tok = load_tokenizer(chat_dir)
+    theirs = Tokenizer.from_file(str(chat_dir / "tokenizer.json"))
+    enc = lambda text: theirs.encode(text, add_special_tokens=False).ids  # noqa: E731
+    start, end = theirs.token_to_id("<|im_start|>"), theirs.token_to_id("<|im_end|>")
+    first = {"instruction": "Add one to the number.", "input": "41", "output": "42"}
+    second = {"instruction": "Say hello.", "input": "", "output": "Hello!"}
+    assert instruct.uses_chat_template(tok) and instruct.end_of_response(tok) == end
+    assert instruct.chat_messages(first) == [{"role": "user", "content": "Add one to the number.\n\n41"}]
+
+    prompts = [[start, *enc("user\nAdd one to the number.\n\n41"), end, *enc("\n"), start, *enc("assistant\n")],
+               [start, *enc("user\nSay hello."), end, *enc("\n"), start, *enc("assistant\n")]]
+    responses = [enc("42"), enc("Hello!")]
+    for entry, prompt, response in zip((first, second), prompts, responses):
+        assert instruct.prompt_ids(tok, entry) == prompt
+        assert instruct.example_ids(tok, entry) == (prompt, response)
+        # the whole conversation as the tokenizers library encodes the template's text: the example and end
+        full = enc(f"<|im_start|>user\n{instruct.chat_messages(entry)[0]['content']}<|im_end|>\n"
+                   f"<|im_start|>assistant\n{entry['output']}<|im_end|>\n")
+        assert full == prompt + response + [end] + enc("\n")
+
+    for mask_prompt in (False, True):
+        loader = instruction_loader([first, second], tok, 2, train=False, mask_prompt=mask_prompt)
+        inputs, targets = next(iter(loader))
+        width = max(len(p) + len(r) for p, r in zip(prompts, responses))  # + the end-of-turn, - the shift
+        for row, (prompt, response) in enumerate(zip(prompts, responses)):
+            ids = prompt + response + [end]  # what the template renders, up to and with <|im_end|>
+            pad = width + 1 - len(ids)
+            assert inputs[row].tolist() == (ids + [end] * pad)[:-1]  # padded with <|im_end|>
+            wanted = ids[1:] + [-100] * pad
+            if mask_prompt:  # only the response and its <|im_end|> are targets
+                wanted = [-100] * (len(prompt) - 1) + response + [end] + [-100] * pad
+            assert targets[row].tolist() == wanted
+
+
+def test_chat_template_ids_equal_transformers(chat_dir):
+    transformers = pytest.importorskip("transformers")
+    from tinygrad_llm.models.pretrained import load_tokenizer
+
+    tok = load_tokenizer(chat_dir)
+    theirs = transformers.AutoTokenizer.from_pretrained(chat_dir)
+    entry = {"instruction": "Add one to the number.", "input": "7", "output": "8"}
+    prompt, response = instruct.example_ids(tok, entry)
+    assert theirs.apply_chat_template(instruct.chat_messages(entry), add_generation_prompt=True,
+                                      return_dict=False) == prompt
+    full = theirs.apply_chat_template(instruct.chat_messages(entry, with_output=True), return_dict=False)
+    assert full[:len(prompt) + len(response) + 1] == prompt + response + [instruct.end_of_response(tok)]
+
+
+def test_chat_template_response_stops_at_any_stop_id(chat_dir):
+    from tinygrad_llm.models.generate import generate
+    from tinygrad_llm.models.pretrained import load_pretrained
+
+    model, tok = load_pretrained(chat_dir)
+    entry = {"instruction": "Say hello.", "input": "", "output": "Hello!"}
+    ids = instruct.prompt_ids(tok, entry)
+    free = generate(model, ids, 12)[len(ids):].tolist()
+    stops = set(tok.stop_ids)
+    answer = instruct.generate_response(model, tok, entry, max_new_tokens=12)
+    cut = next((k for k, i in enumerate(free) if i in stops), len(free))
+    assert answer == tok.decode(free[:cut], skip_special_tokens=True).strip()

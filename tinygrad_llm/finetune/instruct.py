@@ -26,6 +26,16 @@ start with exactly the ids it is given when asked. Two small departures from the
 is asked with the "### Response:" header already written (the book lets it write the header and cuts it
 off), and `mask_prompt` masks the header too (the book's exercise 7.2 masks format_input's tokens only),
 so a masked loss is over exactly the tokens the model generates.
+
+Beyond the book: a model whose tokenizer has a chat template (SmolLM2, Llama 3, Qwen3: see
+tinygrad_llm/text/chat.py) is trained and asked in its own template instead of the Alpaca one. The user
+message is the instruction, and the input after a blank line when there is one (`chat_messages`); the
+assistant message is the output. An example's ids are the template's ids for that two-turn conversation
+(`apply_chat_template(..., add_generation_prompt=False)`) up to the end-of-turn token the template writes
+after the answer; the collate appends that token (`end_of_response`) as it appends GPT-2's end-of-text, so
+a batch row is exactly what the template gives, and the prompt (what `mask_prompt` masks) is exactly the
+ids the model is given when asked (`apply_chat_template(user turn, add_generation_prompt=True)`). The answer
+is generated up to any of the tokenizer's stop ids (`stop_ids`: <|im_end|>, <|eot_id|>, ...).
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from tqdm.auto import tqdm
 
 from autograd.checkpoint import write_text
 from tinygrad_llm.text.data import DataLoader
+from tinygrad_llm.models import gpt2_weights
 from tinygrad_llm.models.generate import generate
 from tinygrad_llm.models.gpt import GPT
 from tinygrad_llm.text.tokenizer import get_tokenizer
@@ -170,10 +181,87 @@ def prompt_text(entry) -> str:
     return format_input(entry) + RESPONSE_HEADER
 
 
+def uses_chat_template(tokenizer) -> bool:
+    """Whether prompts are written in the tokenizer's chat template (a Llama-family model's) rather than
+    the Alpaca one (GPT-2's tokenizer has none)."""
+    return getattr(tokenizer, "chat_template", None) is not None
+
+
+def chat_messages(entry, with_output=False) -> list:
+    """The entry as a conversation: the user asks the instruction (and the input, after a blank line),
+    the assistant answers the output (with `with_output`).
+
+    >>> chat_messages({"instruction": "Add one.", "input": "41", "output": "42"}, with_output=True)
+    [{'role': 'user', 'content': 'Add one.\\n\\n41'}, {'role': 'assistant', 'content': '42'}]
+    """
+    content = entry["instruction"] + (f"\n\n{entry['input']}" if entry.get("input") else "")
+    messages = [{"role": "user", "content": content}]
+    if with_output:
+        messages.append({"role": "assistant", "content": entry["output"]})
+    return messages
+
+
+def prompt_ids(tokenizer, entry) -> list:
+    """The ids the model is given to answer `entry`: its chat template's user turn and the assistant's
+    header where the tokenizer has a template, else the Alpaca `prompt_text`."""
+    if uses_chat_template(tokenizer):
+        return list(tokenizer.apply_chat_template(chat_messages(entry), add_generation_prompt=True))
+    return encode_text(tokenizer, prompt_text(entry))
+
+
+def example_ids(tokenizer, entry) -> tuple:
+    """(prompt ids, response ids) of `entry` for training, without the token that ends the response
+    (the collate appends `end_of_response(tokenizer)`). With a chat template both come from one
+    rendering of the whole conversation, so prompt + response + [end] is exactly the template's ids up to
+    and including the end-of-turn token after the answer (the newline a ChatML template writes after it
+    is left out: generation stops before it)."""
+    prompt = prompt_ids(tokenizer, entry)
+    if not uses_chat_template(tokenizer):
+        return prompt, encode_text(tokenizer, entry["output"])
+    full = list(tokenizer.apply_chat_template(chat_messages(entry, with_output=True), add_generation_prompt=False))
+    if full[:len(prompt)] != prompt:
+        raise ValueError("the chat template renders the question differently with the answer after it than "
+                         "when asking it, so the prompt the model is trained on is not the one it is asked with")
+    response = full[len(prompt):]
+    end = end_of_response(tokenizer)
+    if end not in response:
+        raise ValueError(f"the chat template writes no end-of-turn token (id {end}) after the answer")
+    return prompt, response[:response.index(end)]
+
+
 def encode_text(tokenizer, text) -> list:
     """Token ids of `text`, any special-token text in it (a literal "<|endoftext|>") encoded as ordinary
     text, so the only end-of-text ids in a training example are the ones the collate adds."""
     return tokenizer.encode(text, disallowed_special=())
+
+
+def end_of_response(tokenizer) -> int:
+    """The id that ends an answer and pads batches: the end-of-turn token the chat template writes after
+    an assistant message (<|im_end|> for ChatML, <|eot_id|> for Llama 3), found by rendering a short
+    conversation; the end-of-text token (`end_of_text`) without a template."""
+    if not uses_chat_template(tokenizer):
+        return end_of_text(tokenizer)
+    probe = {"instruction": "?", "input": "", "output": "!"}
+    asked = tokenizer.apply_chat_template(chat_messages(probe), add_generation_prompt=True)
+    answered = tokenizer.apply_chat_template(chat_messages(probe, with_output=True), add_generation_prompt=False)
+    ends = [i for i in answered[len(asked):] if i in tokenizer.stop_ids]
+    if not ends:
+        raise ValueError(f"the chat template of {tokenizer.name!r} ends an answer with none of the stop ids "
+                         f"{sorted(tokenizer.stop_ids)}")
+    return ends[0]
+
+
+def stop_ids(tokenizer):
+    """The ids an answer stops at: the tokenizer's stop ids (eos and the end-of-turn tokens) with a chat
+    template, else its end-of-text."""
+    return set(tokenizer.stop_ids) if uses_chat_template(tokenizer) else end_of_text(tokenizer)
+
+
+def decode_response(tokenizer, ids) -> str:
+    """The text of generated ids, special tokens left out where the tokenizer marks them, stripped."""
+    if uses_chat_template(tokenizer):
+        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return tokenizer.decode(ids).strip()
 
 
 def end_of_text(tokenizer) -> int:
@@ -195,15 +283,15 @@ class Example(NamedTuple):
 
 
 class InstructionDataset:
-    """The book's InstructionDataset: each entry tokenized once, as prompt ids followed by output ids."""
+    """The book's InstructionDataset: each entry tokenized once, as prompt ids followed by output ids
+    (`example_ids`: the Alpaca prompt, or the model's chat template)."""
 
     def __init__(self, entries, tokenizer):
         self.entries = list(entries)
         self.examples = []
         for entry in self.entries:
-            prompt = encode_text(tokenizer, prompt_text(entry))
-            ids = np.asarray(prompt + encode_text(tokenizer, entry["output"]), dtype=np.int64)
-            self.examples.append(Example(ids, len(prompt)))
+            prompt, response = example_ids(tokenizer, entry)
+            self.examples.append(Example(np.asarray(prompt + response, dtype=np.int64), len(prompt)))
 
     def __len__(self):
         return len(self.examples)
@@ -251,8 +339,9 @@ def custom_collate_fn(batch, pad_token_id=50256, ignore_index=IGNORE_INDEX, allo
 def instruction_loader(entries, tokenizer, batch_size, *, train, max_length=None, mask_prompt=False,
                        seed=123):
     """A DataLoader of collated batches over `entries`: shuffled, incomplete last batch dropped, when
-    `train` (the book's train_loader); in order and complete otherwise (val_loader, test_loader)."""
-    collate = partial(custom_collate_fn, pad_token_id=end_of_text(tokenizer), allowed_max_length=max_length,
+    `train` (the book's train_loader); in order and complete otherwise (val_loader, test_loader). Each
+    example ends with `end_of_response(tokenizer)`, which also pads."""
+    collate = partial(custom_collate_fn, pad_token_id=end_of_response(tokenizer), allowed_max_length=max_length,
                       mask_prompt=mask_prompt)
     return DataLoader(InstructionDataset(entries, tokenizer), batch_size, shuffle=train, drop_last=train,
                       seed=seed, collate_fn=collate)
@@ -262,12 +351,46 @@ def instruction_loader(entries, tokenizer, batch_size, *, train, max_length=None
 # Models
 
 
+def is_gpt2_source(source) -> bool:
+    """Whether `source` is read as a GPT-2 (a published name, or a directory that holds no Llama-family
+    config.json: a missing or GPT-2 one), as this chapter's scripts always read it; a .gguf file, a
+    Llama-family directory and a hub name (owner/name, not a local path) go to `load_pretrained`."""
+    from tinygrad_llm.models.llama_config import ARCHITECTURES
+
+    name, path = str(source), Path(source)
+    if name in gpt2_weights.PRETRAINED and not path.exists():
+        return True
+    if path.is_file() or path.suffix.lower() == ".gguf":
+        return False
+    if path.is_dir():
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return True  # GPT's loader says what is wrong with it
+        return not (isinstance(config, dict) and config.get("model_type") in ARCHITECTURES)
+    return name.count("/") != 1 or name.startswith((".", "/"))  # a missing path: GPT's loader names it
+
+
 def load_model(source, device="cpu", tokenizer=None):
     """(model, tokenizer) from a model directory (config.json + model.safetensors, as examples/pretrain.py
-    and this chapter's script write them) or a published name (gpt2, gpt2-medium, ...: downloaded once).
+    and this chapter's script write them), a published GPT-2 name (gpt2, gpt2-medium, ...: downloaded once),
+    or any other source `tinygrad_llm.load_pretrained` takes (a Llama-family .gguf file, directory or hub
+    name, with the tokenizer it holds).
 
-    The tokenizer: `tokenizer` (gpt2 or a directory) when given, else the directory's own encoder.json
-    and vocab.bpe, else GPT-2's (tiktoken's gpt2, which downloads its files on first use)."""
+    A GPT-2's tokenizer: `tokenizer` (gpt2 or a directory) when given, else the directory's own encoder.json
+    and vocab.bpe, else GPT-2's (tiktoken's gpt2, which downloads its files on first use). A Llama-family
+    model comes with its own (`tokenizer` must be None)."""
+    if not is_gpt2_source(source):
+        from tinygrad_llm.models.pretrained import load_pretrained
+
+        if tokenizer is not None:
+            raise ValueError(f"--tokenizer is for GPT-2 models; {source} brings its own tokenizer")
+        model, tok = load_pretrained(source, device=device)
+        if tok is None:
+            raise ValueError(f"{source} holds no tokenizer (no tokenizer.json, or a GGUF file without "
+                             "tokenizer.ggml.* metadata); use a source that has one")
+        end_of_response(tok)
+        return model, tok
     model = GPT.from_pretrained(source, device=device)
     if tokenizer is None:
         here = Path(source)
@@ -278,6 +401,33 @@ def load_model(source, device="cpu", tokenizer=None):
                          f"{model.config.vocab_size}; pass the model's own tokenizer")
     end_of_text(tok)
     return model, tok
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json")
+
+
+def save_model(model, tokenizer, directory, source=None):
+    """Write a Llama-family `model` (its LoRA layers merged) to `directory` in Hugging Face's layout
+    (`llama_weights.save_pretrained`) with its tokenizer's files, a directory that `load_pretrained` and
+    transformers' AutoModelForCausalLM / AutoTokenizer load: the files of `source` when it is a directory
+    that holds a tokenizer.json, else tokenizer.json, tokenizer_config.json and generation_config.json
+    written from `tokenizer` (a GGUF file's, `hf_files.save_tokenizer_json`). Returns the directory."""
+    import shutil
+
+    from tinygrad_llm.models.llama_weights import save_pretrained
+    from tinygrad_llm.text.hf_files import save_tokenizer_json
+
+    directory = Path(directory)
+    save_pretrained(model, directory)
+    here = Path(source) if source is not None else None
+    if here is not None and here.is_dir() and (here / "tokenizer.json").is_file():
+        for name in TOKENIZER_FILES:
+            if (here / name).is_file():
+                shutil.copyfile(here / name, directory / name)
+    else:
+        save_tokenizer_json(tokenizer, directory)
+    return directory
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -294,13 +444,14 @@ def response_budget(model, prompt_ids, max_new_tokens) -> int:
 
 def generate_response(model, tokenizer, entry, max_new_tokens=256, **sampling) -> str:
     """The model's answer to `entry` (its output is not used): greedy by default, up to the first
-    end-of-text, `max_new_tokens` or a full context, with the KV cache; the text after the prompt, stripped."""
-    ids = encode_text(tokenizer, prompt_text(entry))
+    end-of-text (with a chat template: any stop id), `max_new_tokens` or a full context, with the KV
+    cache; the text after the prompt, stripped."""
+    ids = prompt_ids(tokenizer, entry)
     budget = response_budget(model, ids, max_new_tokens)
     if budget == 0:
         return ""
-    out = generate(model, ids, budget, eos_id=end_of_text(tokenizer), **sampling)
-    return tokenizer.decode(out[len(ids):].tolist()).strip()
+    out = generate(model, ids, budget, eos_id=stop_ids(tokenizer), **sampling)
+    return decode_response(tokenizer, out[len(ids):].tolist())
 
 
 def generate_responses(model, tokenizer, entries, max_new_tokens=256, progress=True) -> list:
@@ -317,7 +468,9 @@ def write_json(path, data):
 
 __all__ = [
     "FIELDS", "PREAMBLE", "RESPONSE_HEADER", "IGNORE_INDEX", "RESPONSES_FILE", "load_entries", "entry_problem",
-    "check_entries", "describe_bad", "Split", "split_entries", "format_input", "prompt_text", "encode_text",
-    "end_of_text", "Example", "InstructionDataset", "custom_collate_fn", "instruction_loader", "load_model",
+    "check_entries", "describe_bad", "Split", "split_entries", "format_input", "prompt_text", "uses_chat_template",
+    "chat_messages", "prompt_ids", "example_ids", "encode_text", "end_of_response", "stop_ids", "decode_response",
+    "end_of_text", "Example", "InstructionDataset", "custom_collate_fn", "instruction_loader", "is_gpt2_source", "load_model",
+    "save_model",
     "response_budget", "generate_response", "generate_responses", "write_json",
 ]

@@ -98,27 +98,41 @@ def _as_batch(ids):
     return ids.astype(np.int64).reshape(-1, ids.shape[-1]), ids.ndim == 1
 
 
+def _stop_array(eos_id):
+    """eos_id as an int64 array of the ids that end a sequence: None -> none, one id, or a collection of
+    them (a chat model's `tokenizer.stop_ids`: eos and the end-of-turn tokens)."""
+    if eos_id is None:
+        return np.zeros(0, dtype=np.int64)
+    if isinstance(eos_id, (int, np.integer)):
+        return np.array([eos_id], dtype=np.int64)
+    return np.array(sorted(int(i) for i in eos_id), dtype=np.int64)
+
+
 def generate(model, ids, max_new_tokens, *, temperature=0.0, top_k=None, top_p=None, eos_id=None, seed=None,
              use_cache=True, on_token=None):
     """Continue `ids` ((T,) or (B, T) integers: a list, array or Tensor) by up to `max_new_tokens` tokens
     (book listings 4.8 and 5.4: `generate_text_simple` and `generate`).
 
     Returns the whole sequence as NumPy int64, (T + new,) or (B, T + new). Generation stops when every
-    row has produced `eos_id`; as in the book the end-of-text token itself is not appended (in a batch,
-    a row that ends early is padded with `eos_id` until the others end). `on_token(ids)` is called with
-    each step's new ids (B,) as they come.
+    row has produced `eos_id` (one id, or a set of them: a chat model's stop ids); as in the book the
+    end-of-text token itself is not appended (in a batch, a row that ends early is padded with the id it
+    ended at until the others end). `on_token(ids)` is called with each step's new ids (B,) as they come.
     """
     batch, flat = _as_batch(ids)
+    stops = _stop_array(eos_id)
     done = np.zeros(len(batch), dtype=bool)
+    pad = np.zeros(len(batch), dtype=np.int64)  # the id each finished row ended at
     new = []
     # closing(): a `break` at end-of-text closes the steps at once, so the model's mode is back on return
     with contextlib.closing(_steps(model, batch, max_new_tokens, temperature, top_k, top_p, seed, use_cache)) as steps:
         for nxt in steps:
-            if eos_id is not None:
-                done |= nxt == eos_id
+            if len(stops):
+                ended = np.isin(nxt, stops) & ~done
+                pad[ended] = nxt[ended]
+                done |= ended
                 if done.all():
                     break
-                nxt = np.where(done, eos_id, nxt)
+                nxt = np.where(done, pad, nxt)
             new.append(nxt)
             if on_token is not None:
                 on_token(nxt)
@@ -131,6 +145,7 @@ def stream(model, ids, max_new_tokens, *, temperature=0.0, top_k=None, top_p=Non
     """Yield each new token id (a Python int) of one sequence as it is chosen; same arguments and the
     same tokens as `generate`. Pair with `decode_stream` to print text as it comes."""
     batch, _ = _as_batch(ids)
+    stops = set(_stop_array(eos_id).tolist())
     if len(batch) != 1:
         raise ValueError(f"stream generates one sequence; got a batch of {len(batch)} (use generate)")
     # subtle: closing this generator (the caller stops early) raises GeneratorExit at the yield below;
@@ -139,7 +154,7 @@ def stream(model, ids, max_new_tokens, *, temperature=0.0, top_k=None, top_p=Non
     # at once, and until then the model would stay in eval mode.
     with contextlib.closing(_steps(model, batch, max_new_tokens, temperature, top_k, top_p, seed, use_cache)) as steps:
         for nxt in steps:
-            if eos_id is not None and nxt[0] == eos_id:
+            if int(nxt[0]) in stops:
                 return
             yield int(nxt[0])
 

@@ -6,7 +6,9 @@ a tokenizer.json (model.type "BPE", a ByteLevel pre-tokenizer after Split or Dig
 the post-processor) with the tokenizer_config.json, generation_config.json and chat_template.jinja beside
 it; `load_gguf_tokenizer(path)` reads llama.cpp's `tokenizer.ggml.*` keys, `tokenizer.ggml.pre` mapped
 to patterns as llama.cpp's llama-vocab.cpp maps it; `load_tokenizer(source)` takes a model directory, a
-tokenizer.json or a .gguf file. Both spell token bytes in GPT-2's alphabet (`token_bytes`). Another kind
+tokenizer.json or a .gguf file; `save_tokenizer_json(tokenizer, directory)` writes any of them back as a
+tokenizer.json + tokenizer_config.json + generation_config.json that the tokenizers library and transformers
+read (a fine-tuned model's directory made whole). Both spell token bytes in GPT-2's alphabet (`token_bytes`). Another kind
 of tokenizer (Unigram, WordPiece, SentencePiece) is a ValueError naming the file and the kind; a
 malformed file a FileFormatError naming the file.
 
@@ -27,7 +29,7 @@ from autograd.checkpoint import FileFormatError
 from tinygrad_llm.text.gpt2_files import bytes_to_unicode
 from tinygrad_llm.text.hf_tokenizer import GGUF_PRE_SPLITS, GPT2_SPLIT, HFTokenizer
 
-__all__ = ["load_tokenizer", "load_tokenizer_json", "load_gguf_tokenizer", "token_bytes"]
+__all__ = ["load_tokenizer", "load_tokenizer_json", "load_gguf_tokenizer", "token_bytes", "save_tokenizer_json"]
 
 _NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
 _GGUF_CONTROL, _GGUF_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
@@ -292,3 +294,92 @@ def load_tokenizer(source) -> HFTokenizer:
     if source.suffix == ".gguf":
         return load_gguf_tokenizer(source)
     return load_tokenizer_json(source)
+
+
+# ---- writing tokenizer.json back ----------------------------------------------------------------------
+
+def _spelling(token: bytes) -> str:
+    """A token's bytes spelled in GPT-2's alphabet: b" the" -> "Ġthe" (the inverse of `token_bytes`)."""
+    chars = bytes_to_unicode()
+    return "".join(chars[b] for b in token)
+
+
+def _pre_tokenizer_spec(tok: HFTokenizer) -> dict:
+    """The pre_tokenizer object `_pre_tokenizer` reads back as tok.splits and tok.prefix_space_at: a Split
+    (Isolated) per pattern, GPT-2's pattern at the end as ByteLevel's own regex, else a ByteLevel without one."""
+    splits = list(tok.splits)
+    own_regex = bool(splits) and splits[-1] == GPT2_SPLIT
+    if own_regex:
+        splits.pop()
+    if tok.prefix_space_at not in (None, len(splits)):
+        raise ValueError(f"tokenizer {tok.name!r}: a prefix space before pattern {tok.prefix_space_at} cannot be "
+                         "written as a ByteLevel pre-tokenizer")
+    steps = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False} for p in splits]
+    steps.append({"type": "ByteLevel", "add_prefix_space": tok.prefix_space_at is not None, "trim_offsets": True,
+                  "use_regex": own_regex})
+    return steps[0] if len(steps) == 1 else {"type": "Sequence", "pretokenizers": steps}
+
+
+def _post_processor_spec(tok: HFTokenizer, text_of: dict[int, str]) -> dict:
+    """A TemplateProcessing that puts tok.prefix_ids / suffix_ids around a text (ByteLevel's when none)."""
+    if not tok.prefix_ids and not tok.suffix_ids:
+        return {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
+
+    def specials(ids):
+        return [{"SpecialToken": {"id": text_of[i], "type_id": 0}} for i in ids]
+
+    single = [*specials(tok.prefix_ids), {"Sequence": {"id": "A", "type_id": 0}}, *specials(tok.suffix_ids)]
+    pair = [*single, *specials(tok.prefix_ids), {"Sequence": {"id": "B", "type_id": 1}}, *specials(tok.suffix_ids)]
+    used = sorted(set(tok.prefix_ids) | set(tok.suffix_ids))
+    return {"type": "TemplateProcessing", "single": single, "pair": pair,
+            "special_tokens": {text_of[i]: {"id": text_of[i], "ids": [i], "tokens": [text_of[i]]} for i in used}}
+
+
+def save_tokenizer_json(tok: HFTokenizer, directory) -> Path:
+    """Write `tok` as `directory`/tokenizer.json (a byte-level BPE in the format the tokenizers library reads:
+    the vocabulary and merges in GPT-2's alphabet, the pre-tokenizer's patterns, the added tokens), with
+    tokenizer_config.json (bos/eos/pad/unk tokens and the chat template) and generation_config.json (the stop
+    ids) beside it, so that `load_tokenizer_json`, `tokenizers.Tokenizer.from_file` and transformers'
+    AutoTokenizer give the same ids as `tok`. A tokenizer read from a GGUF file gains the files its model's
+    directory lacks. Returns the tokenizer.json's path."""
+    from autograd.checkpoint import write_text
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text_of = {i: t for t, i in tok.special_tokens.items()}  # added tokens keep their text as written
+    vocab = {text_of.get(i, None) or _spelling(b): i for i, b in sorted(tok.vocab.items())}
+    for text, i in tok.special_tokens.items():
+        vocab.setdefault(text, i)
+    ranked = sorted(tok.merges.items(), key=lambda kv: kv[1])  # a merge's rank is its merged id's order
+    merges = [[_spelling(tok.vocab[a]), _spelling(tok.vocab[b])] for (a, b), _ in ranked]
+    unk = text_of.get(tok._byte_unk_id) or (_spelling(tok.vocab[tok._byte_unk_id])
+                                            if tok._byte_unk_id is not None else None)
+    normalizers = [{"type": form} for form in tok.normalization]
+    spec = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": i in tok.special_ids}
+                         for t, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])],
+        "normalizer": (normalizers[0] if len(normalizers) == 1 else
+                       {"type": "Sequence", "normalizers": normalizers} if normalizers else None),
+        "pre_tokenizer": _pre_tokenizer_spec(tok),
+        "post_processor": _post_processor_spec(tok, text_of),
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": tok.ignore_merges, "vocab": vocab, "merges": merges},
+    }
+    path = directory / "tokenizer.json"
+    write_text(path, json.dumps(spec, ensure_ascii=False) + "\n")
+    config = {**tok.special_tokens_map, "tokenizer_class": "PreTrainedTokenizerFast",
+              "clean_up_tokenization_spaces": False, "model_max_length": 1_000_000_000}
+    if tok.chat_template is not None:
+        config["chat_template"] = tok.chat_template
+    write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    generation = {"eos_token_id": sorted(tok.stop_ids)}
+    if tok.bos_token_id is not None:
+        generation["bos_token_id"] = tok.bos_token_id
+    if tok.pad_token_id is not None:
+        generation["pad_token_id"] = tok.pad_token_id
+    write_text(directory / "generation_config.json", json.dumps(generation, indent=2) + "\n")
+    return path
