@@ -170,3 +170,46 @@ def test_appendix_e_lora_counts():
     assert "Total trainable LoRA parameters: 2,371,616   (book: 2,666,528)" in out  # the fused qkv, explained
     assert "largest change of the logits when wrapped (B = 0): 0.0" in out
     assert "a merged layer is a plain Linear again: Linear" in out
+
+
+# ---- the pictures (--plot and friends; tests/test_viz.py checks what they draw) ----------------------
+
+
+def test_appendix_a_prints_the_graph_of_the_loss_and_draws_it(tmp_path):
+    out = run("appendix_a.py", "--plot", tmp_path / "graph.png").stdout
+    dot = out[out.index("digraph autograd {"):out.index("}\n") + 2]
+    for line in ('[label="w1\\n(1,) = 2.2\\ngrad -0.08983"', '[label="Sigmoid"', '[label="loss\\n() = 0.08519"'):
+        assert line in dot
+    assert dot.count(" -> ") == 13
+    assert f"wrote {tmp_path / 'graph.png'}" in out.splitlines()
+    assert (tmp_path / "graph.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ch02_shows_the_tokens_of_its_text(shared_data, tmp_path):
+    out = run("ch02.py", "--data-dir", shared_data, "--ids", "--html", tmp_path / "t.html",
+              "--plot", tmp_path / "t.png").stdout
+    same(out, "tokens joined are the text", True)
+    assert ("Hello[15496]|,[11]| do[466]| you[345]| like[588]| tea[8887]|?[30]| [220]|<|endoftext|>[50256]| In[554]|"
+            " the[262]| sun[4252]|lit[18250]| terr[8812]|aces[2114]|of[1659]| some[617]|unknown[34680]|Place[27271]|"
+            ".[13]") in out.splitlines()
+    page = (tmp_path / "t.html").read_text(encoding="utf-8")
+    assert '<span style="background:#afafff" title="ids 15496">Hello<sub>15496</sub></span>' in page
+    assert page.count("<span ") == 20
+    assert f"wrote {tmp_path / 't.png'}" in out.splitlines()
+
+
+def test_ch03_plots_the_heads_of_3_6_and_of_a_model(shared_data, tmp_path):
+    out = run("ch03.py", "--plot", tmp_path / "a.png").stdout
+    assert f"wrote {tmp_path / 'a.png'}" in out.splitlines()
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    import shutil
+
+    from tests.conftest import tiny_gpt
+
+    model_dir = tmp_path / "model"
+    tiny_gpt(vocab_size=50257, context_length=16).save_pretrained(model_dir)
+    for name in ("encoder.json", "vocab.bpe"):
+        shutil.copy(shared_data / "gpt2" / name, model_dir / name)
+    out = run("ch03.py", "--plot", tmp_path / "m.png", "--model", model_dir, "--prompt", "Every effort moves you",
+              "--layer", "-1").stdout
+    assert f"wrote {tmp_path / 'm.png'}" in out.splitlines()

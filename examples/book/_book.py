@@ -38,6 +38,24 @@ def parse_args(doc, needs=(), argv=None, add_arguments=None):
     return args
 
 
+def plot_flag(parser, default, what):
+    """--plot [FILE]: write `what` as a PNG (FILE, else `default` in the current folder)."""
+    parser.add_argument("--plot", nargs="?", const=default, default=None, metavar="FILE",
+                        help=f"draw {what} into FILE (default {default}; needs matplotlib)")
+
+
+def write_picture(draw, path):
+    """Run `draw()` (which writes `path`) and print where the picture is; without matplotlib, one line
+    saying what to install."""
+    try:
+        draw()
+    except ImportError as e:
+        print(f"--plot: {e}")
+        return None
+    print(f"wrote {path}")
+    return path
+
+
 def heading(text):
     print(f"\n## {text}")
 

@@ -7,9 +7,10 @@ weights (the book's from PyTorch's generator, ours from NumPy's) and differ, its
 Read autograd/tensor.py (Tensor, backward, grad), autograd/ops.py (the basic ops, each forward above its
 backward), autograd/functional/ (losses.py: binary_cross_entropy, cross_entropy; activations.py: softmax),
 autograd/module.py and autograd/nn.py (Module, Sequential, Linear), autograd/optim.py (SGD), tinygrad_llm/text/data.py (DataLoader) and
-autograd/checkpoint.py beside it. No data files are needed.
+autograd/checkpoint.py beside it; autograd/viz.py draws the computation graph of A.3 (printed as Graphviz DOT
+text; `--plot` draws it as a picture, which needs matplotlib). No data files are needed.
 
-    python examples/book/appendix_a.py
+    python examples/book/appendix_a.py [--plot [graph.png]]
 """
 
 import tempfile
@@ -18,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 import autograd
-from _book import heading, parse_args, show
+from _book import heading, parse_args, plot_flag, show, write_picture
 from autograd import Tensor, nn
 from autograd import functional as F
 from autograd.checkpoint import load_checkpoint, save_checkpoint
 from autograd.optim import SGD
+from autograd.viz import trace
 from tinygrad_llm.text.data import DataLoader
 
 
@@ -42,7 +44,7 @@ class NeuralNetwork(nn.Module):
 
 
 def main(argv=None):
-    parse_args(__doc__, argv=argv)
+    args = parse_args(__doc__, argv=argv, add_arguments=lambda p: plot_flag(p, "graph.png", "the graph of A.3"))
 
     heading("A.2 Understanding tensors")
     tensor2d = Tensor(np.array([[1, 2], [3, 4]]))
@@ -69,6 +71,7 @@ def main(argv=None):
     a = z.sigmoid()  # activation and output
     loss = F.binary_cross_entropy(a, y)
     show("loss", loss.detach(), "tensor(0.0852)")
+    graph = trace(loss, names={"x1": x1, "w1": w1, "b": b, "z": z, "a": a, "y": y, "loss": loss})  # before backward frees it
     grad_L_w1 = autograd.grad(loss, w1, retain_graph=True)
     grad_L_b = autograd.grad(loss, b, retain_graph=True)
     show("grad(loss, w1)", grad_L_w1, "(tensor([-0.0898]),)")
@@ -76,6 +79,10 @@ def main(argv=None):
     loss.backward()
     show("w1.grad after loss.backward()", Tensor(w1.grad), "tensor([-0.0898])")
     show("b.grad", Tensor(b.grad), "tensor([-0.0817])")
+    print("the graph of the loss as Graphviz DOT text (paste it into any Graphviz viewer), with the leaves' gradients:")
+    print(graph.dot(), end="")
+    if args.plot:
+        write_picture(lambda: graph.draw(args.plot), args.plot)
     show("the same from the logits (the stable form)", F.binary_cross_entropy_with_logits(z.detach(), y),
          "tensor(0.0852)")
 

@@ -3,19 +3,24 @@
 Prints what the book's chapter 2 prints, at the same points, each next to the book's value. Read
 tinygrad_llm/text/bpe.py (get_stats, merge), tinygrad_llm/text/tokenizer.py (byte-level BPE),
 tinygrad_llm/text/gpt2_files.py (GPT-2's files), tinygrad_llm/text/data.py (GPTDataset, listing 2.5;
-DataLoader; create_dataloader, listing 2.6) and autograd/nn.py (Embedding) beside it.
+DataLoader; create_dataloader, listing 2.6) and autograd/nn.py (Embedding) beside it; tinygrad_llm/viz/tokens.py
+shows the text of 2.5 split into its tokens (colours in a terminal, `|` between tokens elsewhere; `--ids` adds
+each token's id, `--html FILE` writes the view as a web page, `--plot` as a picture, which needs matplotlib).
 
-    python examples/book/ch02.py [--data-dir ../shared/data]
+    python examples/book/ch02.py [--data-dir ../shared/data] [--ids] [--html tokens.html] [--plot [tokens.png]]
 """
 
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from _book import heading, parse_args, show
+from _book import heading, parse_args, plot_flag, show, write_picture
 from autograd import Tensor, nn
 from tinygrad_llm.text.data import create_dataloader
 from tinygrad_llm.text.tokenizer import get_tokenizer
+from tinygrad_llm.viz import color_tokens, save_figure, token_spans, tokens_figure, tokens_html
 
 BOOK_SPLIT = r'([,.:;?_!"()\']|--|\s)'  # the book's word-level pre-tokenizer (its section 2.2)
 BOOK_INPUTS = [[40, 367, 2885, 1464], [1807, 3619, 402, 271], [10899, 2138, 257, 7026], [15632, 438, 2016, 257],
@@ -24,8 +29,31 @@ BOOK_TARGETS = [[367, 2885, 1464, 1807], [3619, 402, 271, 10899], [2138, 257, 70
                 [5891, 1576, 438, 568], [340, 373, 645, 1049], [5975, 284, 502, 284], [3285, 326, 11, 287]]
 
 
+def add_arguments(p):
+    p.add_argument("--ids", action="store_true", help="show each token's id beside it")
+    p.add_argument("--html", type=Path, metavar="FILE", help="write the tokens of 2.5 as a web page")
+    plot_flag(p, "tokens.png", "the tokens of 2.5")
+
+
+def show_tokens(args, tokenizer, text):
+    """The text of 2.5 cut into its tokens: what a reader sees of BPE."""
+    spans = token_spans(tokenizer, text, allowed_special={"<|endoftext|>"})
+    show("tokens joined are the text", "".join(s.text for s in spans) == text, True)
+    if sys.stdout.isatty():
+        print(color_tokens(spans, ids=args.ids))
+    else:  # a file or a pipe: no colour codes, a bar between tokens
+        print("|".join(s.text + (f"[{','.join(map(str, s.ids))}]" if args.ids else "") for s in spans))
+    if args.html:
+        args.html.write_text(tokens_html(spans, ids=args.ids, title="GPT-2's tokens"), encoding="utf-8")
+        print(f"wrote {args.html}")
+    if args.plot:
+        write_picture(lambda: save_figure(tokens_figure(spans, ids=args.ids, title=f"{len(spans)} GPT-2 tokens"),
+                                          args.plot), args.plot)
+
+
 def main(argv=None):
-    args = parse_args(__doc__, needs=("the-verdict.txt", "gpt2/encoder.json", "gpt2/vocab.bpe"), argv=argv)
+    args = parse_args(__doc__, needs=("the-verdict.txt", "gpt2/encoder.json", "gpt2/vocab.bpe"), argv=argv,
+                      add_arguments=add_arguments)
     raw_text = (args.data_dir / "the-verdict.txt").read_text(encoding="utf-8")
 
     heading("2.2 Tokenizing text")
@@ -53,6 +81,7 @@ def main(argv=None):
                            1659, 617, 34680, 27271, 13])
     show("decoded", tokenizer.decode(integers), "Hello, do you like tea? <|endoftext|> In the sunlit terracesof "
                                                 "someunknownPlace.")
+    show_tokens(args, tokenizer, text)
 
     heading("2.6 Data sampling with a sliding window")
     enc_text = tokenizer.encode(raw_text)

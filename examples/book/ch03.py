@@ -6,18 +6,24 @@ attention with each head's weights (3.6). Read autograd/reference.py (softmax) a
 tinygrad_llm/models/gpt.py (`CausalSelfAttention.attend_reference`, the book's MultiHeadAttention of listing 3.5 on one fused
 qkv projection; `GPT.attention_weights`) beside it. The numbers of 3.3 are exact; from 3.4 on the weight
 matrices are drawn by NumPy's generator, not PyTorch's, so the values differ and the shapes agree.
+`--plot` draws the heads of 3.6 as heat maps, the six words on both axes (tinygrad_llm/viz/attention.py,
+needs matplotlib); with `--model` (a GPT-2 name, a model directory or a .gguf file) it draws that model's
+heads of `--layer` reading `--prompt` instead.
 
-    python examples/book/ch03.py
+    python examples/book/ch03.py [--plot [attention.png]] [--model gpt2 --prompt "..." --layer 0]
 """
 
 import math
 
 import numpy as np
 
-from _book import heading, parse_args, show
+from _book import heading, parse_args, plot_flag, show, write_picture
 import autograd.reference as R
 from autograd import Tensor, nn, no_grad
 from tinygrad_llm.models.gpt import CausalSelfAttention, GPTConfig
+from tinygrad_llm.viz import attention_figure, attention_grid, save_figure
+
+WORDS = ["Your", "journey", "starts", "with", "one", "step"]
 
 np.set_printoptions(precision=4, suppress=True)
 # the book's three-dimensional embeddings of the six tokens
@@ -42,7 +48,7 @@ def fmt(array):
 
 
 def main(argv=None):
-    parse_args(__doc__, argv=argv)
+    args = parse_args(__doc__, argv=argv, add_arguments=add_arguments)
     inputs = Tensor(INPUTS)
 
     heading("3.3.1 A simple self-attention mechanism without trainable weights")
@@ -96,6 +102,24 @@ def main(argv=None):
     for h in range(cfg.n_heads):
         show(f"head {h} attention weights (first sequence)", fmt(mha.attn_weights[0, h]))
     print("\nIn a GPT: tinygrad_llm.models.gpt.GPT.attention_weights(ids) returns these for every layer and head.")
+    if args.plot and args.model is None:
+        title = "3.6: each head's causal attention weights (our random W_query, W_key)"
+        write_picture(lambda: save_figure(attention_figure(mha.attn_weights[0], WORDS, title=title), args.plot),
+                      args.plot)
+    elif args.plot:
+        from tinygrad_llm.models.pretrained import load_pretrained
+
+        model, tokenizer = load_pretrained(args.model)
+        write_picture(lambda: save_figure(attention_grid(model, tokenizer, args.prompt, layer=args.layer,
+                                                         title=f"{args.model}, layer {args.layer}"), args.plot),
+                      args.plot)
+
+
+def add_arguments(p):
+    plot_flag(p, "attention.png", "each head's attention weights")
+    p.add_argument("--model", help="with --plot: a model to draw instead (gpt2, a model directory, a .gguf file)")
+    p.add_argument("--prompt", default=" ".join(WORDS), help="with --model: the text it reads")
+    p.add_argument("--layer", type=int, default=0, help="with --model: which layer (negative: from the last)")
 
 
 if __name__ == "__main__":
