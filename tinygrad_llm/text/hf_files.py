@@ -27,7 +27,7 @@ import regex
 
 from autograd.checkpoint import FileFormatError
 from tinygrad_llm.text.gpt2_files import bytes_to_unicode
-from tinygrad_llm.text.hf_tokenizer import GGUF_PRE_SPLITS, GPT2_SPLIT, HFTokenizer
+from tinygrad_llm.text.hf_tokenizer import END_OF_TURN_TOKENS, GGUF_PRE_SPLITS, GPT2_SPLIT, HFTokenizer
 
 __all__ = ["load_tokenizer", "load_tokenizer_json", "load_gguf_tokenizer", "token_bytes", "save_tokenizer_json"]
 
@@ -347,9 +347,9 @@ def save_tokenizer_json(tok: HFTokenizer, directory) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     text_of = {i: t for t, i in tok.special_tokens.items()}  # added tokens keep their text as written
-    vocab = {text_of.get(i, None) or _spelling(b): i for i, b in sorted(tok.vocab.items())}
-    for text, i in tok.special_tokens.items():
-        vocab.setdefault(text, i)
+    # an added token inside the vocabulary (a GGUF file's) under its text; one past it (tokenizers' add_tokens)
+    # only in added_tokens
+    vocab = {text_of.get(i) or _spelling(b): i for i, b in sorted(tok.vocab.items())}
     ranked = sorted(tok.merges.items(), key=lambda kv: kv[1])  # a merge's rank is its merged id's order
     merges = [[_spelling(tok.vocab[a]), _spelling(tok.vocab[b])] for (a, b), _ in ranked]
     unk = text_of.get(tok._byte_unk_id) or (_spelling(tok.vocab[tok._byte_unk_id])
@@ -376,7 +376,12 @@ def save_tokenizer_json(tok: HFTokenizer, directory) -> Path:
     if tok.chat_template is not None:
         config["chat_template"] = tok.chat_template
     write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    generation = {"eos_token_id": sorted(tok.stop_ids)}
+    # eos first (the reader takes the first as eos where tokenizer_config.json names none), then the other
+    # stop ids the end-of-turn tokens do not already give
+    turn_ends = {tok.token_to_id(t) for t in END_OF_TURN_TOKENS}
+    others = sorted(i for i in tok.stop_ids if i != tok.eos_token_id and i not in turn_ends)
+    eos = ([tok.eos_token_id] if tok.eos_token_id is not None else []) + others
+    generation = {"eos_token_id": eos} if eos else {}
     if tok.bos_token_id is not None:
         generation["bos_token_id"] = tok.bos_token_id
     if tok.pad_token_id is not None:
