@@ -22,7 +22,7 @@ from tinygrad_llm.text.tokenizer import BPETokenizer
 from tinygrad_llm.training.run_folder import read_checkpoint_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["pretrain", "finetune_classifier", "finetune_instructions"]
+COMMANDS = ["pretrain", "finetune_classifier", "finetune_instructions", "finetune_preferences"]
 SHARED = ["--device", "--tf32", "--dtype", "--lr", "--warmup", "--weight-decay", "--batch-size", "--epochs",
           "--max-steps", "--eval-every", "--seed", "--out", "--resume", "--overwrite", "--lora", "--lora-alpha"]
 
@@ -103,6 +103,8 @@ def test_the_shared_flags_defaults_per_command():
                                 "out": "runs/classify"},
         "finetune_instructions": {**same, "lr": None, "warmup": 0, "epochs": 2, "eval_every": 50,
                                   "out": "runs/instruct"},
+        "finetune_preferences": {**same, "lr": None, "warmup": 0, "epochs": 1, "eval_every": 20,
+                                 "weight_decay": 0.01, "out": "runs/preference"},  # the book's one epoch, 0.01
     }
 
 
@@ -119,6 +121,8 @@ def inputs(tmp_path_factory):
                                   + "".join(f"spam\t{t} {k}\n" for k in range(6) for t in spam), encoding="utf-8")
     entries = toy_entries(40)
     (root / "data.json").write_text(json.dumps(entries), encoding="utf-8")
+    preferences = [{**e, "chosen": e["output"], "rejected": "No."} for e in entries]
+    (root / "preferences.json").write_text(json.dumps(preferences), encoding="utf-8")
     tok = BPETokenizer.train("\n".join(instruct.prompt_text(e) + e["output"] for e in entries) * 3, 320)
     tiny_gpt(vocab_size=tok.n_vocab, context_length=64, seed=0).save_pretrained(root / "model")
     tok.save(root / "model")
@@ -134,11 +138,13 @@ def own_flags(name, root):
                                 "--vocab-size", 300, "--eval-batches", 1],
         "finetune_instructions": ["--data", root / "data.json", "--init-from", root / "model", "--eval-batches", 1,
                                   "--max-new-tokens", 2],
+        "finetune_preferences": ["--data", root / "preferences.json", "--init-from", root / "model",
+                                 "--eval-batches", 1, "--max-new-tokens", 2],
     }[name]
 
 
 ADAPTERS = {"pretrain": "adapter.safetensors", "finetune_classifier": "adapter.safetensors",
-            "finetune_instructions": "adapter.safetensors"}
+            "finetune_instructions": "adapter.safetensors", "finetune_preferences": "adapter.safetensors"}
 
 
 @pytest.mark.parametrize("name", COMMANDS)

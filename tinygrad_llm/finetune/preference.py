@@ -211,10 +211,13 @@ def custom_collate_fn(batch, pad_token_id=50256, allowed_max_length=None) -> Pre
 
 
 def preference_loader(entries, tokenizer, batch_size, *, train, max_length=None, seed=123):
-    """A DataLoader of PreferenceBatches over `entries`: shuffled, incomplete last batch dropped, when
-    `train` (the book's train_loader); in order and complete otherwise. Its `dataset.dropped` lists the
-    entries left out because their prompt fills `max_length`."""
-    dataset = PreferenceDataset(entries, tokenizer, max_length)
+    """A DataLoader of PreferenceBatches over `entries` (or a PreferenceDataset of them): shuffled,
+    incomplete last batch dropped, when `train` (the book's train_loader); in order and complete
+    otherwise. Its `dataset.dropped` lists the entries left out because their prompt fills `max_length`."""
+    dataset = entries if isinstance(entries, PreferenceDataset) else PreferenceDataset(entries, tokenizer, max_length)
+    if not dataset:
+        raise ValueError(f"no entry leaves room for its response: each of the {len(dataset.dropped)} prompts has "
+                         f"{max_length} tokens or more (max_length; the model's context length caps it)")
     collate = partial(custom_collate_fn, pad_token_id=instruct.end_of_text(tokenizer), allowed_max_length=max_length)
     return DataLoader(dataset, batch_size, shuffle=train, drop_last=train, seed=seed, collate_fn=collate)
 
@@ -353,19 +356,25 @@ def evaluate_dpo(model, loader, objective, max_batches=None) -> dict:
 # Models
 
 
+def _is_gpt2(source) -> bool:
+    """A published GPT-2 name, or a directory that is not a Llama-family one (GPT.from_pretrained's errors
+    then name what it lacks)."""
+    from tinygrad_llm.models.gpt2_weights import PRETRAINED
+    from tinygrad_llm.models.llama_weights import read_hf_config
+
+    path = Path(source)
+    return str(source) in PRETRAINED or (path.is_dir() and (
+        not (path / "config.json").is_file() or read_hf_config(path).get("model_type", "gpt2") == "gpt2"))
+
+
 def load_model(source, device="cpu", tokenizer=None):
     """(model, tokenizer) of `source`: a GPT-2-family model (a directory as examples/pretrain.py and
     finetune_instructions.py write them, or a published GPT-2 name) through `instruct.load_model`, with
     `tokenizer` where given; any other source (a Llama-family directory, a .gguf file, a hub name) through
     `load_pretrained`, with the tokenizer it holds."""
-    from tinygrad_llm.models.gpt2_weights import PRETRAINED
-    from tinygrad_llm.models.llama_weights import read_hf_config
     from tinygrad_llm.models.pretrained import load_pretrained
 
-    path = Path(source)
-    gpt2 = str(source) in PRETRAINED or (path.is_dir() and (
-        not (path / "config.json").is_file() or read_hf_config(path).get("model_type", "gpt2") == "gpt2"))
-    if gpt2:
+    if _is_gpt2(source):
         return instruct.load_model(source, device, tokenizer)
     if tokenizer is not None:
         raise ValueError(f"--tokenizer is for GPT-2-family models; {source} brings its own tokenizer")
@@ -374,6 +383,17 @@ def load_model(source, device="cpu", tokenizer=None):
         raise ValueError(f"{source} holds no tokenizer (a Llama-family directory needs its tokenizer.json)")
     instruct.end_of_text(tok)
     return model, tok
+
+
+def load_reference(source, device="cpu"):
+    """The model of `source` alone (as `load_model` reads it; the policy's tokenizer serves both), frozen
+    and in eval mode: the book's reference model, loaded a second time."""
+    from tinygrad_llm.models.gpt import GPT
+    from tinygrad_llm.models.pretrained import load_pretrained
+
+    model = GPT.from_pretrained(source, device=device) if _is_gpt2(source) else load_pretrained(source, device=device)[0]
+    model.requires_grad_(False)
+    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -399,5 +419,5 @@ __all__ = [
     "FIELDS", "RESPONSES_FILE", "entry_problem", "check_entries", "has_chat_template", "chat_messages", "prompt_ids",
     "response_ids", "PreferenceExample", "PreferenceDataset", "PreferenceBatch", "custom_collate_fn",
     "preference_loader", "sequence_logprobs", "check_beta", "dpo_loss", "frozen_copy", "disable_dropout", "check_vocabularies",
-    "DPOObjective", "evaluate_dpo", "load_model", "generate_responses",
+    "DPOObjective", "evaluate_dpo", "load_model", "load_reference", "generate_responses",
 ]
