@@ -118,7 +118,7 @@ def test_a_missing_data_folder_is_one_line_saying_where_to_get_it(tmp_path):
     assert "--data-dir DIR" in lines[0]
 
 
-@pytest.mark.parametrize("script", ["ch02.py", "ch04.py", "ch05.py", "appendix_a.py", "appendix_d.py"])
+@pytest.mark.parametrize("script", ["ch02.py", "ch04.py", "ch05.py", "appendix_a.py", "appendix_d.py", "ch07_dpo.py"])
 def test_each_script_says_which_library_file_to_read(script):
     doc = " ".join((BOOK / script).read_text(encoding="utf-8").split('"""')[1].split())
     assert "Read " in doc and ".py" in doc.split("Read ", 1)[1]
@@ -151,6 +151,23 @@ def test_ch07_prompt_splits_and_collate(shared_data):
     same(out, "loss_1", "1.1269")
     same(out, "loss_3", "1.1269")
     same(out, "loss_1 == loss_3", True)
+
+
+def test_ch07_dpo_masks_logprobs_and_the_ln_2_start(shared_data):
+    out = run("ch07_dpo.py", "--data-dir", shared_data).stdout
+    same(out, "Number of entries", 1100)
+    for label, value in (("Training set length", 935), ("Validation set length", 55), ("Test set length", 110)):
+        same(out, label, value)
+    assert "batch['prompt'][0]: [21106, 318, 281, 12064," in out and "1545]   (book: same)" in out
+    assert "\nThe spelling of the given phrase \"freind\" is incorrect, the correct spelling is \"friend\".<|endoftext|>\n" \
+           in out  # the masked tokens: the response and its end
+    for label in ("manual loss (gather)", "cross_entropy", "-sequence_logprobs"):
+        same(out, label, "1.4185")
+    same(out, "compute_dpo_loss_batch", ("0.6931", "0.0", "0.0"))
+    for label in ("Training loss", "Validation loss"):
+        same(out, label, "0.6931")
+    same(out, "Train reward margin", 0.0)
+    same(out, "Val reward margin", 0.0)
 
 
 def test_ch06_spam_data_and_head(shared_data):

@@ -12,6 +12,7 @@ from pathlib import Path
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SOURCES = {
     "instruction-data.json": "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json",
+    "instruction-data-with-preference.json": "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",
     "SMSSpamCollection.tsv": "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip (the file SMSSpamCollection inside)",
     "the-verdict.txt": "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt",
     "gpt2/encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/models/124M/encoder.json",
