@@ -165,6 +165,7 @@ class Graph:
     def __init__(self):
         self.nodes, self.edges = {}, []
         self._tensor, self._name, self._text, self._root, self._edge_set = {}, {}, {}, None, set()
+        self._value = {}  # a one-element tensor's value, read at the snapshot: backward may reuse its buffer
 
     def _add_edge(self, a, b):
         if (a, b) not in self._edge_set:
@@ -178,8 +179,8 @@ class Graph:
         if self._name.get(key):
             lines.append(self._name[key])
         shape = "(" + ", ".join(map(str, t.shape)) + ("," if len(t.shape) == 1 else "") + ")"
-        if t.data.size == 1:
-            shape += " = " + _number(float(backend.to_host(t.data).reshape(())))
+        if key in self._value:
+            shape += " = " + _number(self._value[key])
         if t.dtype != np.float32:
             shape += f" {t.dtype}"
         lines.append(shape)
@@ -320,6 +321,8 @@ def trace(root, names=None, scopes=None, depth=None):
             key = tkey[tid]
             graph.nodes[key], graph._tensor[key] = "tensor", tensors[tid]
             graph._name[key] = names.get(tid)
+            if tensors[tid].data.size == 1:
+                graph._value[key] = float(backend.to_host(tensors[tid].data).reshape(()))
     for tid in order:  # the edges, each once, in the order of the walk
         if tid not in ops:
             continue

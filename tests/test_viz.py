@@ -17,9 +17,9 @@ from tinygrad_llm.text.tokenizer import BPETokenizer
 from tinygrad_llm.training import TrainConfig, Trainer, lm_loss
 from tinygrad_llm.training.config import lr_schedule
 from tinygrad_llm.training.run_folder import METRICS
-from tinygrad_llm.viz import (attention_figure, attention_grid, color_tokens, read_metrics, series, token_spans,
-                              tokens_figure, tokens_html, write_report)
+from tinygrad_llm.viz import attention_figure, attention_grid, color_tokens, token_spans, tokens_figure, tokens_html
 from tinygrad_llm.viz import report
+from tinygrad_llm.viz.report import read_metrics, series, write_report
 from tinygrad_llm.viz.attention import token_labels
 from tests.conftest import TEXT, tiny_gpt
 

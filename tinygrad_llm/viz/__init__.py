@@ -8,12 +8,11 @@ what to install without it):
 
 The autograd graph of appendix A is autograd/viz.py (`trace`, `record_modules`), which also holds the one
 figure helper these use (`new_figure`, `save_figure`: files on the Agg canvas, no display needed).
+The report is imported as `tinygrad_llm.viz.report` (not from here, so that `python -m` runs it as itself).
 """
 
 from autograd.viz import PLOT_EXTRA, save_figure
 from tinygrad_llm.viz.attention import attention_figure, attention_grid
-from tinygrad_llm.viz.report import read_metrics, series, write_report
 from tinygrad_llm.viz.tokens import TokenSpan, color_tokens, token_spans, tokens_figure, tokens_html
 
-__all__ = ["PLOT_EXTRA", "save_figure", "attention_figure", "attention_grid", "read_metrics", "series",
-           "write_report", "TokenSpan", "color_tokens", "token_spans", "tokens_figure", "tokens_html"]
+__all__ = ["PLOT_EXTRA", "save_figure", "attention_figure", "attention_grid", "TokenSpan", "color_tokens", "token_spans", "tokens_figure", "tokens_html"]

@@ -22,28 +22,33 @@ def token_labels(tokenizer, ids):
     return [tokenizer.decode([int(i)]).replace("\n", "\\n").replace(" ", "\u00b7") for i in ids]
 
 
-def attention_figure(weights, tokens, title=None, columns=4):
+def attention_figure(weights, tokens, title=None, columns=None):
     """Heat maps of `weights` (n_heads, T, T), one per head, `tokens` (T labels) on both axes; the
     colour scale is shared, 0 to the largest weight drawn. Axes k holds head k (its image's array is
-    weights[k]); up to 8 tokens, each weight is written in its cell (only up to the diagonal when the
+    weights[k]); `columns` heat maps a row (default 4, 2 past 12 tokens); up to 8 tokens, each weight is written in its cell (only up to the diagonal when the
     weights are causal)."""
     weights = np.asarray(weights, dtype=np.float32)
     if weights.ndim != 3 or weights.shape[1:] != (len(tokens), len(tokens)):
         raise ValueError(f"attention_figure: weights of shape {weights.shape} do not fit {len(tokens)} tokens: "
                          "expected (n_heads, T, T)")
     n_heads, T = weights.shape[0], len(tokens)
-    cols = min(columns, n_heads)
+    cols = min(columns or (4 if T <= 12 else 2), n_heads)
     rows = math.ceil(n_heads / cols)
-    cell = max(1.6, min(3.2, 0.28 * T + 0.6))  # inches per heat map
-    fig = new_figure(cols * cell + 1.2, rows * cell + (0.5 if title else 0.2))
+    cell = max(1.8, min(5.0, 0.16 * T + 1.0))  # inches per heat map, its tick labels included
+    fig = new_figure(cols * cell + 1.0, rows * (cell + 0.5) + (0.4 if title else 0.1))
+    if hasattr(fig, "set_layout_engine"):  # matplotlib 3.6 on
+        fig.set_layout_engine("constrained")
+    else:
+        fig.set_constrained_layout(True)
     vmax = float(weights.max()) or 1.0
     image = None
     for h in range(n_heads):
         ax = fig.add_subplot(rows, cols, h + 1)
         image = ax.imshow(weights[h], cmap="viridis", vmin=0.0, vmax=vmax)
         ax.set_title(f"head {h}", fontsize=9)
-        ax.set_xticks(range(T), tokens, rotation=90, fontsize=7)
-        ax.set_yticks(range(T), tokens if h % cols == 0 else [""] * T, fontsize=7)
+        size = 7 if T <= 24 else 5
+        ax.set_xticks(range(T), tokens, rotation=90, fontsize=size)
+        ax.set_yticks(range(T), tokens if h % cols == 0 else [""] * T, fontsize=size)
         ax.tick_params(length=0)
         if T <= 8:  # few tokens: the numbers too, as the book prints them
             for i in range(T):
@@ -57,7 +62,7 @@ def attention_figure(weights, tokens, title=None, columns=4):
     return fig
 
 
-def attention_grid(model, tokenizer, text, layer=0, title=None, columns=4, **encode_options):
+def attention_grid(model, tokenizer, text, layer=0, title=None, columns=None, **encode_options):
     """The heads of layer `layer` (negative: from the last) of `model` reading `text`, as heat maps.
     `model.attention_weights(ids)` gives the weights; `tokenizer` the ids and the axis labels."""
     ids = tokenizer.encode(text, **encode_options)
