@@ -1,17 +1,23 @@
-"""Fine-tune a pretrained GPT to follow instructions (book chapter 7), then answer the test split.
+"""Fine-tune a pretrained GPT or Llama-family model to follow instructions (book chapter 7), then answer the test split.
 
     python examples/pretrain.py                                             # a model in runs/pretrain/model
     python examples/finetune_instructions.py --data instruction-data.json  # fine-tune it, out in runs/instruct
     python examples/chat.py --model runs/instruct/model                     # talk to it
+    python examples/finetune_instructions.py --data instruction-data.json --lora 16 \
+        --init-from SmolLM2-135M-Instruct.Q4_1.gguf                         # a Llama-family model, in its chat template
 
 --data is a JSON list of {"instruction", "input", "output"} entries (the book's instruction-data.json,
 Alpaca's layout) or one such object per line. It is shuffled with --seed and split 85 % train, 10 % test,
 5 % validation. --init-from takes a model directory (config.json + model.safetensors, with the tokenizer's
 encoder.json and vocab.bpe beside them, as examples/pretrain.py writes into runs/pretrain/model) or a
-published GPT-2 (gpt2, gpt2-medium, ...; downloaded once). After training, the test entries with the
+published GPT-2 (gpt2, gpt2-medium, ...; downloaded once), or any source `tinygrad_llm.load_pretrained`
+takes: a Llama-family .gguf file, Hugging Face directory or hub name. A model whose tokenizer has a chat
+template is trained and asked in that template (the instruction and input as the user's turn, the output
+as the assistant's), the others in the book's Alpaca prompt. After training, the test entries with the
 model's answers go to --out/instruction-data-with-response.json; with --judge-url a local Ollama server
 scores them from 0 to 100. With --lora R only rank-R adapters are trained: --out/adapter.safetensors
-holds them alone, and --out/model the merged weights, a plain model that chat.py loads. --resume continues
+holds them alone, and --out/model the merged weights, a plain model that chat.py loads (for the Llama
+family in Hugging Face's layout with the tokenizer's files, which transformers loads too). --resume continues
 the run in --out with the settings it was started with (--data and the rest need not be given again).
 
 Bad input (a missing or malformed data file, no usable entry, a bad entry with --on-bad error, a flag out
@@ -28,6 +34,7 @@ from pathlib import Path
 from autograd import backend
 from tinygrad_llm import instruct, judge
 from tinygrad_llm.finetune.lora import apply_lora, merge_lora, save_adapter
+from tinygrad_llm.models.gpt import GPT
 from tinygrad_llm.models.gpt2_weights import PRETRAINED
 from tinygrad_llm.support import cli
 from tinygrad_llm.support.cli import (FlagError, Parser, add_device_flags, add_lora_flags, add_run_flags,
@@ -53,14 +60,15 @@ def build_parser(suppress=False):
     a = p.add_argument
     a("--data", default=d(None), metavar="PATH",
       help="JSON list (or JSON lines) of instruction/input/output entries (required, unless --resume)")
-    a("--init-from", default=d("runs/pretrain/model"), metavar="DIR|gpt2",
-      help="a model directory or a published GPT-2 name (default: examples/pretrain.py's output)")
+    a("--init-from", default=d("runs/pretrain/model"), metavar="SOURCE",
+      help="a model directory, a published GPT-2 name, a Llama-family .gguf file or hub name "
+           "(default: examples/pretrain.py's output)")
     a("--tokenizer", default=d(None), help="gpt2 or a directory with encoder.json and vocab.bpe "
                                            "(default: the model directory's, else gpt2)")
     add_device_flags(p)
     add_training_flags(p, lr=None, epochs=2, eval_every=50,
-                       lr_help=f"default: the book's 5e-5 for GPT-2's published weights, {SMALL_MODEL_LR:g} "
-                               "otherwise, the best of those tried on examples/pretrain.py's model")
+                       lr_help=f"default: the book's 5e-5 for published weights (GPT-2, the Llama family), "
+                               f"{SMALL_MODEL_LR:g} otherwise, the best of those tried on examples/pretrain.py's model")
     a("--max-length", type=int_at_least(2), default=d(None),
       help="cut examples to this many tokens, at least 2: an input and its next token (default: the model's context)")
     a("--mask-prompt", action="store_true", default=d(False),
@@ -92,7 +100,8 @@ def run(argv):
     if args.data is None:
         raise FlagError("the following arguments are required: --data")
     if args.lr is None:
-        args.lr = BOOK_LR if args.init_from in PRETRAINED else SMALL_MODEL_LR
+        published = args.init_from in PRETRAINED or not instruct.is_gpt2_source(args.init_from)
+        args.lr = BOOK_LR if published else SMALL_MODEL_LR
     if args.tf32:
         backend.enable_tf32(args.device)  # before the first CuPy import: CuPy reads the mode once
     if args.device == "cuda":
@@ -113,6 +122,7 @@ def run(argv):
               file=sys.stderr)
     split = instruct.split_entries(good, seed=args.seed)
     model, tok = instruct.load_model(args.init_from, args.device, args.tokenizer)
+    gpt = isinstance(model, GPT)
     context = model.config.context_length
     max_length = context if args.max_length is None else args.max_length
     if max_length > context:
@@ -128,14 +138,16 @@ def run(argv):
     longer = sum(len(x.ids) > max_length for x in train.dataset.examples)
     print(f"{len(split.train)} train, {len(split.val)} val, {len(split.test)} test entries; "
           f"model {model.num_parameters():,} parameters, context {context}; {len(train)} batches per epoch, "
-          f"lr {args.lr:g}; {longer} train examples longer than --max-length {max_length} are cut")
+          f"lr {args.lr:g}; {longer} train examples longer than --max-length {max_length} are cut; prompts in "
+          + ("the model's chat template" if instruct.uses_chat_template(tok) else "the Alpaca format"))
 
     config = TrainConfig(lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup, epochs=args.epochs,
                          max_steps=args.max_steps, eval_every=args.eval_every,
                          eval_batches=args.eval_batches or None, log_every=5, out_dir=str(out), seed=args.seed,
                          dtype=args.dtype)
     metadata = {"command": COMMAND, "args": run_settings(args), "data_fingerprint": fingerprint}
-    trainer = Trainer(model, train, val, config, tokenizer=tok, metadata=metadata)
+    # a GPT-2 BPE is saved beside the checkpoint; a Llama-family tokenizer is read from --init-from again
+    trainer = Trainer(model, train, val, config, tokenizer=tok if gpt else None, metadata=metadata)
     if saved is not None:  # the model built as at the start (LoRA included); the checkpoint restores the rest
         trainer.resume()
         print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
@@ -151,6 +163,8 @@ def run(argv):
           f"{val_text(first)}; after: train loss {last['train_loss']:.3f}{val_text(last)}"
           + (" (response tokens only: --mask-prompt)" if args.mask_prompt else ""))
 
+    if not gpt:  # the trainer exports GPT's model/; a Llama's goes in Hugging Face's layout with its tokenizer
+        print(f"model (LoRA merged) written to {instruct.save_model(model, tok, out / 'model', args.init_from)}")
     if args.lora:  # model/ already holds the merged weights (save_pretrained merges them)
         print(f"LoRA adapter written to {save_adapter(model, out / ADAPTER)}")
         merge_lora(model)  # plain Linear layers again: the responses below come from what model/ holds
@@ -159,7 +173,9 @@ def run(argv):
     path = instruct.write_json(out / instruct.RESPONSES_FILE, responses)
     print(f"{len(responses)} test responses in {time.perf_counter() - start:.0f} s, written to {path}")
     for entry in responses[:3]:
-        print(f"\n{instruct.format_input(entry)}\n\nCorrect response:\n>> {entry['output']}\n\n"
+        asked = (instruct.chat_messages(entry)[0]["content"] if instruct.uses_chat_template(tok)
+                 else instruct.format_input(entry))
+        print(f"\n{asked}\n\nCorrect response:\n>> {entry['output']}\n\n"
               f"Model response:\n>> {entry['model_response']}\n{'-' * 40}")
     if args.judge_url and responses:
         scores = judge.score_responses(responses, args.judge_model, args.judge_url)

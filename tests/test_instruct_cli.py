@@ -258,3 +258,48 @@ def test_judge_that_cannot_be_reached(base, tmp_path, capsys):
 
 def test_chat_on_a_missing_model_directory(tmp_path, capsys):
     assert_clean_error(chat_main(["--model", str(tmp_path / "nope")]), capsys, "nope")
+
+
+# ---- a Llama-family model in its chat template -----------------------------------------------------
+
+
+def test_llama_lora_run_merged_directory_loads_in_ours_and_transformers(tmp_path):
+    """A tiny random Llama that transformers writes, with a ChatML tokenizer the tokenizers library trains,
+    fine-tuned with --lora 2: model/ holds the merged weights and the tokenizer's files; ours and transformers
+    load it with equal logits and ids, it equals the base with the adapter merged, and it answers the test
+    entries as the run did."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from tinygrad_llm.models.pretrained import load_pretrained
+
+    base_dir = test_instruct.tiny_chat_llama(tmp_path / "base")
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(toy_entries(40)), encoding="utf-8")
+    out = tmp_path / "run"
+    result = cli(FINETUNE, "--data", data, "--init-from", base_dir, "--lora", 2, "--max-steps", 3, "--batch-size", 4,
+                 "--lr", 1e-2, "--max-new-tokens", 6, "--mask-prompt", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "prompts in the model's chat template" in result.stdout and "LoRA on 15 layers" in result.stdout
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / "model" / name).is_file()
+    assert_model_gives_the_responses(out)
+
+    merged, tok = load_pretrained(out / "model")
+    rebuilt, _ = load_pretrained(base_dir)
+    load_adapter(rebuilt, out / "adapter.safetensors")
+    merge_lora(rebuilt)
+    untouched = load_pretrained(base_dir)[0].state_dict()
+    changed = 0
+    for name, value in merged.state_dict().items():
+        np.testing.assert_allclose(value, rebuilt.state_dict()[name], rtol=1e-5, atol=1e-6)
+        changed += not np.array_equal(value, untouched[name])
+    assert changed == 15  # 7 Linear layers in each of the 2 blocks and the untied head; embeddings, norms frozen
+
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    their_tok = transformers.AutoTokenizer.from_pretrained(out / "model")
+    messages = test_instruct.instruct.chat_messages(toy_entries(1)[0])
+    ids = tok.apply_chat_template(messages)
+    assert their_tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False) == ids
+    with torch.no_grad():
+        expected = theirs(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(merged(np.array([ids])).data, expected, atol=1e-4, rtol=0)
