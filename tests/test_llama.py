@@ -195,7 +195,7 @@ def test_rope_table_is_made_once_and_decoding_reads_views_of_it(monkeypatch):
             model(np.array([[token]]), cache)
         monkeypatch.undo()
     assert model.rope_table(5)[0] is cos  # no new table for the decoded tokens
-    assert len(seen) == 2 * 2 * cfg.n_layers  # two tokens, q and k of every layer
+    assert len(seen) == 2 * cfg.n_layers  # two tokens, one rotation per layer (q and k side by side)
     assert all(c.base is cos and s.base is sin for c, s in seen)  # views, not copies
     np.testing.assert_array_equal(seen[-1][0], cos[4:5])  # the second decoded token sits at position 4
     assert model.rope_table(300)[0].shape == (512, cfg.head_dim)  # doubled
@@ -206,6 +206,36 @@ def test_rope_table_is_made_once_and_decoding_reads_views_of_it(monkeypatch):
     ref.inv_freq = model.inv_freq
     ids = np.array([[7, 8, 9, 10]])
     np.testing.assert_allclose(model(ids).data, ref(ids).data, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_QWEN3], ids=["llama", "qwen3"])
+def test_inference_shares_one_product_for_qkv_and_for_gate_up(cfg):
+    """Without a graph (no_grad) the fast path reads q, k and v's weights in one product and gate and up's in
+    another: the weights become row views of one array each (same Parameters, same names and values), the
+    logits are those of the graph path, and a weight replaced afterwards is stacked again."""
+    from autograd import nn
+    from tinygrad_llm.models.llama import stacked_weight
+
+    model = Llama(cfg, seed=2)
+    ids = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 7))
+    params = dict(model.named_parameters())
+    with_graph = model(ids).data
+    with no_grad():
+        np.testing.assert_allclose(model(ids).data, with_graph, atol=1e-5)
+    attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
+    qkv = stacked_weight(attn, ("q_proj", "k_proj", "v_proj"))
+    assert qkv.shape == ((cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, cfg.emb_dim)
+    assert all(getattr(attn, n).weight.data.base is qkv for n in ("q_proj", "k_proj", "v_proj"))
+    assert stacked_weight(mlp, ("gate_proj", "up_proj")).shape == (2 * cfg.hidden_dim, cfg.emb_dim)
+    assert dict(model.named_parameters()) == params  # the same Parameter objects under the same names
+    attn.k_proj.weight.data = attn.k_proj.weight.data * 3.0  # a new array: stacked again on the next call
+    mlp.up_proj.weight.data = mlp.up_proj.weight.data[::-1].copy()
+    with_graph = model(ids).data
+    with no_grad():
+        np.testing.assert_allclose(model(ids).data, with_graph, atol=1e-5)
+    assert stacked_weight(attn, ("q_proj", "k_proj", "v_proj")) is not qkv
+    attn.q_proj = nn.Sequential(attn.q_proj)  # as a wrapper (LoRA) would replace it
+    assert stacked_weight(attn, ("q_proj", "k_proj", "v_proj")) is None  # not a plain Linear: apart
 
 
 def test_fast_path_in_query_chunks_equals_the_reference(monkeypatch):

@@ -37,7 +37,7 @@ import numpy as np
 
 import autograd.functional as F
 import autograd.reference as R
-from autograd import Tensor, backend, cat, nn
+from autograd import Tensor, backend, cat, is_grad_enabled, nn
 from tinygrad_llm.models.gpt import KVCache
 from tinygrad_llm.models.llama_config import PRESETS, LlamaConfig, RopeScaling  # noqa: F401  (re-exported)
 
@@ -92,6 +92,35 @@ def apply_rope(x, cos, sin):
     return x * cos + rotated * sin
 
 
+def stacked_weight(module, names):
+    """The weights of `module`'s Linear layers `names` (one input width, no bias) as the row blocks of one
+    array (sum of outputs, in), so that one product x @ W^T serves them all where no gradient is asked
+    for: a decoded token reads q, k and v in one matrix-vector product instead of three (and gate and up
+    in one instead of two). None where a layer is not a plain bias-free Linear (a LoRA wrapper).
+
+    subtle: the layers' weights become views of that array, in place: the Parameter objects and their
+    values stay, so an optimizer, a state dict or a loader writing into them (p.data[...] = w) still works
+    on them; the array is made on the first call and made again when a weight's array was replaced (the
+    model moved to a device, a parameter assigned anew)."""
+    layers = [getattr(module, name) for name in names]
+    if not all(type(lin) is nn.Linear and lin.bias is None and lin.compute_dtype is None for lin in layers):
+        return None
+    key = "_stacked_" + "_".join(names)
+    stack = module.__dict__.get(key)
+    if stack is not None and all(lin.weight.data is view for lin, view in zip(layers, stack[1])):
+        return stack[0]
+    xp = backend.get_array_module(layers[0].weight.data)
+    w = xp.concatenate([lin.weight.data for lin in layers])  # (sum of outputs, in)
+    views, row = [], 0
+    for lin in layers:
+        rows = lin.weight.shape[0]
+        lin.weight.data = w[row:row + rows]  # a view of its rows, the same values
+        views.append(lin.weight.data)
+        row += rows
+    object.__setattr__(module, key, (w, views))
+    return w
+
+
 # ---------------------------------------------------------------------------------------------------
 # The layers
 
@@ -128,6 +157,9 @@ class LlamaKVCache(KVCache):
         self.length = 0
 
 
+QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")  # the layers a product can share
+
+
 class LlamaAttention(nn.Module):
     """Causal grouped-query self-attention with rotary positions (the book's `GroupedQueryAttention`),
     and QK-norm for Qwen3.
@@ -151,17 +183,24 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x, cos, sin, cache=None, layer=0):
         B, T, _ = x.shape
-        q, k, v = self.project(x)  # (B, H, T, D), (B, KV, T, D), (B, KV, T, D)
-        if self.fused:  # one op each; cos and sin (T, D) broadcast over batch and heads
-            q, k = F.rope(q, cos, sin), F.rope(k, cos, sin)
+        # inference on the fast path (no graph to build): q, k and v from one product, heads cut on the array
+        qkv = stacked_weight(self, QKV) if self.fused and not is_grad_enabled() else None
+        if qkv is not None:
+            q, k, v = self.project_stacked(x, qkv, cos, sin)  # rotated: (B, H, T, D), (B, KV, T, D) twice
         else:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k, v = self.project(x)  # (B, H, T, D), (B, KV, T, D), (B, KV, T, D)
+            if self.fused:  # one op each; cos and sin (T, D) broadcast over batch and heads
+                q, k = F.rope(q, cos, sin), F.rope(k, cos, sin)
+            else:
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # decoding: attend to the cached positions too (constants: no gradient)
             if x.requires_grad:
                 raise RuntimeError("a KV cache is for inference; run the model under no_grad()")
             keys, values = cache.update(layer, k.data, v.data)
             k, v = Tensor(keys), Tensor(values)  # (B, KV, cached + T, D)
         y = self.attend_fused(q, k, v) if self.fused else self.attend_reference(q, k, v)  # (B, H, T, D)
+        if qkv is not None:  # no gradient: the heads merged on the array, (B, H, T, D) -> (B, T, H*D)
+            return self.o_proj(Tensor(y.data.transpose(0, 2, 1, 3).reshape(B, T, -1)))
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # (B, T, H*D) -> (B, T, C)
 
     def project(self, x):
@@ -175,6 +214,22 @@ class LlamaAttention(nn.Module):
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, T, heads, D) -> (B, heads, T, D)
+
+    def project_stacked(self, x, qkv, cos, sin):
+        """`project` and RoPE without a graph (inference on the fast path): one product with the stacked
+        weights `qkv` ((H + 2 KV) * D, C), the heads views of its output; the queries and keys, side by
+        side in it, rotated by one F.rope (QK-norm's two norms, Qwen3, rotate them apart). Returns q
+        (B, H, T, D) and k, v (B, KV, T, D), rotated."""
+        B, T, _ = x.shape
+        H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
+        y = F.linear(x, Tensor(qkv)).data.reshape(B, T, H + 2 * KV, D)  # (B, T, C) -> (B, T, H + 2 KV, D)
+        heads = y.transpose(0, 2, 1, 3)  # (B, H + 2 KV, T, D), a view
+        v = Tensor(heads[:, H + KV:])
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(Tensor(y[:, :, :H])), self.k_norm(Tensor(y[:, :, H:H + KV]))  # (B, T, heads, D)
+            return F.rope(q.transpose(1, 2), cos, sin), F.rope(k.transpose(1, 2), cos, sin), v
+        qk = F.rope(Tensor(heads[:, :H + KV]), cos, sin).data  # (B, H + KV, T, D): both rotated at once
+        return Tensor(qk[:, :H]), Tensor(qk[:, H:]), v
 
     def attend_reference(self, q, k, v):
         """The book's grouped-query attention: repeat each key/value head for the group of query heads
@@ -216,7 +271,13 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.emb_dim, bias=False, rng=rng)
 
     def forward(self, x):
-        gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, C) -> (B, T, hidden) each
+        stacked = stacked_weight(self, GATE_UP) if self.fused and not is_grad_enabled() else None
+        if stacked is not None:  # inference: gate and up from one product, (B, T, C) -> (B, T, 2 hidden)
+            y = F.linear(x, Tensor(stacked)).data
+            hidden = y.shape[-1] // 2
+            gate, up = Tensor(y[..., :hidden]), Tensor(y[..., hidden:])  # views, (B, T, hidden) each
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, C) -> (B, T, hidden) each
         h = F.swiglu(gate, up) if self.fused else silu(gate) * up
         return self.down_proj(h)  # (B, T, hidden) -> (B, T, C)
 
