@@ -138,15 +138,17 @@ def train_floor(config, batch, context, dims=None, n_params=None, bandwidth_floa
             "params": n_params}
 
 
-def decode_floor(config, dims=None, repeat=7):
+def decode_floor(config, dims=None, repeat=7, products=None):
     """The floor of decoding one token at batch 1: every weight matrix read once, in the model's order,
     as one row times the matrix. The matrices are all allocated, as in the model, so each is read from
     memory and not from a cache that still holds it from the last token (timing each shape alone would:
-    a 7 MB layer matrix stays in L3 and reads 3-4x faster than it does inside a model of 500 MB)."""
-    dims = dims or common.CONFIGS[config][0]
+    a 7 MB layer matrix stays in L3 and reads 3-4x faster than it does inside a model of 500 MB).
+    `products`: [(count, m, k, n)] of another model's token (benchmarks/bench_llama.py passes the Llama
+    family's); GPT-2's `decode_products(dims)` by default."""
+    products = products or decode_products(dims or common.CONFIGS[config][0])
     rng = np.random.default_rng(0)
     weights = [rng.standard_normal((k, n), dtype=np.float32)
-               for count, m, k, n in decode_products(dims) for _ in range(count)]
+               for count, m, k, n in products for _ in range(count)]
     rows = {w.shape[0]: rng.standard_normal((1, w.shape[0]), dtype=np.float32) for w in weights}
     outs = [np.empty((1, w.shape[1]), np.float32) for w in weights]
 
