@@ -234,6 +234,11 @@ def test_inference_shares_one_product_for_qkv_and_for_gate_up(cfg):
     with no_grad():
         np.testing.assert_allclose(model(ids).data, with_graph, atol=1e-5)
     assert stacked_weight(attn, ("q_proj", "k_proj", "v_proj")) is not qkv
+    model.to("strict")  # the host arrays are let go: the moved weights are stacked anew on the device
+    assert "_stacked_q_proj_k_proj_v_proj" not in attn.__dict__
+    with no_grad():
+        np.testing.assert_allclose(backend.to_host(model(ids).data), with_graph, atol=1e-5)
+    assert stacked_weight(attn, ("q_proj", "k_proj", "v_proj")).shape == qkv.shape
     attn.q_proj = nn.Sequential(attn.q_proj)  # as a wrapper (LoRA) would replace it
     assert stacked_weight(attn, ("q_proj", "k_proj", "v_proj")) is None  # not a plain Linear: apart
 

@@ -101,7 +101,8 @@ def stacked_weight(module, names):
     subtle: the layers' weights become views of that array, in place: the Parameter objects and their
     values stay, so an optimizer, a state dict or a loader writing into them (p.data[...] = w) still works
     on them; the array is made on the first call and made again when a weight's array was replaced (the
-    model moved to a device, a parameter assigned anew)."""
+    model moved to a device, a parameter assigned anew). `Llama.to` drops the arrays at once, so a model
+    moved to a GPU holds no host copy of them."""
     layers = [getattr(module, name) for name in names]
     if not all(type(lin) is nn.Linear and lin.bias is None and lin.compute_dtype is None for lin in layers):
         return None
@@ -339,6 +340,16 @@ class Llama(nn.Module):
         if name == "lm_head" and isinstance(value, nn.Module) and "config" in self.__dict__ and self.config.tie_weights:
             self.config = replace(self.config, tie_weights=False)  # a replaced head unties (see GPT)
         super().__setattr__(name, value)
+
+    def to(self, device):
+        """Move every parameter to `device` (nn.Module.to), and drop the inference path's stacked weights
+        (`stacked_weight`): the moved parameters no longer view them, and they are stacked anew, on the
+        device, by the next forward without a graph."""
+        super().to(device)
+        for m in self.modules():
+            for key in [k for k in m.__dict__ if k.startswith("_stacked_")]:
+                del m.__dict__[key]
+        return self
 
     def new_cache(self, batch_size, max_len=None):
         """An empty KV cache for `batch_size` sequences of up to `max_len` (default context_length)
