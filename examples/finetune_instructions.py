@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 from autograd import backend
-from tinygrad_llm import instruct, judge
-from tinygrad_llm.finetune.lora import apply_lora, merge_lora, save_adapter
+from tinygrad_llm.finetune import instruct, judge
+from tinygrad_llm.finetune.lora import ADAPTER_FILE, apply_lora, merge_lora, save_adapter
 from tinygrad_llm.models.gpt import GPT
 from tinygrad_llm.models.gpt2_weights import PRETRAINED
 from tinygrad_llm.support import cli
@@ -44,7 +44,6 @@ from tinygrad_llm.text.data import file_fingerprint
 from tinygrad_llm.training.trainer import TrainConfig, Trainer
 
 COMMAND = "examples/finetune_instructions.py"  # recorded in the checkpoint: another command cannot resume its run
-ADAPTER = "adapter.safetensors"
 BOOK_LR = 5e-5  # the book's, for GPT-2 medium's published weights
 # examples/pretrain.py's cpu-small model fine-tuned for 2 epochs: val loss 1.93 at 1e-3, 1.76 at 3e-3, 1.85 at 6e-3
 SMALL_MODEL_LR = 3e-3
@@ -77,7 +76,7 @@ def build_parser(suppress=False):
     a("--max-new-tokens", type=nonnegative_int, default=d(256), help="longest answer generated for a test entry")
     a("--on-bad", default=d("skip"), choices=["skip", "error"],
       help="entries with a missing or non-string field: leave them out with a warning, or stop")
-    add_lora_flags(p, lora_help=f"--out/{ADAPTER} holds them alone, model/ the merged weights")
+    add_lora_flags(p, lora_help=f"--out/{ADAPTER_FILE} holds them alone, model/ the merged weights")
     a("--judge-url", default=d(None), metavar="URL",
       help=f"score the answers with Ollama at URL (e.g. {judge.DEFAULT_URL})")
     a("--judge-model", default=d(judge.DEFAULT_MODEL))
@@ -166,7 +165,7 @@ def run(argv):
     if not gpt:  # the trainer exports GPT's model/; a Llama's goes in Hugging Face's layout with its tokenizer
         print(f"model (LoRA merged) written to {instruct.save_model(model, tok, out / 'model', args.init_from)}")
     if args.lora:  # model/ already holds the merged weights (save_pretrained merges them)
-        print(f"LoRA adapter written to {save_adapter(model, out / ADAPTER)}")
+        print(f"LoRA adapter written to {save_adapter(model, out / ADAPTER_FILE)}")
         merge_lora(model)  # plain Linear layers again: the responses below come from what model/ holds
     start = time.perf_counter()
     responses = instruct.generate_responses(model, tok, split.test, args.max_new_tokens)
@@ -186,7 +185,7 @@ def run(argv):
         mean = f"{sum(scored) / len(scored):.2f}" if scored else "n/a"
         print(f"judge {args.judge_model}: average score {mean} over {len(scored)} of {len(scores)} responses")
     print(f"outputs in {out}/: model/ (for examples/chat.py), {instruct.RESPONSES_FILE}, metrics.jsonl, "
-          f"checkpoint.safetensors{', ' + ADAPTER if args.lora else ''}")
+          f"checkpoint.safetensors{', ' + ADAPTER_FILE if args.lora else ''}")
     return 0
 
 

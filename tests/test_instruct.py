@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from autograd.functional import cross_entropy
-from tinygrad_llm import instruct, judge
+from tinygrad_llm.finetune import instruct, judge
 from tinygrad_llm.finetune.instruct import (
     Example,
     InstructionDataset,

@@ -18,7 +18,7 @@ import pytest
 
 from tests import test_instruct
 from tests.test_instruct import free_port, toy_entries
-from tinygrad_llm import instruct
+from tinygrad_llm.finetune import instruct
 from tinygrad_llm.models.generate import generate
 from tinygrad_llm.finetune.lora import load_adapter, merge_lora
 from tinygrad_llm.models.gpt import GPT
