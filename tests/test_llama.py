@@ -381,3 +381,22 @@ def test_both_paths_and_the_cache_run_on_every_device(device):
         np.testing.assert_allclose(backend.to_host(grads["layers.0.self_attn.q_proj.weight"]),
                                    host["layers.0.self_attn.q_proj.weight"], atol=1e-4)
         np.testing.assert_array_equal(generate(model, ids[:1, :4], 6), generate(Llama(TINY_QWEN3, seed=0), ids[:1, :4], 6))
+
+
+def test_attention_weights_are_each_query_heads_softmax_and_equal_the_logits_path():
+    """Llama.attention_weights (the attention grid's input): one (B, n_heads, T, T) array per layer,
+    causal rows that sum to 1, taken from the reference attention without changing the logits; the
+    heads of a group share keys but each has its own weights."""
+    model = Llama(LlamaConfig.preset("tiny-llama"), seed=0)
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (1, 7))
+    with no_grad():
+        before = model(ids).numpy()
+    weights = model.attention_weights(ids)
+    cfg = model.config
+    assert len(weights) == cfg.n_layers and weights[0].shape == (1, cfg.n_heads, 7, 7)
+    np.testing.assert_allclose(weights[0].sum(-1), 1.0, rtol=1e-5)
+    assert np.all(np.triu(weights[1][0, 0], k=1) == 0)
+    assert not np.allclose(weights[0][0, 0], weights[0][0, 1])
+    with no_grad():
+        np.testing.assert_array_equal(model(ids).numpy(), before)  # recording left nothing behind
+    assert all(not b.self_attn.record_weights for b in model.layers)

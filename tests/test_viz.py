@@ -257,3 +257,16 @@ def test_a_resume_between_evaluations_keeps_the_steps_since_the_last_record(tok,
     strip = lambda rs: [r["per_step"] for r in rs if "per_step" in r]  # noqa: E731
     assert strip(second.records) == strip(full.records)
     assert json.loads((tmp_path / "cut" / METRICS).read_text().splitlines()[1])["per_step"]["step"] == [1, 2, 3]
+
+
+def test_the_attention_grid_draws_a_llama_familys_query_heads(tok):
+    from tinygrad_llm.models.llama import Llama, LlamaConfig
+
+    model = Llama(LlamaConfig.preset("tiny-llama", vocab_size=tok.n_vocab), seed=0)
+    text = "the cat sat on the mat"
+    fig = attention_grid(model, tok, text, layer=0)
+    expected = model.attention_weights(np.asarray([tok.encode(text)]))[0][0]  # (n_heads, T, T), not n_kv_heads
+    heat = [ax for ax in fig.axes if ax.images and ax.get_title().startswith("head")]
+    assert len(heat) == model.config.n_heads > model.config.n_kv_heads
+    for h, ax in enumerate(heat):
+        np.testing.assert_array_equal(ax.images[0].get_array(), expected[h])

@@ -37,7 +37,7 @@ import numpy as np
 
 import autograd.functional as F
 import autograd.reference as R
-from autograd import Tensor, backend, cat, is_grad_enabled, nn
+from autograd import Tensor, backend, cat, is_grad_enabled, nn, no_grad
 from tinygrad_llm.models.gpt import KVCache
 from tinygrad_llm.models.llama_config import PRESETS, LlamaConfig, RopeScaling  # noqa: F401  (re-exported)
 
@@ -181,6 +181,7 @@ class LlamaAttention(nn.Module):
         if cfg.qk_norm:
             self.q_norm = RMSNorm(D, cfg.rms_norm_eps, cfg.fused)
             self.k_norm = RMSNorm(D, cfg.rms_norm_eps, cfg.fused)
+        self.record_weights, self.attn_weights = False, None  # see Llama.attention_weights
 
     def forward(self, x, cos, sin, cache=None, layer=0):
         B, T, _ = x.shape
@@ -199,7 +200,8 @@ class LlamaAttention(nn.Module):
                 raise RuntimeError("a KV cache is for inference; run the model under no_grad()")
             keys, values = cache.update(layer, k.data, v.data)
             k, v = Tensor(keys), Tensor(values)  # (B, KV, cached + T, D)
-        y = self.attend_fused(q, k, v) if self.fused else self.attend_reference(q, k, v)  # (B, H, T, D)
+        fused = self.fused and not self.record_weights  # the fused op keeps no weights to show
+        y = self.attend_fused(q, k, v) if fused else self.attend_reference(q, k, v)  # (B, H, T, D)
         if qkv is not None:  # no gradient: the heads merged on the array, (B, H, T, D) -> (B, T, H*D)
             return self.o_proj(Tensor(y.data.transpose(0, 2, 1, 3).reshape(B, T, -1)))
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))  # (B, T, H*D) -> (B, T, C)
@@ -247,6 +249,8 @@ class LlamaAttention(nn.Module):
         xp = backend.xp_for(q.device)
         mask = xp.triu(xp.ones((T, Tk), dtype=bool), k=Tk - T + 1)
         weights = R.softmax(scores.masked_fill(mask, -math.inf) / math.sqrt(D), axis=-1)  # (B, H, T, Tk)
+        if self.record_weights:
+            self.attn_weights = backend.to_host(weights.data)
         return weights @ v  # (B, H, T, Tk) @ (B, H, Tk, D) -> (B, H, T, D)
 
     def attend_fused(self, q, k, v):
@@ -390,6 +394,22 @@ class Llama(nn.Module):
         if cache is not None:
             cache.length += T
         return self.norm(x)
+
+    def attention_weights(self, ids):
+        """Each layer's attention weights for ids (B, T): a list of n_layers host arrays (B, n_heads, T, T),
+        one per query head (the heads of a group share their keys, not their weights), row i holding how
+        much token i attends to each token up to itself. Runs the reference attention in eval mode,
+        without gradients, as `GPT.attention_weights` does."""
+        attns = [block.self_attn for block in self.layers]
+        try:
+            for a in attns:
+                a.record_weights = True
+            with nn.eval_mode(self), no_grad():
+                self.hidden_states(ids)
+            return [a.attn_weights for a in attns]
+        finally:
+            for a in attns:
+                a.record_weights, a.attn_weights = False, None
 
     def rope_table(self, length):
         """The fast path's cos and sin, arrays (n, D) on the model's device for positions 0 .. n-1 with
