@@ -236,6 +236,23 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
+def recorded_attention_weights(model, attns, ids):
+    """The attention weights `attns` (modules with `record_weights` / `attn_weights`, one per layer)
+    keep while `model` runs on ids in eval mode without gradients; recording is switched off after.
+    Serves GPT.attention_weights and Llama.attention_weights."""
+    from autograd import no_grad
+
+    try:
+        for a in attns:
+            a.record_weights = True
+        with nn.eval_mode(model), no_grad():
+            model.hidden_states(ids)
+        return [a.attn_weights for a in attns]
+    finally:
+        for a in attns:
+            a.record_weights, a.attn_weights = False, None
+
+
 class GPT(nn.Module):
     """GPT-2 (book section 4.6, listing 4.7's GPTModel): token and position embeddings, `n_layers` blocks,
     a final LayerNorm and the output head.
@@ -324,18 +341,7 @@ class GPT(nn.Module):
         """Each layer's attention weights for ids (B, T): a list of n_layers host arrays (B, n_heads, T, T),
         row i of a head holding how much token i attends to each token up to itself. Runs the reference
         attention (the fused op keeps no weights) in eval mode, without gradients."""
-        from autograd import no_grad
-
-        attns = [block.attn for block in self.h]
-        try:
-            for a in attns:
-                a.record_weights = True
-            with nn.eval_mode(self), no_grad():
-                self.hidden_states(ids)
-            return [a.attn_weights for a in attns]
-        finally:
-            for a in attns:
-                a.record_weights, a.attn_weights = False, None
+        return recorded_attention_weights(self, [block.attn for block in self.h], ids)
 
     def summary(self, batch_size=1, seq_len=None):
         """A table for learners: each layer, its output shape and parameter count, and the total."""

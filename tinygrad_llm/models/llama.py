@@ -37,8 +37,8 @@ import numpy as np
 
 import autograd.functional as F
 import autograd.reference as R
-from autograd import Tensor, backend, cat, is_grad_enabled, nn, no_grad
-from tinygrad_llm.models.gpt import KVCache
+from autograd import Tensor, backend, cat, is_grad_enabled, nn
+from tinygrad_llm.models.gpt import KVCache, recorded_attention_weights
 from tinygrad_llm.models.llama_config import PRESETS, LlamaConfig, RopeScaling  # noqa: F401  (re-exported)
 
 # ---------------------------------------------------------------------------------------------------
@@ -400,16 +400,7 @@ class Llama(nn.Module):
         one per query head (the heads of a group share their keys, not their weights), row i holding how
         much token i attends to each token up to itself. Runs the reference attention in eval mode,
         without gradients, as `GPT.attention_weights` does."""
-        attns = [block.self_attn for block in self.layers]
-        try:
-            for a in attns:
-                a.record_weights = True
-            with nn.eval_mode(self), no_grad():
-                self.hidden_states(ids)
-            return [a.attn_weights for a in attns]
-        finally:
-            for a in attns:
-                a.record_weights, a.attn_weights = False, None
+        return recorded_attention_weights(self, [block.self_attn for block in self.layers], ids)
 
     def rope_table(self, length):
         """The fast path's cos and sin, arrays (n, D) on the model's device for positions 0 .. n-1 with
