@@ -1,6 +1,7 @@
 """Generation: the KV cache gives the logits of a full forward pass, generate gives the same ids with
-and without it, the sampling rules (greedy, temperature, top-k, top-p, seed, end-of-text), streaming
-text, and the example script run on a saved model, offline."""
+and without it, a cache kept from call to call (a chat) gives each turn's tokens of a fresh prefill and
+feeds only the new ids, the sampling rules (greedy, temperature, top-k, top-p, seed, end-of-text),
+streaming text, and the example script run on a saved model, offline."""
 
 import os
 import subprocess
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 
 from autograd import Tensor, is_grad_enabled, no_grad
-from tinygrad_llm.models.generate import decode_stream, generate, sample_next, stream
+from tinygrad_llm.models.generate import PrefixCache, decode_stream, generate, sample_next, stream
 from tinygrad_llm.models.gpt import KVCache
+from tinygrad_llm.models.llama import Llama, LlamaConfig
 from tinygrad_llm.text.tokenizer import BPETokenizer
 from tests.conftest import tiny_gpt
 
@@ -197,6 +199,124 @@ def test_decode_stream_never_splits_a_character():
     assert len(ids) > len(text)
     pieces = list(decode_stream(tok, iter(ids)))
     assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A cache kept from one call to the next (a chat)
+
+MESSAGES = [prompt(1, 6, seed=10)[0].tolist(), prompt(1, 4, seed=11)[0].tolist(), prompt(1, 5, seed=12)[0].tolist()]
+ANSWER = 5  # tokens per answer
+
+
+def sharp(model):
+    """`model` with its weight matrices ten times as large: at the init's scale a tiny random model's
+    greedy answer repeats one token whatever it is given, and a wrong cache would go unseen."""
+    for p in model.parameters():
+        if p.data.ndim == 2:
+            p.data *= 10.0
+    return model
+
+
+def chat_model(kind, device="cpu"):
+    """A tiny random GPT or Llama, sharpened, with room for a few turns (a context of 64)."""
+    model = Llama(LlamaConfig.preset("tiny-llama"), seed=0) if kind == "llama" else tiny_gpt(V, 64, seed=0)
+    return sharp(model).to(device)
+
+
+def count_fed(model):
+    """Wrap `model.forward` so that it records how many positions each call is fed; returns the record."""
+    fed, forward = [], model.forward
+
+    def counting(ids, cache=None, last_only=False):
+        fed.append(np.shape(ids)[1])  # ids (B, T)
+        return forward(ids, cache, last_only)
+
+    model.forward = counting
+    return fed
+
+
+def chat(model, messages, cache=None):
+    """Each turn's answer: the conversation so far (the earlier messages and answers) and the turn's
+    message, continued by `stream` for ANSWER tokens."""
+    conversation, answers = [], []
+    for message in messages:
+        conversation += message
+        answers.append(list(stream(model, conversation, ANSWER, cache=cache)))
+        conversation += answers[-1]
+    return answers
+
+
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
+def test_a_kept_cache_answers_each_turn_as_a_fresh_prefill_and_feeds_only_the_new_ids(device, kind):
+    model = chat_model(kind, device)
+    fresh = chat(model, MESSAGES)  # a new cache each turn: the whole conversation prefilled again
+    fed = count_fed(model)
+    cache = PrefixCache(model)
+    assert chat(model, MESSAGES, cache) == fresh
+    # turn 1 prefills its message, then one token a step; a later turn feeds the last answer's last
+    # token (generation stopped before feeding it) and the new message, then one token a step
+    steps = [1] * (ANSWER - 1)
+    assert fed == [6, *steps, 1 + 4, *steps, 1 + 5, *steps]
+    assert cache.length == 6 + 4 + 5 + 3 * ANSWER - 1
+
+
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
+def test_ids_that_differ_from_the_cached_ones_are_computed_again(kind):
+    """A template may render an earlier turn anew otherwise (Qwen3 drops an answer's thinking): the
+    cache keeps the common prefix, and the answer is still the fresh prefill's."""
+    model = chat_model(kind)
+    first, second = MESSAGES[:2]
+    cache = PrefixCache(model)
+    answer = list(stream(model, first, ANSWER, cache=cache))
+    fed = count_fed(model)
+    # the same prompt again (an answer regenerated): only its last id is fed, for its logits
+    assert list(stream(model, first, ANSWER, cache=cache)) == answer and fed[0] == 1
+    rewritten = first[:3] + [(first[3] + 1) % V] + first[4:] + answer + second  # differs from position 3 on
+    fed.clear()
+    assert list(stream(model, rewritten, ANSWER, cache=cache)) == list(stream(model, rewritten, ANSWER))
+    assert fed[0] == len(rewritten) - 3
+    # another conversation altogether, and a cache reset: all of it is fed
+    other = [(first[0] + 1) % V, *second]
+    fed.clear()
+    assert list(stream(model, other, ANSWER, cache=cache)) == list(stream(model, other, ANSWER))
+    cache.reset()
+    assert list(stream(model, other, ANSWER, cache=cache)) == list(stream(model, other, ANSWER))
+    assert fed[0] == fed[2 * ANSWER] == len(other)
+
+
+def test_a_kept_cache_follows_the_window_past_the_context():
+    model = sharp(tiny_model())
+    cache = PrefixCache(model)
+    ids = prompt(1, 10)[0]
+    first = generate(model, ids, 20, cache=cache)  # 30 tokens: the window slides past CTX = 24
+    assert cache.length == CTX
+    more = np.concatenate([first, [1, 2, 3]])
+    second = generate(model, more, 6, cache=cache)
+    np.testing.assert_array_equal(first, generate(model, ids, 20, use_cache=False))
+    np.testing.assert_array_equal(second, generate(model, more, 6, use_cache=False))
+
+
+def test_a_kept_cache_of_a_batch_keeps_what_every_row_agrees_on():
+    model = sharp(tiny_model())
+    cache = PrefixCache(model, batch_size=2)
+    out = generate(model, prompt(2, 8), 4, cache=cache)
+    edited = out.copy()
+    edited[1, 5] = (edited[1, 5] + 1) % V  # row 1 differs from position 5 on, row 0 not at all
+    fed = count_fed(model)
+    np.testing.assert_array_equal(generate(model, edited, 4, cache=cache), generate(model, edited, 4))
+    assert fed[0] == edited.shape[1] - 5
+
+
+def test_a_cache_that_cannot_hold_the_ids_is_refused():
+    model = tiny_model()
+    with pytest.raises(TypeError, match="must be a PrefixCache"):  # a bare KV cache does not know its ids
+        generate(model, [1, 2], 2, cache=KVCache(model.config, 1))
+    with pytest.raises(ValueError, match="another model"):
+        generate(model, [1, 2], 2, cache=PrefixCache(tiny_model(seed=1)))
+    with pytest.raises(ValueError, match="use_cache=False"):
+        generate(model, [1, 2], 2, cache=PrefixCache(model), use_cache=False)
+    with pytest.raises(ValueError, match="a batch of 2"):
+        generate(model, prompt(2, 3), 2, cache=PrefixCache(model))
 
 
 # ---------------------------------------------------------------------------------------------------
