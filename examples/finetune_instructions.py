@@ -36,6 +36,7 @@ from tinygrad_llm.finetune import instruct, judge
 from tinygrad_llm.finetune.lora import ADAPTER_FILE, apply_lora, merge_lora, save_adapter
 from tinygrad_llm.models.gpt import GPT
 from tinygrad_llm.models.gpt2_weights import PRETRAINED
+from tinygrad_llm.models.pretrained import is_gpt2_source, save_model
 from tinygrad_llm.support import cli
 from tinygrad_llm.support.cli import (FlagError, Parser, add_device_flags, add_lora_flags, add_run_flags,
                                       add_training_flags, check_same_data, claim_run_folder, int_at_least,
@@ -99,7 +100,7 @@ def run(argv):
     if args.data is None:
         raise FlagError("the following arguments are required: --data")
     if args.lr is None:
-        published = args.init_from in PRETRAINED or not instruct.is_gpt2_source(args.init_from)
+        published = args.init_from in PRETRAINED or not is_gpt2_source(args.init_from)
         args.lr = BOOK_LR if published else SMALL_MODEL_LR
     if args.tf32:
         backend.enable_tf32(args.device)  # before the first CuPy import: CuPy reads the mode once
@@ -163,7 +164,7 @@ def run(argv):
           + (" (response tokens only: --mask-prompt)" if args.mask_prompt else ""))
 
     if not gpt:  # the trainer exports GPT's model/; a Llama's goes in Hugging Face's layout with its tokenizer
-        print(f"model (LoRA merged) written to {instruct.save_model(model, tok, out / 'model', args.init_from)}")
+        print(f"model (LoRA merged) written to {save_model(model, tok, out / 'model', args.init_from)}")
     if args.lora:  # model/ already holds the merged weights (save_pretrained merges them)
         print(f"LoRA adapter written to {save_adapter(model, out / ADAPTER_FILE)}")
         merge_lora(model)  # plain Linear layers again: the responses below come from what model/ holds

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from autograd import backend
-from tinygrad_llm.finetune import instruct
 from tinygrad_llm.support.cli import DEVICES, Parser, nonnegative_float, nonnegative_int, positive_int, probability, run_main
 from tinygrad_llm.models.generate import decode_stream, stream
 from tinygrad_llm.models.gpt import GPT
+from tinygrad_llm.models.pretrained import is_gpt2_source, load_pretrained
 from tinygrad_llm.text.tokenizer import ENDOFTEXT, get_tokenizer
 
 
@@ -57,9 +57,7 @@ def parse_args(argv=None):
 
 def load(args):
     """(model, tokenizer, prompt ids, the ids generation stops at, whether the prompt is echoed)."""
-    if not instruct.is_gpt2_source(args.model):
-        from tinygrad_llm.models.pretrained import load_pretrained
-
+    if not is_gpt2_source(args.model):
         if args.tokenizer is not None:
             raise ValueError(f"--tokenizer is for GPT-2 models; {args.model} brings its own tokenizer")
         model, tok = load_pretrained(args.model, device=args.device, cache_dir=args.cache_dir)

@@ -50,9 +50,9 @@ from tqdm.auto import tqdm
 
 from autograd.checkpoint import write_text
 from tinygrad_llm.text.data import DataLoader
-from tinygrad_llm.models import gpt2_weights
 from tinygrad_llm.models.generate import generate
 from tinygrad_llm.models.gpt import GPT
+from tinygrad_llm.models.pretrained import is_gpt2_source, load_pretrained, save_model
 from tinygrad_llm.text.tokenizer import get_tokenizer
 
 FIELDS = ("instruction", "input", "output")
@@ -351,26 +351,6 @@ def instruction_loader(entries, tokenizer, batch_size, *, train, max_length=None
 # Models
 
 
-def is_gpt2_source(source) -> bool:
-    """Whether `source` is read as a GPT-2 (a published name, or a directory that holds no Llama-family
-    config.json: a missing or GPT-2 one), as this chapter's scripts always read it; a .gguf file, a
-    Llama-family directory and a hub name (owner/name, not a local path) go to `load_pretrained`."""
-    from tinygrad_llm.models.llama_config import ARCHITECTURES
-
-    name, path = str(source), Path(source)
-    if name in gpt2_weights.PRETRAINED and not path.exists():
-        return True
-    if path.is_file() or path.suffix.lower() == ".gguf":
-        return False
-    if path.is_dir():
-        try:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return True  # GPT's loader says what is wrong with it
-        return not (isinstance(config, dict) and config.get("model_type") in ARCHITECTURES)
-    return name.count("/") != 1 or name.startswith((".", "/"))  # a missing path: GPT's loader names it
-
-
 def load_model(source, device="cpu", tokenizer=None):
     """(model, tokenizer) from a model directory (config.json + model.safetensors, as examples/pretrain.py
     and this chapter's script write them), a published GPT-2 name (gpt2, gpt2-medium, ...: downloaded once),
@@ -381,8 +361,6 @@ def load_model(source, device="cpu", tokenizer=None):
     and vocab.bpe, else GPT-2's (tiktoken's gpt2, which downloads its files on first use). A Llama-family
     model comes with its own (`tokenizer` must be None)."""
     if not is_gpt2_source(source):
-        from tinygrad_llm.models.pretrained import load_pretrained
-
         if tokenizer is not None:
             raise ValueError(f"--tokenizer is for GPT-2 models; {source} brings its own tokenizer")
         model, tok = load_pretrained(source, device=device)
@@ -401,33 +379,6 @@ def load_model(source, device="cpu", tokenizer=None):
                          f"{model.config.vocab_size}; pass the model's own tokenizer")
     end_of_text(tok)
     return model, tok
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "generation_config.json")
-
-
-def save_model(model, tokenizer, directory, source=None):
-    """Write a Llama-family `model` (its LoRA layers merged) to `directory` in Hugging Face's layout
-    (`llama_weights.save_pretrained`) with its tokenizer's files, a directory that `load_pretrained` and
-    transformers' AutoModelForCausalLM / AutoTokenizer load: the files of `source` when it is a directory
-    that holds a tokenizer.json, else tokenizer.json, tokenizer_config.json and generation_config.json
-    written from `tokenizer` (a GGUF file's, `hf_files.save_tokenizer_json`). Returns the directory."""
-    import shutil
-
-    from tinygrad_llm.models.llama_weights import save_pretrained
-    from tinygrad_llm.text.hf_files import save_tokenizer_json
-
-    directory = Path(directory)
-    save_pretrained(model, directory)
-    here = Path(source) if source is not None else None
-    if here is not None and here.is_dir() and (here / "tokenizer.json").is_file():
-        for name in TOKENIZER_FILES:
-            if (here / name).is_file():
-                shutil.copyfile(here / name, directory / name)
-    else:
-        save_tokenizer_json(tokenizer, directory)
-    return directory
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -470,7 +421,7 @@ __all__ = [
     "FIELDS", "PREAMBLE", "RESPONSE_HEADER", "IGNORE_INDEX", "RESPONSES_FILE", "load_entries", "entry_problem",
     "check_entries", "describe_bad", "Split", "split_entries", "format_input", "prompt_text", "uses_chat_template",
     "chat_messages", "prompt_ids", "example_ids", "encode_text", "end_of_response", "stop_ids", "decode_response",
-    "end_of_text", "Example", "InstructionDataset", "custom_collate_fn", "instruction_loader", "is_gpt2_source", "load_model",
-    "save_model",
+    "end_of_text", "Example", "InstructionDataset", "custom_collate_fn", "instruction_loader", "load_model",
     "response_budget", "generate_response", "generate_responses", "write_json",
+    "is_gpt2_source", "save_model",  # models.pretrained's, kept here where the chapter's scripts first called them
 ]

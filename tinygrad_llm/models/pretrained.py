@@ -16,9 +16,15 @@ A source is read as the first of these that fits:
   `snapshot_download` into its cache (once; a cached copy is used offline), then read as a directory.
   Offline with nothing cached, or a gated model without a login, is a WeightsUnavailableError that
   says what to do.
+
+`is_gpt2_source(source)` says which of the two families a source holds without loading it, and
+`save_model` writes a Llama-family model with its tokenizer's files as a directory this loader (and
+transformers) reads back.
 """
 
+import json
 import logging
+import shutil
 from pathlib import Path
 
 from tinygrad_llm.models import gpt2_weights
@@ -28,6 +34,9 @@ from tinygrad_llm.models.llama_weights import open_gguf
 # what a hub download fetches: the model's config and weights, and its tokenizer's files
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
+# what `save_model` copies from a source directory beside the weights: the tokenizer's files
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json")
 
 
 def load_pretrained(source, *, device="cpu", cache_dir=None):
@@ -54,6 +63,26 @@ def load_pretrained(source, *, device="cpu", cache_dir=None):
                                     f"({', '.join(gpt2_weights.PRETRAINED)}) or a hub name (owner/name)")
         path = download_snapshot(name, cache_dir)
     return load_directory(path, device)
+
+
+def is_gpt2_source(source) -> bool:
+    """Whether `source` is read as a GPT-2 (a published name, or a directory that holds no Llama-family
+    config.json: a missing or GPT-2 one), as the book's chapters always read it; a .gguf file, a
+    Llama-family directory and a hub name (owner/name, not a local path) go to `load_pretrained`."""
+    from tinygrad_llm.models.llama_config import ARCHITECTURES
+
+    name, path = str(source), Path(source)
+    if name in gpt2_weights.PRETRAINED and not path.exists():
+        return True
+    if path.is_file() or path.suffix.lower() == ".gguf":
+        return False
+    if path.is_dir():
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return True  # GPT's loader says what is wrong with it
+        return not (isinstance(config, dict) and config.get("model_type") in ARCHITECTURES)
+    return name.count("/") != 1 or name.startswith((".", "/"))  # a missing path: GPT's loader names it
 
 
 def load_directory(directory, device="cpu"):
@@ -92,6 +121,27 @@ def load_tokenizer(source, reader=None):
         return hf_files.load_tokenizer(source) if (source / "tokenizer.json").is_file() else None
     reader = reader if reader is not None else open_gguf(source)
     return hf_files.load_gguf_tokenizer(source, reader) if "tokenizer.ggml.model" in reader.fields else None
+
+
+def save_model(model, tokenizer, directory, source=None):
+    """Write a Llama-family `model` (its LoRA layers merged) to `directory` in Hugging Face's layout
+    (`llama_weights.save_pretrained`) with its tokenizer's files, a directory that `load_pretrained` and
+    transformers' AutoModelForCausalLM / AutoTokenizer load: the files of `source` when it is a directory
+    that holds a tokenizer.json, else tokenizer.json, tokenizer_config.json and generation_config.json
+    written from `tokenizer` (a GGUF file's, `hf_files.save_tokenizer_json`). Returns the directory."""
+    from tinygrad_llm.models.llama_weights import save_pretrained
+    from tinygrad_llm.text.hf_files import save_tokenizer_json
+
+    directory = Path(directory)
+    save_pretrained(model, directory)
+    here = Path(source) if source is not None else None
+    if here is not None and here.is_dir() and (here / "tokenizer.json").is_file():
+        for name in TOKENIZER_FILES:
+            if (here / name).is_file():
+                shutil.copyfile(here / name, directory / name)
+    else:
+        save_tokenizer_json(tokenizer, directory)
+    return directory
 
 
 def download_snapshot(repo, cache_dir=None):
@@ -138,4 +188,5 @@ def _one_line(e):
     return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
 
 
-__all__ = ["load_pretrained", "load_directory", "load_tokenizer", "gpt2_tokenizer", "download_snapshot", "HUB_PATTERNS"]
+__all__ = ["load_pretrained", "is_gpt2_source", "load_directory", "gpt2_tokenizer", "load_tokenizer", "save_model",
+           "download_snapshot", "HUB_PATTERNS", "TOKENIZER_FILES"]
