@@ -11,15 +11,19 @@ GPT-2 name or a hub name (owner/name). With a chat template the whole conversati
 each turn (`apply_chat_template(messages, add_generation_prompt=True)`, exactly as transformers renders
 it) and the answer stops at the model's end-of-turn token (`tokenizer.stop_ids`); --system puts a system
 message first. A GPT without a template answers each line on its own in the Alpaca prompt it was
-fine-tuned with. An empty line or Ctrl-D ends the chat. A source that is missing, holds no model, or is a
-hub name while offline prints one line, `error: ...`, and exits with status 2.
+fine-tuned with. The KV cache is kept from turn to turn (a `PrefixCache`, which records the ids it holds):
+a turn feeds the model only the ids after the longest common prefix of its prompt and those, normally the
+last answer's last token (never fed: generation stopped) and the new message; where a template renders an
+earlier turn anew otherwise, the ids from there on are computed again. An empty line or Ctrl-D ends the
+chat. A source that is missing, holds no model, or is a hub name while offline prints one line,
+`error: ...`, and exits with status 2.
 """
 
 import sys
 
 from tinygrad_llm.finetune import instruct
 from tinygrad_llm.support.cli import DEVICES, Parser, nonnegative_float, nonnegative_int, positive_int, run_main
-from tinygrad_llm.models.generate import decode_stream, stream
+from tinygrad_llm.models.generate import PrefixCache, decode_stream, stream
 
 
 def build_parser():
@@ -69,6 +73,7 @@ def run(argv=None):
     if args.system is not None and not chat:
         raise ValueError(f"--system needs a chat template; {args.model}'s tokenizer has none (Alpaca prompts)")
     messages = [{"role": "system", "content": args.system}] if args.system is not None else []
+    cache = PrefixCache(model)  # one per chat, on the model's device: each turn feeds only the ids it has not seen
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"Type {'a message' if chat else 'an instruction'}; an empty line or Ctrl-D ends the chat.")
@@ -83,7 +88,7 @@ def run(argv=None):
 
         def tokens():
             for t in stream(model, ids, budget, temperature=args.temperature, top_k=args.top_k,
-                            eos_id=instruct.stop_ids(tok), seed=args.seed):
+                            eos_id=instruct.stop_ids(tok), seed=args.seed, cache=cache):
                 answer.append(t)
                 yield t
 
