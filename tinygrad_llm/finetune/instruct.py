@@ -105,11 +105,12 @@ def _json_lines(text, path):
     return entries
 
 
-def entry_problem(entry) -> str | None:
-    """Why `entry` is not a usable entry (a dict whose three FIELDS are strings), or None."""
+def entry_problem(entry, fields=FIELDS, optional=()) -> str | None:
+    """Why `entry` is not a usable entry, or None: it must be a dict whose `fields` are strings, and its
+    `optional` fields too where it has them."""
     if not isinstance(entry, dict):
         return f"not an object but a {type(entry).__name__}"
-    for field in FIELDS:
+    for field in fields + tuple(f for f in optional if f in entry):
         if field not in entry:
             return f"no {field!r}"
         if not isinstance(entry[field], str):
@@ -117,22 +118,22 @@ def entry_problem(entry) -> str | None:
     return None
 
 
-def check_entries(entries, on_bad="skip"):
+def check_entries(entries, on_bad="skip", problem=entry_problem, needs=f"string fields {', '.join(FIELDS)}"):
     """(good entries, [(index, problem)] of the bad ones). An index is the entry's position in the file
     (from 0). on_bad="error" raises ValueError at the first bad entry; "skip" leaves them out (the caller
-    reports the list). All entries bad is an error either way."""
+    reports the list). All entries bad is an error either way. `problem(entry)` says what is wrong with an
+    entry (None: nothing), and `needs` what each entry needs, for the error: preference.py passes its own."""
     if on_bad not in ("skip", "error"):
         raise ValueError(f"on_bad must be 'skip' or 'error', got {on_bad!r}")
     good, bad = [], []
     for i, entry in enumerate(entries):
-        problem = entry_problem(entry)
-        if problem is None:
+        why = problem(entry)
+        if why is None:
             good.append(entry)
             continue
         if on_bad == "error":
-            raise ValueError(f"entry {i}: {problem} (each entry needs string fields "
-                             f"{', '.join(FIELDS)}; --on-bad skip leaves such entries out)")
-        bad.append((i, problem))
+            raise ValueError(f"entry {i}: {why} (each entry needs {needs}; --on-bad skip leaves such entries out)")
+        bad.append((i, why))
     if not good:
         raise ValueError(f"none of the {len(entries)} entries is usable: {describe_bad(bad)}")
     return good, bad

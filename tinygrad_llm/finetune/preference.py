@@ -68,15 +68,9 @@ RESPONSES_FILE = "preference-data-with-response.json"
 def entry_problem(entry) -> str | None:
     """Why `entry` is not a usable preference entry, or None: it needs the four FIELDS as strings, the
     two responses not blank, and "output", where present, a string."""
-    if not isinstance(entry, dict):
-        return f"not an object but a {type(entry).__name__}"
-    for field in FIELDS + ("output",):
-        if field not in entry:
-            if field == "output":
-                continue
-            return f"no {field!r}"
-        if not isinstance(entry[field], str):
-            return f"{field!r} is {type(entry[field]).__name__}, not a string"
+    problem = instruct.entry_problem(entry, FIELDS, optional=("output",))
+    if problem is not None:
+        return problem
     for field in ("chosen", "rejected"):
         if not entry[field].strip():
             return f"{field!r} is empty"
@@ -84,24 +78,11 @@ def entry_problem(entry) -> str | None:
 
 
 def check_entries(entries, on_bad="skip"):
-    """(good entries, [(index, problem)] of the bad ones), as `instruct.check_entries` with this module's
-    `entry_problem`: on_bad="error" raises ValueError at the first bad entry, "skip" leaves them out;
+    """(good entries, [(index, problem)] of the bad ones): `instruct.check_entries` with this module's
+    `entry_problem`. on_bad="error" raises ValueError at the first bad entry, "skip" leaves them out;
     all entries bad is an error either way."""
-    if on_bad not in ("skip", "error"):
-        raise ValueError(f"on_bad must be 'skip' or 'error', got {on_bad!r}")
-    good, bad = [], []
-    for i, entry in enumerate(entries):
-        problem = entry_problem(entry)
-        if problem is None:
-            good.append(entry)
-        elif on_bad == "error":
-            raise ValueError(f"entry {i}: {problem} (each entry needs string fields {', '.join(FIELDS)}, the "
-                             "responses not empty; --on-bad skip leaves such entries out)")
-        else:
-            bad.append((i, problem))
-    if not good:
-        raise ValueError(f"none of the {len(entries)} entries is usable: {instruct.describe_bad(bad)}")
-    return good, bad
+    return instruct.check_entries(entries, on_bad, entry_problem,
+                                  needs=f"string fields {', '.join(FIELDS)}, the responses not empty")
 
 
 # ---------------------------------------------------------------------------------------------------
