@@ -310,7 +310,8 @@ class Llama(nn.Module):
     The same interface as `GPT`: `model(ids)` gives logits (B, T, vocab); `forward(ids, cache=None,
     last_only=False)`; `hidden_states(ids, cache)`; `new_cache(batch_size)` makes the KV cache that
     `tinygrad_llm.models.generate` fills. Published weights: `tinygrad_llm.load_pretrained(source)`, or
-    `llama_weights.load_llama` / `save_pretrained` for the model alone. `init=False` keeps the layers' first draws instead of
+    `llama_weights.load_llama` for the model alone; `save_pretrained(directory)` writes it back in Hugging Face's
+    layout, as GPT's writes GPT-2's. `init=False` keeps the layers' first draws instead of
     Hugging Face's N(0, 0.02), for a loader that overwrites every parameter. Replacing the head (`model.lm_head = ...`) unties a tied model
     as GPT's does.
     """
@@ -354,6 +355,14 @@ class Llama(nn.Module):
             for key in [k for k in m.__dict__ if k.startswith("_stacked_")]:
                 del m.__dict__[key]
         return self
+
+    def save_pretrained(self, directory):
+        """Write config.json + model.safetensors in Hugging Face's layout (`llama_weights.save_pretrained`: a
+        LoRA layer merged), which `tinygrad_llm.load_pretrained` and transformers' AutoModelForCausalLM read.
+        The tokenizer's files are not written (as GPT's method; `instruct.save_model` writes both)."""
+        from tinygrad_llm.models import llama_weights  # which imports this module
+
+        llama_weights.save_pretrained(self, directory)
 
     def new_cache(self, batch_size, max_len=None):
         """An empty KV cache for `batch_size` sequences of up to `max_len` (default context_length)

@@ -1,0 +1,57 @@
+"""`Llama.save_pretrained(directory)`, as `GPT.save_pretrained`: config.json + model.safetensors in Hugging
+Face's layout, which `tinygrad_llm.load_pretrained` reads back to the same logits bit for bit, and
+transformers' AutoModelForCausalLM (where it is installed) to the same logits within float32 rounding;
+a LoRA-wrapped model is written as the plain model it amounts to."""
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+
+from tinygrad_llm.finetune.lora import apply_lora, lora_layers
+from tinygrad_llm.models.gpt import GPT
+from tinygrad_llm.models.llama import Llama, LlamaConfig
+from tinygrad_llm.models.pretrained import load_pretrained
+
+IDS = np.random.default_rng(0).integers(0, 97, (2, 12))
+
+
+def transformers_logits(directory, ids=IDS):
+    """transformers' logits of the model in `directory`, or a skip where it is not installed."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return theirs(torch.tensor(ids)).logits.numpy()
+
+
+def test_gpt_and_llama_save_alike():
+    assert inspect.signature(Llama.save_pretrained) == inspect.signature(GPT.save_pretrained)
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen3"])  # an untied head; a tied one with QK-norm
+def test_a_saved_model_loads_back_with_the_same_logits(tmp_path, preset):
+    model = Llama(LlamaConfig.preset(preset), seed=3)
+    model.save_pretrained(tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
+    back, tok = load_pretrained(tmp_path / "model")
+    assert tok is None  # the tokenizer's files are the caller's to write (instruct.save_model writes both)
+    assert back.config == model.config
+    np.testing.assert_array_equal(back(IDS).data, model(IDS).data)
+    config = json.loads((tmp_path / "model" / "config.json").read_text(encoding="utf-8"))
+    assert config["model_type"] == model.config.model_type
+    np.testing.assert_allclose(transformers_logits(tmp_path / "model"), model(IDS).data, atol=1e-4, rtol=0)
+
+
+def test_a_lora_model_is_saved_merged(tmp_path):
+    model = Llama(LlamaConfig.preset("tiny-llama"), seed=3)
+    apply_lora(model, rank=2, alpha=4.0, seed=1)
+    for _, layer in lora_layers(model):  # B starts at zero; a trained update, as after some steps
+        layer.lora_B.data[...] = np.random.default_rng(2).normal(0.0, 0.1, layer.lora_B.shape)
+    expected = model(IDS).data
+    model.save_pretrained(tmp_path / "model")
+    back, _ = load_pretrained(tmp_path / "model")
+    assert not lora_layers(back)
+    np.testing.assert_allclose(back(IDS).data, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(transformers_logits(tmp_path / "model"), expected, atol=1e-4, rtol=0)
