@@ -289,18 +289,17 @@ def blockwise(fn, *arrays, block=BLOCK_ELEMENTS):
     (2, 256, 3072) activation streams it through memory eight times. In blocks of ~64K elements the chain
     runs while a block sits in cache, and the blocks are shared by HOST_THREADS threads (ufuncs release
     the GIL): a chain such as GELU's gains more than the extra core alone (docs/performance.md). On a GPU,
-    the strict device, small arrays or non-contiguous ones, fn is called once on the whole arrays: one
+    the strict device, small arrays, or arrays whose rows are not each contiguous, fn is called once on the whole arrays: one
     kernel per pass is what a GPU wants. fn must not depend on where the blocks start or end.
     """
     global _pool
     first = arrays[0]
     xp = get_array_module(first)
     rows = first.size // first.shape[-1] if first.ndim else 1
-    if (xp is not np or first.size <= 2 * block or HOST_THREADS < 2
-            or not all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays)):
+    flat = _row_views(arrays, rows) if xp is np and first.size > 2 * block and HOST_THREADS > 1 else None
+    if flat is None:
         fn(xp, *arrays)
         return
-    flat = [a.reshape(rows, -1) for a in arrays]
     step = max(1, block // flat[0].shape[1])
     starts = range(0, rows, step)
     if _pool is None:
@@ -313,3 +312,24 @@ def blockwise(fn, *arrays, block=BLOCK_ELEMENTS):
             fn(np, *(f[i:i + step] for f in flat))
 
     list(_pool.map(work, range(HOST_THREADS)))  # list(): re-raise an exception from a block
+
+
+def _row_views(arrays, rows):
+    """Each array as a (rows, columns) view of its own memory, or None where one cannot be: a NumPy array
+    that is C-contiguous, or whose rows are each contiguous at a fixed stride (a slice of the last axis, as
+    the gate and up halves of one stacked product are). A reshape that would copy gives None: the blocks
+    must write into the arrays themselves."""
+    views = []
+    for a in arrays:
+        if type(a) is not np.ndarray:
+            return None
+        if a.flags.c_contiguous:
+            views.append(a.reshape(rows, -1))
+            continue
+        if a.ndim < 2 or a.strides[-1] != a.itemsize:
+            return None
+        view = a.reshape(rows, -1)
+        if not np.may_share_memory(view, a):  # a copy: its memory is elsewhere
+            return None
+        views.append(view)
+    return views

@@ -72,6 +72,23 @@ def test_small_or_strided_arrays_are_one_call(two_threads):
     assert calls == [(4, 8), (400, 500)]
 
 
+def test_rows_sliced_from_a_wider_array_are_split_in_blocks_and_written_in_place(two_threads):
+    """The gate and up halves of one stacked product, y[..., :h] and y[..., h:], have contiguous rows at a
+    stride: they are cut in row blocks as views (no copy), and what the blocks write lands in y itself."""
+    y = np.arange(2 * 300 * 1000, dtype=np.float32).reshape(2, 300, 1000)
+    gate, up = y[..., :500], y[..., 500:]
+    calls = []
+
+    def add_into(xp, g, u):
+        calls.append(g.shape)
+        g += u
+
+    expected = gate + up
+    backend.blockwise(add_into, gate, up)
+    np.testing.assert_array_equal(y[..., :500], expected)
+    assert len(calls) > 1 and all(shape[1] == 500 for shape in calls) and sum(s[0] for s in calls) == 600
+
+
 def test_an_error_in_a_block_reaches_the_caller(two_threads):
     def fail(xp, x):
         raise ValueError("bad block")
