@@ -38,6 +38,7 @@ import numpy as np
 import autograd.functional as F
 import autograd.reference as R
 from autograd import Tensor, backend, cat, is_grad_enabled, nn
+from tinygrad_llm.models import llama_decode
 from tinygrad_llm.models.gpt import KVCache, recorded_attention_weights
 from tinygrad_llm.models.llama_config import PRESETS, LlamaConfig, RopeScaling  # noqa: F401  (re-exported)
 
@@ -373,6 +374,11 @@ class Llama(nn.Module):
     def forward(self, ids, cache=None, last_only=False):
         """Logits (B, T, vocab) for integer ids (B, T); with a KV cache, ids continue the cached sequence.
         last_only=True: only the last position's logits, (B, 1, vocab), which is all generation reads."""
+        if (cache is not None and ids.shape[-1] == 1 and cache.length < self.config.context_length
+                and not is_grad_enabled()):  # one decoded token that fits (hidden_states says when not)
+            logits = llama_decode.decode_step(self, ids.data if isinstance(ids, Tensor) else ids, cache)
+            if logits is not None:  # the same ops on the arrays, without the graph (models/llama_decode.py)
+                return Tensor(logits)
         x = self.hidden_states(ids, cache)
         if last_only and x.shape[1] > 1:
             x = x[:, -1:]  # (B, T, C) -> (B, 1, C)
