@@ -21,6 +21,7 @@ FileFormatError: the command-line programs print it as one `error:` line) that n
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from autograd import backend
 from autograd.checkpoint import (READ_DTYPES, CheckpointError, read_safetensors_header, read_tensor_into,
                                  write_safetensors, write_text)
 from tinygrad_llm.finetune.lora import merged_state_dict
-from tinygrad_llm.models.llama import Llama, LlamaConfig, rope_frequencies
+from tinygrad_llm.models.llama import Llama, LlamaConfig, RopeScaling, rope_frequencies
 from tinygrad_llm.models.llama_config import config_fields_from_gguf, config_fields_from_hf, config_to_hf
 
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
@@ -154,11 +155,32 @@ def save_pretrained(model, directory):
     Face's names, no lm_head.weight when tied), which transformers' AutoModelForCausalLM and this loader
     both read. A LoRA-wrapped layer is written as the plain Linear it amounts to."""
     directory = Path(directory)
+    config = hf_config(model)  # first: a model config.json cannot describe leaves no files behind
     directory.mkdir(parents=True, exist_ok=True)
     state = merged_state_dict(model)
     tensors = [(hf_name(name), array, False) for name, array in state.items()]
     write_safetensors(directory / HF_WEIGHTS, tensors, metadata={"format": "pt"})
-    write_text(directory / HF_CONFIG, json.dumps(config_to_hf(model.config), indent=2) + "\n")
+    write_text(directory / HF_CONFIG, json.dumps(config, indent=2) + "\n")
+
+
+def hf_config(model):
+    """The config.json (a dict) that rebuilds `model`, rotary frequencies included.
+
+    subtle: a GGUF file of Llama 3.1+ gives its scaled frequencies as the rope_freqs tensor, not as
+    settings (`load_gguf` puts them in `model.inv_freq`, and its config has no rope_scaling), so written
+    as it is the config would rebuild plain RoPE: another model. The released files' scaling is Llama
+    3's with low and high factors 1 and 4 over 8192 positions, its factor the largest of the tensor's;
+    frequencies that it does not give are an error rather than a config.json of another model."""
+    cfg = model.config
+    if not np.allclose(model.inv_freq, rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling), rtol=1e-6):
+        plain = rope_frequencies(cfg.head_dim, cfg.rope_base)
+        scaling = RopeScaling(float(np.max(plain / model.inv_freq)), 1.0, 4.0, 8192)
+        if not np.allclose(model.inv_freq, rope_frequencies(cfg.head_dim, cfg.rope_base, scaling), rtol=1e-5):
+            raise CheckpointError("the model's rotary frequencies (a GGUF file's rope_freqs) are not Llama 3's "
+                                  "scaling with low and high factors 1 and 4 over 8192 positions, the one "
+                                  "config.json's rope_scaling can hold here; the saved model would differ")
+        cfg = replace(cfg, rope_scaling=scaling)
+    return config_to_hf(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -324,5 +346,5 @@ def load_llama(source, **config_overrides):
     raise FileNotFoundError(f"{source} is neither a GGUF file nor a model directory")
 
 
-__all__ = ["GGUF_TYPES", "GGUF_NAMES", "hf_name", "read_hf_config", "safetensors_files", "load_hf_weights", "load_hf_directory", "save_pretrained",
+__all__ = ["GGUF_TYPES", "GGUF_NAMES", "hf_name", "read_hf_config", "safetensors_files", "load_hf_weights", "load_hf_directory", "save_pretrained", "hf_config",
            "our_name", "unpermute_rows", "open_gguf", "gguf_metadata", "load_gguf", "load_llama"]
