@@ -31,7 +31,6 @@ import json
 import sys
 from pathlib import Path
 
-from autograd import backend
 from autograd.checkpoint import write_text
 from tinygrad_llm.finetune.classifier import (POOLS, TRAINABLE, GPTClassifier, accuracy, accuracy_hook, batch_examples,
                                               classification_loader, classification_loss, set_trainable)
@@ -41,11 +40,10 @@ from tinygrad_llm.finetune.lora import ADAPTER_FILE, merge_lora, save_adapter
 from tinygrad_llm.models.gpt import GPT, PRESETS, GPTConfig
 from tinygrad_llm.support import cli
 from tinygrad_llm.support.cli import (Parser, add_device_flags, add_lora_flags, add_run_flags, add_training_flags,
-                                      check_same_data, claim_run_folder, int_at_least, positive_int,
-                                      report_interrupt, resumed_args, run_main, run_settings, shell_command)
-from tinygrad_llm.text.data import file_fingerprint
+                                      data_fingerprint, fit, int_at_least, parse_training_args, positive_int,
+                                      run_main, run_settings, shell_command, start_run, train_config)
 from tinygrad_llm.text.tokenizer import BPETokenizer, get_tokenizer
-from tinygrad_llm.training.trainer import TrainConfig, Trainer
+from tinygrad_llm.training.trainer import Trainer
 
 COMMAND = "examples/finetune_classifier.py"  # recorded in the checkpoint: another command cannot resume its run
 # (trainable, lr) when the flags are not given: from scratch, and from pretrained weights (the book's)
@@ -137,26 +135,13 @@ def load_model(args, train_texts):
 
 
 def run(argv):
-    args = build_parser().parse_args(argv)
-    saved = None
-    if args.resume:
-        args, saved = resumed_args(build_parser, argv, args, COMMAND, RESUMABLE)
+    args, saved = parse_training_args(build_parser, argv, COMMAND, RESUMABLE)
     choose_trainable(args, quiet=saved is not None)
-    if args.tf32:
-        backend.enable_tf32(args.device)  # before the first CuPy import: CuPy reads the mode once
-    if args.device == "cuda":
-        backend.xp_for("cuda")  # DeviceError now, not after loading everything
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ".write-test").write_text("")
-    (out / ".write-test").unlink()
-    claim_run_folder(out, resume=saved is not None, overwrite=args.overwrite)
+    out = start_run(args, resume=saved is not None)
 
     path = args.data or download_sms_spam()
     data = read_labeled_tsv(path, on_bad=args.on_bad)
-    fingerprint = [file_fingerprint(path)]
-    if saved is not None:
-        check_same_data(fingerprint, saved, out)
+    fingerprint = data_fingerprint([path], saved, out)
     gpt, tok = load_model(args, [data.texts[i] for i in balanced_split(data, args.seed)[0]])
     if tok.eot_token is None:
         raise ValueError("the tokenizer has no <|endoftext|> token to pad with")
@@ -178,20 +163,11 @@ def run(argv):
     loader = lambda ds, train: classification_loader(ds, args.batch_size, args.pool, tok.eot_token,
                                                      shuffle=train, drop_last=train, seed=args.seed)
     train, val, test = loader(train_set, True), loader(val_set, False), loader(test_set, False)
-    config = TrainConfig(lr=args.lr, schedule="constant", warmup_steps=args.warmup, weight_decay=args.weight_decay,
-                         epochs=args.epochs, max_steps=args.max_steps, eval_every=args.eval_every,
-                         eval_batches=args.eval_batches, out_dir=str(out), seed=args.seed, dtype=args.dtype)
+    config = train_config(args, schedule="constant", eval_batches=args.eval_batches)
     metadata = {"command": COMMAND, "args": run_settings(args), "data_fingerprint": fingerprint}
     trainer = Trainer(model, train, val, config, loss_fn=classification_loss, tokens_fn=batch_examples,
                       on_eval=accuracy_hook(train, val, args.eval_batches), metadata=metadata)
-    if saved is not None:  # the model built as at the start; the checkpoint restores the rest
-        trainer.resume()
-        print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
-              f"batch {trainer.batch_index})")
-    try:
-        trainer.fit()
-    except KeyboardInterrupt:
-        report_interrupt(trainer, out, __file__)
+    if fit(trainer, out, __file__, resume=saved is not None) is None:  # Ctrl-C, reported
         return 130
     if args.trainable == "lora":  # model/ holds the merged weights already; the adapter alone is small
         save_adapter(model, out / ADAPTER_FILE)

@@ -29,9 +29,7 @@ field are skipped with a warning naming them (--on-bad skip, the default).
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from autograd import backend
 from tinygrad_llm.finetune import instruct, judge
 from tinygrad_llm.finetune.lora import ADAPTER_FILE, apply_lora, merge_lora, save_adapter
 from tinygrad_llm.models.gpt import GPT
@@ -39,10 +37,10 @@ from tinygrad_llm.models.gpt2_weights import PRETRAINED
 from tinygrad_llm.models.pretrained import is_gpt2_source, save_model
 from tinygrad_llm.support import cli
 from tinygrad_llm.support.cli import (FlagError, Parser, add_device_flags, add_lora_flags, add_run_flags,
-                                      add_training_flags, check_same_data, claim_run_folder, int_at_least,
-                                      nonnegative_int, report_interrupt, resumed_args, run_main, run_settings)
-from tinygrad_llm.text.data import file_fingerprint
-from tinygrad_llm.training.trainer import TrainConfig, Trainer
+                                      add_training_flags, data_fingerprint, done_line, fit, int_at_least,
+                                      nonnegative_int, parse_training_args, run_main, run_settings, start_run,
+                                      train_config)
+from tinygrad_llm.training.trainer import Trainer
 
 COMMAND = "examples/finetune_instructions.py"  # recorded in the checkpoint: another command cannot resume its run
 BOOK_LR = 5e-5  # the book's, for GPT-2 medium's published weights
@@ -85,37 +83,19 @@ def build_parser(suppress=False):
     return p
 
 
-def writable(out):
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write-test"
-    probe.write_text("")
-    probe.unlink()
-
-
 def run(argv):
-    args = build_parser().parse_args(argv)
-    saved = None
-    if args.resume:
-        args, saved = resumed_args(build_parser, argv, args, COMMAND, RESUMABLE)
+    args, saved = parse_training_args(build_parser, argv, COMMAND, RESUMABLE)
     if args.data is None:
         raise FlagError("the following arguments are required: --data")
     if args.lr is None:
         published = args.init_from in PRETRAINED or not is_gpt2_source(args.init_from)
         args.lr = BOOK_LR if published else SMALL_MODEL_LR
-    if args.tf32:
-        backend.enable_tf32(args.device)  # before the first CuPy import: CuPy reads the mode once
-    if args.device == "cuda":
-        backend.xp_for("cuda")  # DeviceError now, not after loading
-    out = Path(args.out)
-    writable(out)
-    claim_run_folder(out, resume=saved is not None, overwrite=args.overwrite)
+    out = start_run(args, resume=saved is not None)
     if args.judge_url:
         judge.check_judge(args.judge_url, args.judge_model)  # before training, not after
 
     entries = instruct.load_entries(args.data)
-    fingerprint = [file_fingerprint(args.data)]
-    if saved is not None:
-        check_same_data(fingerprint, saved, out)
+    fingerprint = data_fingerprint([args.data], saved, out)
     good, bad = instruct.check_entries(entries, args.on_bad)
     if bad:
         print(f"warning: skipped {len(bad)} of {len(entries)} entries: {instruct.describe_bad(bad)}",
@@ -141,27 +121,16 @@ def run(argv):
           f"lr {args.lr:g}; {longer} train examples longer than --max-length {max_length} are cut; prompts in "
           + ("the model's chat template" if instruct.uses_chat_template(tok) else "the Alpaca format"))
 
-    config = TrainConfig(lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup, epochs=args.epochs,
-                         max_steps=args.max_steps, eval_every=args.eval_every,
-                         eval_batches=args.eval_batches or None, log_every=5, out_dir=str(out), seed=args.seed,
-                         dtype=args.dtype)
+    config = train_config(args, eval_batches=args.eval_batches or None, log_every=5)
     metadata = {"command": COMMAND, "args": run_settings(args), "data_fingerprint": fingerprint}
     # a GPT-2 BPE is saved beside the checkpoint; a Llama-family tokenizer is read from --init-from again
     trainer = Trainer(model, train, val, config, tokenizer=tok if gpt else None, metadata=metadata)
-    if saved is not None:  # the model built as at the start (LoRA included); the checkpoint restores the rest
-        trainer.resume()
-        print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
-              f"batch {trainer.batch_index})")
-    try:
-        records = trainer.fit()
-    except KeyboardInterrupt:
-        report_interrupt(trainer, out, __file__)
+    records = fit(trainer, out, __file__, resume=saved is not None)
+    if records is None:  # Ctrl-C, reported
         return 130
-    first, last = records[0], records[-1]
-    val_text = lambda r: f", val loss {r['val_loss']:.3f}" if r["val_loss"] is not None else ""  # noqa: E731
-    print(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; before: train loss {first['train_loss']:.3f}"
-          f"{val_text(first)}; after: train loss {last['train_loss']:.3f}{val_text(last)}"
-          + (" (response tokens only: --mask-prompt)" if args.mask_prompt else ""))
+    summary = lambda r: f"train loss {r['train_loss']:.3f}" + (  # noqa: E731
+        f", val loss {r['val_loss']:.3f}" if r["val_loss"] is not None else "")
+    print(done_line(trainer, records, summary) + (" (response tokens only: --mask-prompt)" if args.mask_prompt else ""))
 
     if not gpt:  # the trainer exports GPT's model/; a Llama's goes in Hugging Face's layout with its tokenizer
         print(f"model (LoRA merged) written to {save_model(model, tok, out / 'model', args.init_from)}")
@@ -175,8 +144,7 @@ def run(argv):
     for entry in responses[:3]:
         asked = (instruct.chat_messages(entry)[0]["content"] if instruct.uses_chat_template(tok)
                  else instruct.format_input(entry))
-        print(f"\n{asked}\n\nCorrect response:\n>> {entry['output']}\n\n"
-              f"Model response:\n>> {entry['model_response']}\n{'-' * 40}")
+        print(instruct.response_report(asked, entry, [("Model response", entry["model_response"])]))
     if args.judge_url and responses:
         scores = judge.score_responses(responses, args.judge_model, args.judge_url)
         for entry, score in zip(responses, scores):

@@ -26,19 +26,16 @@ a warning naming them (--on-bad skip, the default).
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from autograd import backend
 from tinygrad_llm.finetune import instruct
 from tinygrad_llm.finetune import preference as dpo
 from tinygrad_llm.finetune.lora import ADAPTER_FILE, adapters_disabled, apply_lora, merge_lora, save_adapter
 from tinygrad_llm.support import cli
 from tinygrad_llm.support.cli import (FlagError, Parser, add_device_flags, add_lora_flags, add_run_flags,
-                                      add_training_flags, check_same_data, claim_run_folder, int_at_least,
-                                      nonnegative_int, positive_float, report_interrupt, resumed_args, run_main,
-                                      run_settings)
-from tinygrad_llm.text.data import file_fingerprint
-from tinygrad_llm.training.trainer import TrainConfig, Trainer
+                                      add_training_flags, data_fingerprint, done_line, fit, int_at_least,
+                                      nonnegative_int, parse_training_args, positive_float, run_main, run_settings,
+                                      start_run, train_config)
+from tinygrad_llm.training.trainer import Trainer
 
 COMMAND = "examples/finetune_preferences.py"  # recorded in the checkpoint: another command cannot resume its run
 BOOK_LR = 5e-6  # the book's, for GPT-2 medium (355M) fine-tuned on instructions
@@ -84,13 +81,6 @@ def build_parser(suppress=False):
     return p
 
 
-def writable(out):
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write-test"
-    probe.write_text("")
-    probe.unlink()
-
-
 def reward_hook(objective, train, val, eval_batches):
     """on_eval: the book's evaluate_dpo_loss_loader, the rewards and margins of the evaluation batches
     added to the record and printed."""
@@ -109,27 +99,16 @@ def reward_hook(objective, train, val, eval_batches):
 
 
 def run(argv):
-    args = build_parser().parse_args(argv)
-    saved = None
-    if args.resume:
-        args, saved = resumed_args(build_parser, argv, args, COMMAND, RESUMABLE)
+    args, saved = parse_training_args(build_parser, argv, COMMAND, RESUMABLE)
     if args.data is None:
         raise FlagError("the following arguments are required: --data")
     if args.lora and args.reference is not None:
         raise ValueError("--reference and --lora: with --lora the reference is --init-from's own weights with the "
                          "adapters off; leave out --reference, or train without --lora")
-    if args.tf32:
-        backend.enable_tf32(args.device)  # before the first CuPy import: CuPy reads the mode once
-    if args.device == "cuda":
-        backend.xp_for("cuda")  # DeviceError now, not after loading
-    out = Path(args.out)
-    writable(out)
-    claim_run_folder(out, resume=saved is not None, overwrite=args.overwrite)
+    out = start_run(args, resume=saved is not None)
 
     entries = instruct.load_entries(args.data)
-    fingerprint = [file_fingerprint(args.data)]
-    if saved is not None:
-        check_same_data(fingerprint, saved, out)
+    fingerprint = data_fingerprint([args.data], saved, out)
     good, bad = dpo.check_entries(entries, args.on_bad)
     if bad:
         print(f"warning: skipped {len(bad)} of {len(entries)} entries: {instruct.describe_bad(bad)}",
@@ -165,30 +144,20 @@ def run(argv):
           + (f", {dropped} whose prompt fills it are left out" if dropped else ""))
 
     objective = dpo.DPOObjective(reference, args.beta)
-    config = TrainConfig(lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup, epochs=args.epochs,
-                         max_steps=args.max_steps, eval_every=args.eval_every,
-                         eval_batches=args.eval_batches or None, log_every=5, out_dir=str(out), seed=args.seed,
-                         dtype=args.dtype)
+    config = train_config(args, eval_batches=args.eval_batches or None, log_every=5)
     metadata = {"command": COMMAND, "args": run_settings(args), "data_fingerprint": fingerprint}
     trainer = Trainer(model, train, val, config, loss_fn=objective, tokenizer=tok, metadata=metadata,
                       on_eval=reward_hook(objective, train, val, args.eval_batches))
-    if saved is not None:  # the model built as at the start (LoRA included); the checkpoint restores the rest
-        trainer.resume()
-        print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
-              f"batch {trainer.batch_index})")
-    try:
-        records = trainer.fit()
-    except KeyboardInterrupt:
-        report_interrupt(trainer, out, __file__)
+    records = fit(trainer, out, __file__, resume=saved is not None)
+    if records is None:  # Ctrl-C, reported
         return 130
-    first, last = records[0], records[-1]
 
     def summary(r):
         val_text = (f", val loss {r['val_loss']:.3f}, val reward margin {r['val_reward_margin']:.3f}"
                     if r["val_loss"] is not None else "")
         return f"train loss {r['train_loss']:.3f}, train reward margin {r['train_reward_margin']:.3f}{val_text}"
 
-    print(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; before: {summary(first)}; after: {summary(last)}")
+    print(done_line(trainer, records, summary))
 
     start = time.perf_counter()
     if args.lora:
@@ -203,9 +172,8 @@ def run(argv):
     print(f"{len(responses)} test responses of the reference and the policy in {time.perf_counter() - start:.0f} s, "
           f"written to {path}")
     for entry in responses[:3]:
-        correct = f"\n\nCorrect response:\n>> {entry['output']}" if "output" in entry else ""
-        print(f"\n{instruct.format_input(entry)}{correct}\n\nReference model response:\n>> "
-              f"{entry['reference_response']}\n\nPolicy model response:\n>> {entry['model_response']}\n{'-' * 40}")
+        print(instruct.response_report(instruct.format_input(entry), entry, [
+            ("Reference model response", entry["reference_response"]), ("Policy model response", entry["model_response"])]))
     print(f"outputs in {out}/: model/, {dpo.RESPONSES_FILE}, metrics.jsonl, checkpoint.safetensors"
           f"{', ' + ADAPTER_FILE if args.lora else ''}")
     return 0

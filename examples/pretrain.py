@@ -48,9 +48,9 @@ from tinygrad_llm.training.run_folder import checkpoint_tokenizer
 from tinygrad_llm.finetune.lora import ADAPTER_FILE, apply_lora, save_adapter
 from tinygrad_llm.support import cli
 from tinygrad_llm.support.cli import (Parser, add_device_flags, add_lora_flags, add_run_flags, add_training_flags,
-                                      check_same_data, claim_run_folder, fraction, int_at_least, nonnegative_float,
-                                      nonnegative_int, one_line, positive_int, report_interrupt, resumed_args,
-                                      run_main, run_settings)
+                                      check_same_data, check_writable, claim_run_folder, fraction, int_at_least,
+                                      nonnegative_float, nonnegative_int, one_line, parse_training_args, positive_int,
+                                      prepare_device, report_interrupt, resume_training, run_main, run_settings)
 from tinygrad_llm.support.download import default_cache_dir, download_file
 from tinygrad_llm.support.distributed import Communicator, DistributedError, init_communicator
 
@@ -175,20 +175,14 @@ def windows(ids, context, what):
 
 def setup(args, saved=None, comm=None):
     """Tokenizer, model and loaders from the arguments (and a checkpoint's metadata when resuming)."""
-    if args.tf32:
-        backend.enable_tf32(args.device)  # before the first CuPy import: CuPy reads the mode once
-    if args.device == "cuda":
-        backend.xp_for("cuda")  # DeviceError now, not after minutes of setup
+    prepare_device(args.device, args.tf32)
     info = backend.device_info(args.device)
     print(f"device {args.device}: {info['name']}, {size(info['total_memory'])} memory"
           + (", float32 matmuls in TF32" if info["tf32"] else ""))
     if saved is None and args.init_from is None and args.config not in PRESETS:
         raise ValueError(f"unknown preset {args.config!r}; choose one of: {', '.join(PRESETS)}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / f".write-test-{os.getpid()}"  # one per process: ranks of a distributed run probe at once
-    probe.write_text("")
-    probe.unlink()
+    check_writable(out, probe=f".write-test-{os.getpid()}")  # one per process: ranks of a distributed run probe at once
     if comm is None or comm.is_main:  # one rank replaces an earlier run, the others wait for it
         claim_run_folder(out, resume=saved is not None, overwrite=args.overwrite)
     if comm is not None:
@@ -267,10 +261,7 @@ def check_ranks_agree(comm, tok, train):
 
 def run(argv, comm=None):
     comm = comm if comm is not None else Communicator()  # this process alone unless a launcher started ranks
-    args = build_parser().parse_args(argv)
-    saved = None
-    if args.resume:
-        args, saved = resumed_args(build_parser, argv, args, COMMAND, RESUMABLE)
+    args, saved = parse_training_args(build_parser, argv, COMMAND, RESUMABLE)
     one_per_rank = args.grad_accum is None
     if one_per_rank:  # one micro-batch per rank, recorded as a number: a resume keeps the global batch
         args.grad_accum = comm.size
@@ -299,9 +290,7 @@ def train_and_report(args, saved, prompt, comm):
     metadata = {"command": COMMAND, "args": run_settings(args), "data_fingerprint": corpus.fingerprint}
     trainer = Trainer(model, train, val, train_config(args, prompt), tokenizer=tok, metadata=metadata, comm=comm)
     if saved is not None:
-        trainer.resume()
-        print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
-              f"batch {trainer.batch_index})")
+        resume_training(trainer)
     try:
         records = trainer.fit()
     except KeyboardInterrupt:

@@ -412,6 +412,18 @@ def generate_responses(model, tokenizer, entries, max_new_tokens=256, progress=T
             for entry in tqdm(entries, desc="responses", unit="entry", disable=not progress)]
 
 
+def response_report(prompt, entry, responses) -> str:
+    """A test entry as the book prints it after training: the prompt, the correct response (where the
+    entry has an "output"), each (label, response) of `responses`, and a rule.
+
+    >>> response_report("Add one.", {"output": "42"}, [("Model response", "41")])
+    '\\nAdd one.\\n\\nCorrect response:\\n>> 42\\n\\nModel response:\\n>> 41\\n----------------------------------------'
+    """
+    correct = f"\n\nCorrect response:\n>> {entry['output']}" if "output" in entry else ""
+    answers = "".join(f"\n\n{label}:\n>> {response}" for label, response in responses)
+    return f"\n{prompt}{correct}{answers}\n{'-' * 40}"
+
+
 def write_json(path, data):
     """Write `data` as indented JSON, atomically (a reader never sees half a file). Returns the path."""
     write_text(path, json.dumps(data, indent=4, ensure_ascii=False) + "\n")
@@ -423,6 +435,6 @@ __all__ = [
     "check_entries", "describe_bad", "Split", "split_entries", "format_input", "prompt_text", "uses_chat_template",
     "chat_messages", "prompt_ids", "example_ids", "encode_text", "end_of_response", "stop_ids", "decode_response",
     "end_of_text", "Example", "InstructionDataset", "custom_collate_fn", "instruction_loader", "load_model",
-    "response_budget", "generate_response", "generate_responses", "write_json",
+    "response_budget", "generate_response", "generate_responses", "response_report", "write_json",
     "is_gpt2_source", "save_model",  # models.pretrained's, kept here where the chapter's scripts first called them
 ]

@@ -19,8 +19,16 @@ Every training command builds its parser from the same groups, so that a flag me
     add_lora_flags(p)                                    # --lora RANK --lora-alpha
     add_run_flags(p, out="runs/pretrain")                # --out --resume --overwrite --seed
 
-and resumes a run the same way: `resumed_args` takes the settings the checkpoint recorded, with the
-flags a resumed run may change (RESUMABLE and the command's own) given on the command line over them.
+and runs the same way:
+
+    args, saved = parse_training_args(build_parser, argv, COMMAND, RESUMABLE)  # --resume: the checkpoint's settings
+    out = start_run(args, resume=saved is not None)      # the device, and --out writable and claimed
+    trainer = Trainer(model, train, val, train_config(args, log_every=5), ...)
+    records = fit(trainer, out, __file__, resume=saved is not None)   # None after Ctrl-C: exit 130
+    print(done_line(trainer, records, summary))          # done: 12 steps in 30 s; before: ...; after: ...
+
+where `resumed_args` takes the settings the checkpoint recorded, with the flags a resumed run may change
+(RESUMABLE and the command's own) given on the command line over them.
 """
 
 import argparse
@@ -31,9 +39,11 @@ import signal
 import sys
 from pathlib import Path
 
-from autograd import DeviceError
+from autograd import DeviceError, backend
 from autograd.checkpoint import CheckpointError, FileFormatError
 from tinygrad_llm.support.download import DownloadError
+from tinygrad_llm.text.data import file_fingerprint
+from tinygrad_llm.training.config import TrainConfig
 from tinygrad_llm.training.run_folder import CHECKPOINT, read_checkpoint_metadata
 
 # what a user's input can raise: missing or unreadable files, bad values, a corrupt checkpoint, a device
@@ -263,6 +273,15 @@ def resumed_args(build_parser, argv, args, command, resumable=RESUMABLE):
     return argparse.Namespace(**{**settings, "out": args.out, "resume": True, "overwrite": False}), saved
 
 
+def parse_training_args(build_parser, argv, command, resumable=RESUMABLE):
+    """(args, None) from the command line; with --resume, `resumed_args`: (the run's settings, the
+    checkpoint's metadata)."""
+    args = build_parser().parse_args(argv)
+    if not args.resume:
+        return args, None
+    return resumed_args(build_parser, argv, args, command, resumable)
+
+
 def run_settings(args):
     """The flags a run records in its checkpoint (metadata["args"]) for `resumed_args`."""
     return {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
@@ -284,6 +303,15 @@ def check_same_data(fingerprint, saved, out):
             f"it was {len(recorded)} files and is now {len(fingerprint)}")
     raise ValueError(f"the training data changed since the checkpoint in {out}: {what}. Restore the data to "
                      f"resume, or start over with --overwrite (without --resume)")
+
+
+def data_fingerprint(paths, saved, out):
+    """The fingerprint a run records of its data files (`file_fingerprint` of each of `paths`), on
+    --resume (`saved`: the checkpoint's metadata) checked against the one it recorded (check_same_data)."""
+    fingerprint = [file_fingerprint(path) for path in paths]
+    if saved is not None:
+        check_same_data(fingerprint, saved, out)
+    return fingerprint
 
 
 def shell_command(script):
@@ -314,6 +342,73 @@ def report_interrupt(trainer, out, script):
 
 
 # ---------------------------------------------------------------------------------------------------
+# A training run: the device and the run folder first, the training, the line that ends it
+
+
+def prepare_device(device, tf32=False):
+    """Before anything is loaded: TF32 switched on where asked (before the first CuPy import: CuPy reads
+    the mode once), and "cuda" without a GPU a DeviceError now, not after minutes of setup."""
+    if tf32:
+        backend.enable_tf32(device)
+    if device == "cuda":
+        backend.xp_for("cuda")
+
+
+def check_writable(out, probe=".write-test"):
+    """Create the folder `out` and write and remove an empty file `probe` in it: a folder that cannot be
+    written is an error before any work starts."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / probe).write_text("")
+    (out / probe).unlink()
+
+
+def start_run(args, *, resume=False):
+    """What a training command does before it reads anything: the device (`prepare_device`), and --out
+    created, writable and claimed (`claim_run_folder`). Returns --out as a Path."""
+    prepare_device(args.device, args.tf32)
+    out = Path(args.out)
+    check_writable(out)
+    claim_run_folder(out, resume=resume, overwrite=args.overwrite)
+    return out
+
+
+def train_config(args, **settings):
+    """The TrainConfig of the shared flags (add_training_flags, --dtype, --out, --seed), with a command's
+    own `settings` (eval_batches, log_every, schedule, ...)."""
+    return TrainConfig(lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup, epochs=args.epochs,
+                       max_steps=args.max_steps, eval_every=args.eval_every, out_dir=str(Path(args.out)),
+                       seed=args.seed, dtype=args.dtype, **settings)
+
+
+def resume_training(trainer):
+    """Restore `trainer`'s run from its checkpoint (the model must be built as at the start, LoRA layers
+    included: the checkpoint restores the weights, optimizer and data position) and say where it stands."""
+    trainer.resume()
+    print(f"resumed at step {trainer.step}/{trainer.total_steps} (epoch {trainer.epoch + 1}, "
+          f"batch {trainer.batch_index})")
+
+
+def fit(trainer, out, script, *, resume=False):
+    """trainer.fit()'s records, the run resumed first where `resume` (`resume_training`); None when Ctrl-C
+    stopped it, after `report_interrupt` has said so (the command then exits with 130)."""
+    if resume:
+        resume_training(trainer)
+    try:
+        return trainer.fit()
+    except KeyboardInterrupt:
+        report_interrupt(trainer, out, script)
+        return None
+
+
+def done_line(trainer, records, summary):
+    """The line a fine-tuning run ends with, `summary(record)` wording its first and last evaluations:
+    'done: 12 steps in 30 s; before: train loss 2.104; after: train loss 1.532'."""
+    return (f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; before: {summary(records[0])}; "
+            f"after: {summary(records[-1])}")
+
+
+# ---------------------------------------------------------------------------------------------------
 # Run folders
 
 
@@ -335,5 +430,7 @@ def claim_run_folder(out, *, resume=False, overwrite=False, can_resume=True):
 __all__ = ["USER_ERRORS", "one_line", "run_main", "ignore_further_ctrl_c", "FlagError", "Parser", "int_at_least",
            "finite_float", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float", "fraction",
            "probability", "compute_dtype", "claim_run_folder", "DEVICES", "SHARED_HELP", "RESUMABLE",
-           "add_device_flags", "add_training_flags", "add_lora_flags", "add_run_flags", "resumed_args", "run_settings",
-           "check_same_data", "shell_command", "report_interrupt"]
+           "add_device_flags", "add_training_flags", "add_lora_flags", "add_run_flags", "resumed_args",
+           "parse_training_args", "run_settings", "check_same_data", "data_fingerprint", "shell_command",
+           "report_interrupt", "prepare_device", "check_writable", "start_run", "train_config", "resume_training",
+           "fit", "done_line"]
