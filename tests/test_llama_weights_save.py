@@ -39,7 +39,7 @@ def test_a_saved_model_loads_back_with_the_same_logits(tmp_path, preset):
     model.save_pretrained(tmp_path / "model")
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
     back, tok = load_pretrained(tmp_path / "model")
-    assert tok is None  # the tokenizer's files are the caller's to write (instruct.save_model writes both)
+    assert tok is None  # the tokenizer's files are the caller's to write (pretrained.save_model writes both)
     assert back.config == model.config
     np.testing.assert_array_equal(back(IDS).data, model(IDS).data)
     config = json.loads((tmp_path / "model" / "config.json").read_text(encoding="utf-8"))

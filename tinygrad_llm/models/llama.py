@@ -360,7 +360,7 @@ class Llama(nn.Module):
     def save_pretrained(self, directory):
         """Write config.json + model.safetensors in Hugging Face's layout (`llama_weights.save_pretrained`: a
         LoRA layer merged), which `tinygrad_llm.load_pretrained` and transformers' AutoModelForCausalLM read.
-        The tokenizer's files are not written (as GPT's method; `instruct.save_model` writes both)."""
+        The tokenizer's files are not written (as GPT's method; `pretrained.save_model` writes both)."""
         from tinygrad_llm.models import llama_weights  # which imports this module
 
         llama_weights.save_pretrained(self, directory)
