@@ -22,8 +22,24 @@ from autograd import Tensor, backend, nn
 from tinygrad_llm.models import gpt2_weights
 
 
+class ConfigDict:
+    """A model config dataclass's dict form (GPTConfig's, and the Llama family's LlamaConfig's): `to_dict`,
+    and `from_dict`, which refuses a key that is not a field (a setting from a newer version, dropped,
+    would build another model than the one that was saved) and gives the missing ones their defaults."""
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(ConfigDict):
     vocab_size: int = 50257
     context_length: int = 1024
     emb_dim: int = 768
@@ -67,17 +83,6 @@ class GPTConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown GPTConfig fields: {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 # Upper bounds that catch a corrupt config.json before it allocates: far above any GPT-2 (vocab 50257,

@@ -1,9 +1,9 @@
 """Beyond the book: the Llama family's configuration (tinygrad_llm/models/llama.py), and how it is read from
 a Hugging Face config.json and from a GGUF file's metadata, and written back as a config.json.
 
-`LlamaConfig` is a frozen dataclass with named presets, like `GPTConfig`; its fields use the book's names
-(emb_dim, n_heads, context_length, hidden_dim) and `config_fields_from_hf` / `config_fields_from_gguf`
-map the two formats' keys onto them:
+`LlamaConfig` is a frozen dataclass with named presets and GPTConfig's dict form (`ConfigDict`); its
+fields use the book's names (emb_dim, n_heads, context_length, hidden_dim) and `config_fields_from_hf` /
+`config_fields_from_gguf` map the two formats' keys onto them:
 
     hidden_size -> emb_dim              llama.embedding_length
     num_attention_heads -> n_heads      llama.attention.head_count
@@ -18,9 +18,10 @@ map the two formats' keys onto them:
 """
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 from autograd.checkpoint import CheckpointError
+from tinygrad_llm.models.gpt import ConfigDict
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}  # model_type -> HF class
 MODEL_TYPES = tuple(ARCHITECTURES)
@@ -43,7 +44,7 @@ class RopeScaling:
 
 
 @dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(ConfigDict):
     vocab_size: int = 49152
     context_length: int = 8192  # Hugging Face's max_position_embeddings
     emb_dim: int = 576  # hidden_size
@@ -99,17 +100,6 @@ class LlamaConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown LlamaConfig fields: {', '.join(sorted(unknown))}")
-        return cls(**d)
 
     @classmethod
     def from_hf(cls, d, **overrides):
