@@ -1,10 +1,13 @@
-"""Shared test setup: Hypothesis profiles, the devices to run on, the shared data folder, and the one
-tiny-model factory the model tests build on.
+"""Shared test setup: Hypothesis profiles, the devices to run on, the shared data folder, the one
+tiny-model factory the model tests build on, and what the tests of the command-line programs share (an
+example script loaded as a module, a tiny model directory to train from, the bad-input contract).
 
 TINYGRAD_LLM_HYPOTHESIS=thorough runs many more examples per property (the default "ci" profile keeps
 the whole suite within a few minutes on 2 cores).
 """
 
+import argparse
+import importlib.util
 import os
 from pathlib import Path
 
@@ -91,6 +94,29 @@ def tiny_gpt(vocab_size=97, context_length=16, *, seed=0, device="cpu", **overri
     return GPT(tiny_config(vocab_size, context_length, **overrides), seed=seed).to(device)
 
 
+def save_tiny_model(directory, text, vocab_size=320, context_length=128, seed=0):
+    """A tiny GPT in `directory` with a `vocab_size`-token BPE trained on `text` beside it, as
+    examples/pretrain.py writes a model for the fine-tuning commands to start from. Returns the BPE."""
+    tok = BPETokenizer.train(text, vocab_size)
+    tiny_gpt(vocab_size=tok.n_vocab, context_length=context_length, seed=seed).save_pretrained(directory)
+    tok.save(directory)
+    return tok
+
+
+def load_script(path):
+    """The example script at `path` as a module (its main(argv) then runs in this process)."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def captured(code, capsys):
+    """A main(argv) run in this process as a finished program looks: its status and what it printed."""
+    out = capsys.readouterr()
+    return argparse.Namespace(returncode=code, stdout=out.out, stderr=out.err)
+
+
 def assert_clean_error(result, *words):
     """A command-line program's bad-input contract: exit status 2 and exactly one stderr line,
     `error: ...`, holding each of `words`; never a traceback."""
@@ -100,3 +126,8 @@ def assert_clean_error(result, *words):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for w in words:
         assert w in lines[0], lines[0]
+
+
+def assert_clean_exit(code, capsys, *words):
+    """`assert_clean_error` of a main(argv) that returned `code` in this process."""
+    assert_clean_error(captured(code, capsys), *words)

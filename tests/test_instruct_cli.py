@@ -4,7 +4,6 @@ and each kind of bad input giving one line `error: ...` and status 2.
 The error cases call the scripts' main() in this process (they stop before any training); the run and
 the chat are subprocesses, as a user starts them."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -22,20 +21,12 @@ from tinygrad_llm.finetune import instruct
 from tinygrad_llm.models.generate import generate
 from tinygrad_llm.finetune.lora import load_adapter, merge_lora
 from tinygrad_llm.models.gpt import GPT
-from tinygrad_llm.text.tokenizer import BPETokenizer
-from tests.conftest import tiny_gpt
+from tests.conftest import assert_clean_exit, load_script, save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ollama_stub = test_instruct.ollama_stub  # the fixture, shared
 FINETUNE = ROOT / "examples" / "finetune_instructions.py"
 CHAT = ROOT / "examples" / "chat.py"
-
-
-def load_script(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 finetune_script = load_script(FINETUNE)
@@ -50,10 +41,7 @@ def base(tmp_path_factory):
     entries = toy_entries(40)
     (root / "data.json").write_text(json.dumps(entries), encoding="utf-8")
     text = "\n".join(instruct.prompt_text(e) + e["output"] for e in entries)
-    tok = BPETokenizer.train(text * 3, 320)
-    model = tiny_gpt(vocab_size=tok.n_vocab, context_length=128, seed=0)
-    model.save_pretrained(root / "model")
-    tok.save(root / "model")
+    save_tiny_model(root / "model", text * 3)
     return root
 
 
@@ -172,20 +160,11 @@ def test_a_stopped_and_resumed_fine_tuning_ends_as_an_uninterrupted_one(base, tm
 
 
 def test_data_is_required_unless_resuming(tmp_path, capsys):
-    assert_clean_error(finetune_main(["--out", str(tmp_path / "o")]), capsys,
-                       "the following arguments are required: --data")
+    assert_clean_exit(finetune_main(["--out", str(tmp_path / "o")]), capsys,
+                      "the following arguments are required: --data")
 
 
 # ---- bad input -----------------------------------------------------------------------------------
-
-
-def assert_clean_error(code, capsys, *words):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [s for s in err.splitlines() if s.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def finetune(base, tmp_path, *args, data=None):
@@ -201,27 +180,27 @@ def write(tmp_path, text):
 
 
 def test_missing_data_file(base, tmp_path, capsys):
-    assert_clean_error(finetune(base, tmp_path, data=tmp_path / "nope.json"), capsys, "nope.json")
+    assert_clean_exit(finetune(base, tmp_path, data=tmp_path / "nope.json"), capsys, "nope.json")
 
 
 def test_invalid_json(base, tmp_path, capsys):
-    assert_clean_error(finetune(base, tmp_path, data=write(tmp_path, '[{"instruction": ')), capsys, "not valid JSON")
+    assert_clean_exit(finetune(base, tmp_path, data=write(tmp_path, '[{"instruction": ')), capsys, "not valid JSON")
 
 
 def test_not_a_list(base, tmp_path, capsys):
-    assert_clean_error(finetune(base, tmp_path, data=write(tmp_path, '{"data": []}')), capsys, "not a list")
+    assert_clean_exit(finetune(base, tmp_path, data=write(tmp_path, '{"data": []}')), capsys, "not a list")
 
 
 def test_all_entries_bad(base, tmp_path, capsys):
     data = write(tmp_path, json.dumps([{"instruction": "a"}, {"input": 1}]))
-    assert_clean_error(finetune(base, tmp_path, data=data), capsys, "none of the 2 entries", "entry 0", "entry 1")
+    assert_clean_exit(finetune(base, tmp_path, data=data), capsys, "none of the 2 entries", "entry 0", "entry 1")
 
 
 def test_on_bad_error_names_the_entry(base, tmp_path, capsys):
     entries = toy_entries(10)
     entries[6]["input"] = None
     data = write(tmp_path, json.dumps(entries))
-    assert_clean_error(finetune(base, tmp_path, "--on-bad", "error", data=data), capsys, "entry 6", "'input'")
+    assert_clean_exit(finetune(base, tmp_path, "--on-bad", "error", data=data), capsys, "entry 6", "'input'")
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -234,30 +213,30 @@ def test_on_bad_error_names_the_entry(base, tmp_path, capsys):
     (["--batch-size", "64"], "batch_size=64"),  # more than the 34 training entries
 ])
 def test_bad_flags(base, tmp_path, capsys, flags, words):
-    assert_clean_error(finetune(base, tmp_path, *flags), capsys, words)
+    assert_clean_exit(finetune(base, tmp_path, *flags), capsys, words)
 
 
 def test_unwritable_out(base, tmp_path, capsys):
     (tmp_path / "file").write_text("not a folder")
     code = finetune_main(["--data", str(base / "data.json"), "--init-from", str(base / "model"),
                           "--out", str(tmp_path / "file" / "o")])
-    assert_clean_error(code, capsys)
+    assert_clean_exit(code, capsys)
 
 
 def test_init_from_a_directory_without_a_model(base, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code = finetune_main(["--data", str(base / "data.json"), "--init-from", str(tmp_path / "empty"),
                           "--out", str(tmp_path / "o")])
-    assert_clean_error(code, capsys, "config.json")
+    assert_clean_exit(code, capsys, "config.json")
 
 
 def test_judge_that_cannot_be_reached(base, tmp_path, capsys):
     url = f"http://127.0.0.1:{free_port()}"
-    assert_clean_error(finetune(base, tmp_path, "--judge-url", url), capsys, "cannot reach the judge", url)
+    assert_clean_exit(finetune(base, tmp_path, "--judge-url", url), capsys, "cannot reach the judge", url)
 
 
 def test_chat_on_a_missing_model_directory(tmp_path, capsys):
-    assert_clean_error(chat_main(["--model", str(tmp_path / "nope")]), capsys, "nope")
+    assert_clean_exit(chat_main(["--model", str(tmp_path / "nope")]), capsys, "nope")
 
 
 # ---- a Llama-family model in its chat template -----------------------------------------------------

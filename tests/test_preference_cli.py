@@ -2,31 +2,19 @@
 and each kind of bad input giving one line `error: ...` and status 2. Everything runs the script's
 main() in this process."""
 
-import argparse
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_clean_error, tiny_gpt
+from tests.conftest import assert_clean_exit, captured, load_script, save_tiny_model, tiny_gpt
 from tests.test_preference import toy_preferences
 from tinygrad_llm.finetune import instruct
 from tinygrad_llm.finetune import preference as dpo
-from tinygrad_llm.text.tokenizer import BPETokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "finetune_preferences.py"
-
-
-def load_script(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 script = load_script(SCRIPT)
 
 
@@ -37,20 +25,13 @@ def base(tmp_path_factory):
     entries = toy_preferences(40)
     (root / "data.json").write_text(json.dumps(entries), encoding="utf-8")
     text = "\n".join(instruct.prompt_text(e) + e["chosen"] + e["rejected"] for e in entries)
-    tok = BPETokenizer.train(text * 3, 320)
-    tiny_gpt(vocab_size=tok.n_vocab, context_length=128, seed=0).save_pretrained(root / "model")
-    tok.save(root / "model")
+    tok = save_tiny_model(root / "model", text * 3)
     tiny_gpt(vocab_size=tok.n_vocab + 5, context_length=128, seed=0).save_pretrained(root / "other")
     return root
 
 
 def run(*args):
     return script.main([str(a) for a in args])
-
-
-def result(code, capsys):
-    captured = capsys.readouterr()
-    return argparse.Namespace(returncode=code, stderr=captured.err, stdout=captured.out)
 
 
 def records_of(out):
@@ -63,7 +44,7 @@ def test_a_run_raises_the_margin_and_writes_both_models_answers(base, tmp_path, 
     code = run("--data", base / "data.json", "--init-from", base / "model", "--batch-size", 4, "--max-steps", 8,
                "--lr", 3e-3, "--beta", 0.5, "--eval-every", 4, "--eval-batches", 2, "--max-new-tokens", 4,
                "--out", out, *flags)
-    printed = result(code, capsys)
+    printed = captured(code, capsys)
     assert code == 0, printed.stderr
     assert "34 train, 2 val, 4 test entries" in printed.stdout
     assert ("reference: the adapters off" if flags else "reference: a frozen copy of") in printed.stdout
@@ -101,11 +82,11 @@ def test_bad_entries_are_skipped_with_their_index_or_stop_the_run(base, tmp_path
     out = tmp_path / "run"
     code = run("--data", data, "--init-from", base / "model", "--max-steps", 1, "--batch-size", 4,
                "--eval-batches", 1, "--max-new-tokens", 0, "--out", out)
-    printed = result(code, capsys)
+    printed = captured(code, capsys)
     assert code == 0, printed.stderr
     assert "warning: skipped 2 of 40 entries: entry 3 ('chosen' is empty), entry 5 (no 'rejected')" in printed.stderr
-    assert_clean_error(result(run("--data", data, "--init-from", base / "model", "--on-bad", "error",
-                                  "--out", tmp_path / "other"), capsys), "entry 3: 'chosen' is empty")
+    assert_clean_exit(run("--data", data, "--init-from", base / "model", "--on-bad", "error", "--out", tmp_path / "other"),
+                      capsys, "entry 3: 'chosen' is empty")
 
 
 def test_bad_input_is_one_line_and_status_2(base, tmp_path, capsys):
@@ -126,4 +107,4 @@ def test_bad_input_is_one_line_and_status_2(base, tmp_path, capsys):
         (("--data", data, "--init-from", tmp_path), "config.json"),
     ]
     for args, words in cases:
-        assert_clean_error(result(run(*args, "--out", tmp_path / "o"), capsys), words)
+        assert_clean_exit(run(*args, "--out", tmp_path / "o"), capsys, words)
