@@ -44,3 +44,23 @@ def test_a_stopped_and_resumed_llama_lora_run_ends_as_an_uninterrupted_one(base,
     assert [r["step"] for r in records] == list(range(9)) and records[-1]["train_loss"] < records[0]["train_loss"]
     for name in (ADAPTER_FILE, "model/model.safetensors", "model/config.json", "model/tokenizer.json"):
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+
+
+def test_a_trainers_llama_model_folder_holds_its_tokenizer_json_and_loads_back(base, tmp_path):
+    """The model/ a training run exports (Trainer.export_model, every fine-tuning command's) for a
+    Llama-family model: config.json, model.safetensors and tokenizer.json with its chat template, which
+    load_pretrained reads back to the same logits and ids; no GPT-2 encoder.json/vocab.bpe beside them."""
+    import numpy as np
+
+    from tinygrad_llm import load_pretrained
+    from tinygrad_llm.training.run_folder import RunFolder
+
+    model, tok = load_pretrained(str(base / "llama"))
+    where = RunFolder(tmp_path).export_model(model, tok)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in where.iterdir()}
+    assert not (where / "encoder.json").exists() and not (where / "vocab.bpe").exists()
+    again, tok_again = load_pretrained(str(where))
+    ids = np.array([tok.encode("Hello there, how are you?")])
+    assert tok_again.encode("Hello there, how are you?") == ids[0].tolist()
+    assert tok_again.chat_template == tok.chat_template
+    np.testing.assert_array_equal(again(ids).data, model(ids).data)

@@ -8,7 +8,7 @@ folder, and how it is read back.
                                      it lr.png, grad_norm.png and for fine-tuning accuracy.png or reward.png
                                      (tinygrad_llm/viz/report.py, which draws them again from metrics.jsonl)
     out_dir/tokenizer/               the BPE's files, written once per run (`tokenizer_record` names them)
-    out_dir/model/                   the final model in Hugging Face's GPT-2 layout (Trainer.export_model)
+    out_dir/model/                   the final model in Hugging Face's layout (Trainer.export_model)
 
 `RunFolder` writes them for the loop (tinygrad_llm/training/trainer.py), each file through
 `atomic_write`, so a run killed at any instant leaves the previous version of a file or the new one.
@@ -180,8 +180,16 @@ class RunFolder:
                 f"decay_all={decay_all}: resume with decay_all={saved}")
 
     def export_model(self, model, tokenizer):
-        """model/ in Hugging Face's GPT-2 layout, with the tokenizer's files beside it when it is a BPE of
-        ours, so examples/generate.py and other tools can load it. Returns its path."""
+        """model/ in Hugging Face's layout, with the tokenizer's files beside it, so examples/generate.py,
+        `load_pretrained` and transformers can load it: a GPT with GPT-2's encoder.json and vocab.bpe
+        when its tokenizer is a BPE of ours; a Llama-family model with tokenizer.json and its chat
+        template when its tokenizer is one (`pretrained.save_model`). Returns its path."""
+        from tinygrad_llm.text.hf_tokenizer import HFTokenizer
+
+        if isinstance(tokenizer, HFTokenizer):
+            from tinygrad_llm.models.pretrained import save_model
+
+            return save_model(model, tokenizer, self.path / "model")
         model.save_pretrained(self.path / "model")
         record = tokenizer_record(tokenizer)
         if record is not None and record["kind"] == "bpe":
