@@ -32,9 +32,9 @@ from tinygrad_llm.finetune import preference as dpo
 from tinygrad_llm.finetune.lora import ADAPTER_FILE, adapters_disabled, apply_lora, merge_lora, save_adapter
 from tinygrad_llm.support import cli
 from tinygrad_llm.support.cli import (FlagError, Parser, add_device_flags, add_lora_flags, add_run_flags,
-                                      add_training_flags, data_fingerprint, done_line, fit, int_at_least,
-                                      nonnegative_int, parse_training_args, positive_float, run_main, run_settings,
-                                      start_run, train_config)
+                                      add_training_flags, check_max_length, data_fingerprint, done_line, fit,
+                                      int_at_least, nonnegative_int, parse_training_args, positive_float, run_main,
+                                      run_settings, start_run, train_config)
 from tinygrad_llm.training.trainer import Trainer
 
 COMMAND = "examples/finetune_preferences.py"  # recorded in the checkpoint: another command cannot resume its run
@@ -123,9 +123,7 @@ def run(argv):
     if args.lr is None:
         args.lr = BOOK_LR if model.num_parameters() >= LARGE_MODEL else SMALL_MODEL_LR
     context = model.config.context_length
-    max_length = context if args.max_length is None else args.max_length
-    if max_length > context:
-        raise ValueError(f"--max-length {max_length} is longer than the model's context length {context}")
+    max_length = check_max_length(args.max_length, context)
 
     if args.lora:
         print(apply_lora(model, args.lora, args.lora_alpha, seed=args.seed))  # wraps every Linear, freezes the rest

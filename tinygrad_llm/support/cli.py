@@ -373,6 +373,16 @@ def start_run(args, *, resume=False):
     return out
 
 
+def check_max_length(max_length, context):
+    """--max-length against the model's `context` length: the context when the flag is not given, an
+    error when it is longer."""
+    if max_length is None:
+        return context
+    if max_length > context:
+        raise ValueError(f"--max-length {max_length} is longer than the model's context length {context}")
+    return max_length
+
+
 def train_config(args, **settings):
     """The TrainConfig of the shared flags (add_training_flags, --dtype, --out, --seed), with a command's
     own `settings` (eval_batches, log_every, schedule, ...)."""
@@ -432,5 +442,5 @@ __all__ = ["USER_ERRORS", "one_line", "run_main", "ignore_further_ctrl_c", "Flag
            "probability", "compute_dtype", "claim_run_folder", "DEVICES", "SHARED_HELP", "RESUMABLE",
            "add_device_flags", "add_training_flags", "add_lora_flags", "add_run_flags", "resumed_args",
            "parse_training_args", "run_settings", "check_same_data", "data_fingerprint", "shell_command",
-           "report_interrupt", "prepare_device", "check_writable", "start_run", "train_config", "resume_training",
+           "report_interrupt", "prepare_device", "check_writable", "start_run", "check_max_length", "train_config", "resume_training",
            "fit", "done_line"]
