@@ -190,7 +190,7 @@ def test_rope_table_is_made_once_and_decoding_reads_views_of_it(monkeypatch):
     with no_grad():
         cache = model.new_cache(1)
         model(np.array([[1, 2, 3]]), cache)
-        # the op's forward: the decode step on arrays (models/llama_decode.py) calls it as the op does
+        # the op's forward: the decode step on arrays (models/llama_inference.py) calls it as the op does
         monkeypatch.setattr(F.RopeOp, "forward", lambda op, x, c, s: seen.append((c, s)) or real_rope(op, x, c, s))
         for token in (4, 5):
             model(np.array([[token]]), cache)
@@ -247,24 +247,24 @@ def test_inference_shares_one_product_for_qkv_and_for_gate_up(cfg):
 @pytest.mark.parametrize("cfg", [TINY, TINY_QWEN3, replace(TINY, tie_weights=False), replace(TINY, n_kv_heads=1)],
                          ids=["llama", "qwen3", "untied", "one-kv-head"])
 def test_a_decoded_token_on_the_arrays_equals_the_tensor_path_bit_for_bit(cfg, monkeypatch):
-    """One new token with the cache under no_grad runs `llama_decode.decode_step` (the fused ops' forward
+    """One new token with the cache under no_grad runs `llama_inference.decode_step` (the fused ops' forward
     methods on the arrays, no Tensors): its logits and the cache it fills are the Tensor path's exactly,
     for a batch, token after token."""
-    from tinygrad_llm.models import llama_decode
+    from tinygrad_llm.models import llama_inference
 
     model = Llama(cfg, seed=4)
     rng = np.random.default_rng(6)
     prompt, tokens = rng.integers(0, cfg.vocab_size, (2, 5)), rng.integers(0, cfg.vocab_size, (4, 2, 1))
-    calls, real_step = [], llama_decode.decode_step
-    monkeypatch.setattr(llama_decode, "decode_step", lambda *a: calls.append(1) or real_step(*a))
+    calls, real_step = [], llama_inference.decode_step
+    monkeypatch.setattr(llama_inference, "decode_step", lambda *a: calls.append(1) or real_step(*a))
     with no_grad():
         fast, slow = model.new_cache(2), model.new_cache(2)
         model(prompt, fast), model(prompt, slow)
         for token in tokens:
             fast_logits = model(token, fast).data
-            monkeypatch.setattr(llama_decode, "decode_step", lambda *a: None)  # the Tensor path
+            monkeypatch.setattr(llama_inference, "decode_step", lambda *a: None)  # the Tensor path
             slow_logits = model(token, slow).data
-            monkeypatch.setattr(llama_decode, "decode_step", lambda *a: calls.append(1) or real_step(*a))
+            monkeypatch.setattr(llama_inference, "decode_step", lambda *a: calls.append(1) or real_step(*a))
             np.testing.assert_array_equal(fast_logits, slow_logits)
     assert len(calls) == len(tokens) and fast.length == slow.length == 5 + len(tokens)
     for layer in range(cfg.n_layers):
@@ -276,23 +276,23 @@ def test_the_decode_step_leaves_what_it_does_not_compute_to_the_tensor_path():
     """A LoRA adapter on a layer, attention weights being recorded, or the reference path: `plain_layers`
     says None, the cache is untouched by the step, and the model's logits are still right."""
     from tinygrad_llm.finetune.lora import apply_lora
-    from tinygrad_llm.models import llama_decode
+    from tinygrad_llm.models import llama_inference
 
     ids, token = np.array([[3, 4, 5]]), np.array([[6]])
     full = Llama(TINY, seed=1)
     expected = full(np.array([[3, 4, 5, 6]])).data[:, -1:]
-    assert llama_decode.plain_layers(full) is not None
+    assert llama_inference.plain_layers(full) is not None
     lora = Llama(TINY, seed=1)
     apply_lora(lora, rank=2)
     reference = Llama(replace(TINY, fused=False), seed=1)
     recording = Llama(TINY, seed=1)
     recording.layers[1].self_attn.record_weights = True
     for model in (lora, reference, recording):
-        assert llama_decode.plain_layers(model) is None
+        assert llama_inference.plain_layers(model) is None
         with no_grad():
             cache = model.new_cache(1)
             model(ids, cache)
-            assert llama_decode.decode_step(model, token, cache) is None and cache.length == 3
+            assert llama_inference.decode_step(model, token, cache) is None and cache.length == 3
             np.testing.assert_allclose(model(token, cache).data, expected, atol=1e-5)
 
 

@@ -3,7 +3,8 @@
 What changed since GPT-2 (book chapter 4), each a few lines below, in the order a token meets them:
 - no position embedding table: the position is a rotation of each query and key (rotary position
   embedding, RoPE, `rope_angles` and `apply_rope`), so attention scores depend on the distance between
-  two tokens; Llama 3 stretches its long wavelengths for a longer context (`rope_frequencies`);
+  two tokens; Llama 3 stretches its long wavelengths for a longer context (`rope_frequencies`, in
+  llama_config.py beside the settings it reads);
 - RMSNorm instead of LayerNorm: no mean subtracted, no bias, x * rsqrt(mean(x^2) + eps) * weight;
 - grouped-query attention: n_kv_heads key/value heads, each shared by n_heads / n_kv_heads query heads,
   so the KV cache is that many times smaller; Qwen3 also normalises q and k per head (QK-norm);
@@ -22,7 +23,8 @@ query heads, as the book does; the fast path runs each stage as one fused op of 
 feed-forward, and grouped-query attention straight through `F.scaled_dot_product_attention`, which
 stacks each group's query rows against its key/value head (no copy of k and v per query head).
 Decoding one token with the KV cache is then seven matrix-vector products per layer and a few small
-ops around them. tests/test_llama.py holds the two paths equal, in logits and gradients.
+ops around them. tests/test_llama.py holds the two paths equal, in logits and gradients. Inference
+without a graph (the stacked products, a decoded token run on the arrays) is in llama_inference.py.
 
 Parameter names are Hugging Face's without the "model." prefix of its `LlamaForCausalLM`
 (embed_tokens, layers.N.self_attn.q_proj, layers.N.mlp.gate_proj, layers.N.input_layernorm, norm,
@@ -38,9 +40,10 @@ import numpy as np
 import autograd.functional as F
 import autograd.reference as R
 from autograd import Tensor, backend, cat, is_grad_enabled, nn
-from tinygrad_llm.models import llama_decode
+from tinygrad_llm.models import llama_inference, llama_save
 from tinygrad_llm.models.gpt import KVCache, recorded_attention_weights
-from tinygrad_llm.models.llama_config import PRESETS, LlamaConfig, RopeScaling  # noqa: F401  (re-exported)
+from tinygrad_llm.models.llama_config import PRESETS, LlamaConfig, RopeScaling, rope_frequencies  # noqa: F401
+from tinygrad_llm.models.llama_inference import GATE_UP, QKV, stacked_weight  # noqa: F401  (re-exported)
 
 # ---------------------------------------------------------------------------------------------------
 # The stages, composed of Tensor ops (the book's standalone Llama 3.2 and Qwen3)
@@ -55,25 +58,6 @@ def rms_norm(x, weight, eps):
 def silu(x):
     """x * sigmoid(x), the activation inside SwiGLU (also called swish)."""
     return x * x.sigmoid()
-
-
-def rope_frequencies(head_dim, base, scaling=None):
-    """The inverse frequencies base^(-2i / head_dim), i = 0 .. head_dim/2 - 1, as float64 on the host
-    (the book's `compute_rope_params`), with Llama 3's scaling applied when `scaling` is given: wavelengths
-    2 pi / f past the original context divided by `scaling.factor`, short ones kept, the band between
-    interpolated smoothly."""
-    inv_freq = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
-    if scaling is None:
-        return inv_freq
-    wavelen = 2 * math.pi / inv_freq
-    low_wavelen = scaling.original_context_length / scaling.low_freq_factor  # longer than this: scaled down
-    high_wavelen = scaling.original_context_length / scaling.high_freq_factor  # shorter than this: kept
-    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
-    smooth = ((scaling.original_context_length / wavelen - scaling.low_freq_factor)
-              / (scaling.high_freq_factor - scaling.low_freq_factor))
-    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
-    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return np.where(medium, smoothed, scaled)
 
 
 def rope_angles(inv_freq, positions):
@@ -91,36 +75,6 @@ def apply_rope(x, cos, sin):
     x1, x2 = x[..., :half], x[..., half:]
     rotated = cat([-x2, x1], axis=-1)  # (..., T, D)
     return x * cos + rotated * sin
-
-
-def stacked_weight(module, names):
-    """The weights of `module`'s Linear layers `names` (one input width, no bias) as the row blocks of one
-    array (sum of outputs, in), so that one product x @ W^T serves them all where no gradient is asked
-    for: a decoded token reads q, k and v in one matrix-vector product instead of three (and gate and up
-    in one instead of two). None where a layer is not a plain bias-free Linear (a LoRA wrapper).
-
-    subtle: the layers' weights become views of that array, in place: the Parameter objects and their
-    values stay, so an optimizer, a state dict or a loader writing into them (p.data[...] = w) still works
-    on them; the array is made on the first call and made again when a weight's array was replaced (the
-    model moved to a device, a parameter assigned anew). `Llama.to` drops the arrays at once, so a model
-    moved to a GPU holds no host copy of them."""
-    layers = [getattr(module, name) for name in names]
-    if not all(type(lin) is nn.Linear and lin.bias is None and lin.compute_dtype is None for lin in layers):
-        return None
-    key = "_stacked_" + "_".join(names)
-    stack = module.__dict__.get(key)
-    if stack is not None and all(lin.weight.data is view for lin, view in zip(layers, stack[1])):
-        return stack[0]
-    xp = backend.get_array_module(layers[0].weight.data)
-    w = xp.concatenate([lin.weight.data for lin in layers])  # (sum of outputs, in)
-    views, row = [], 0
-    for lin in layers:
-        rows = lin.weight.shape[0]
-        lin.weight.data = w[row:row + rows]  # a view of its rows, the same values
-        views.append(lin.weight.data)
-        row += rows
-    object.__setattr__(module, key, (w, views))
-    return w
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -157,9 +111,6 @@ class LlamaKVCache(KVCache):
         self.keys = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
         self.values = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
         self.length = 0
-
-
-QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")  # the layers a product can share
 
 
 class LlamaAttention(nn.Module):
@@ -358,12 +309,10 @@ class Llama(nn.Module):
         return self
 
     def save_pretrained(self, directory):
-        """Write config.json + model.safetensors in Hugging Face's layout (`llama_weights.save_pretrained`: a
+        """Write config.json + model.safetensors in Hugging Face's layout (`llama_save.save_pretrained`: a
         LoRA layer merged), which `tinygrad_llm.load_pretrained` and transformers' AutoModelForCausalLM read.
         The tokenizer's files are not written (as GPT's method; `pretrained.save_model` writes both)."""
-        from tinygrad_llm.models import llama_weights  # which imports this module
-
-        llama_weights.save_pretrained(self, directory)
+        llama_save.save_pretrained(self, directory)
 
     def new_cache(self, batch_size, max_len=None):
         """An empty KV cache for `batch_size` sequences of up to `max_len` (default context_length)
@@ -376,8 +325,8 @@ class Llama(nn.Module):
         last_only=True: only the last position's logits, (B, 1, vocab), which is all generation reads."""
         if (cache is not None and ids.shape[-1] == 1 and cache.length < self.config.context_length
                 and not is_grad_enabled()):  # one decoded token that fits (hidden_states says when not)
-            logits = llama_decode.decode_step(self, ids.data if isinstance(ids, Tensor) else ids, cache)
-            if logits is not None:  # the same ops on the arrays, without the graph (models/llama_decode.py)
+            logits = llama_inference.decode_step(self, ids.data if isinstance(ids, Tensor) else ids, cache)
+            if logits is not None:  # the same ops on the arrays, without the graph (models/llama_inference.py)
                 return Tensor(logits)
         x = self.hidden_states(ids, cache)
         if last_only and x.shape[1] > 1:

@@ -20,6 +20,8 @@ fields use the book's names (emb_dim, n_heads, context_length, hidden_dim) and `
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from autograd.checkpoint import CheckpointError
 from tinygrad_llm.models.gpt import ConfigDict
 
@@ -257,5 +259,24 @@ def config_fields_from_gguf(metadata, vocab_size=None, tied=True, source="GGUF m
     )
 
 
-__all__ = ["ARCHITECTURES", "MODEL_TYPES", "RopeScaling", "LlamaConfig", "PRESETS", "config_fields_from_hf",
+def rope_frequencies(head_dim, base, scaling=None):
+    """The inverse frequencies base^(-2i / head_dim), i = 0 .. head_dim/2 - 1, as float64 on the host
+    (the book's `compute_rope_params`), with Llama 3's scaling applied when `scaling` is given: wavelengths
+    2 pi / f past the original context divided by `scaling.factor`, short ones kept, the band between
+    interpolated smoothly."""
+    inv_freq = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
+    if scaling is None:
+        return inv_freq
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen = scaling.original_context_length / scaling.low_freq_factor  # longer than this: scaled down
+    high_wavelen = scaling.original_context_length / scaling.high_freq_factor  # shorter than this: kept
+    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = ((scaling.original_context_length / wavelen - scaling.low_freq_factor)
+              / (scaling.high_freq_factor - scaling.low_freq_factor))
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled)
+
+
+__all__ = ["rope_frequencies", "ARCHITECTURES", "MODEL_TYPES", "RopeScaling", "LlamaConfig", "PRESETS", "config_fields_from_hf",
            "config_to_hf", "config_fields_from_gguf"]

@@ -1,5 +1,5 @@
 """Beyond the book: the Llama family's published weights (tinygrad_llm/models/llama.py), read from the two
-formats they come in, and our models written back in Hugging Face's.
+formats they come in (llama_save.py writes our models back in Hugging Face's).
 
 - A Hugging Face directory: `config.json` (model_type llama or qwen3) and `model.safetensors`, or shards
   listed by `model.safetensors.index.json`. The tensors are bfloat16, float16 or float32 on disk and
@@ -21,30 +21,23 @@ FileFormatError: the command-line programs print it as one `error:` line) that n
 
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from autograd import backend
-from autograd.checkpoint import (READ_DTYPES, CheckpointError, read_safetensors_header, read_tensor_into,
-                                 write_safetensors, write_text)
-from tinygrad_llm.finetune.lora import merged_state_dict
-from tinygrad_llm.models.llama import Llama, LlamaConfig, RopeScaling, rope_frequencies
-from tinygrad_llm.models.llama_config import config_fields_from_gguf, config_fields_from_hf, config_to_hf
+from autograd.checkpoint import (READ_DTYPES, CheckpointError, read_safetensors_header, read_tensor_into)
+from tinygrad_llm.models.llama import Llama, LlamaConfig, rope_frequencies
+from tinygrad_llm.models.llama_config import config_fields_from_gguf, config_fields_from_hf
+from tinygrad_llm.models.llama_save import HF_CONFIG, HF_WEIGHTS, hf_config, hf_name, save_pretrained  # noqa: F401
 
-HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
+HF_INDEX = "model.safetensors.index.json"
 # the GGUF tensor types read here (all dequantized to float32 by the gguf package)
 GGUF_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Hugging Face directories
-
-
-def hf_name(name):
-    """Hugging Face's key of our parameter `name`: layers.0.mlp.up_proj.weight -> model.layers.0.mlp.up_proj.weight."""
-    return name if name.startswith("lm_head.") else f"model.{name}"
 
 
 _HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")  # a buffer older files store
@@ -148,39 +141,6 @@ def load_hf_directory(directory, **config_overrides):
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{config_path}: {e}") from None
     return load_hf_weights(Llama(config, init=False), directory)
-
-
-def save_pretrained(model, directory):
-    """Write `directory`/config.json and model.safetensors in Hugging Face's layout (float32, Hugging
-    Face's names, no lm_head.weight when tied), which transformers' AutoModelForCausalLM and this loader
-    both read. A LoRA-wrapped layer is written as the plain Linear it amounts to."""
-    directory = Path(directory)
-    config = hf_config(model)  # first: a model config.json cannot describe leaves no files behind
-    directory.mkdir(parents=True, exist_ok=True)
-    state = merged_state_dict(model)
-    tensors = [(hf_name(name), array, False) for name, array in state.items()]
-    write_safetensors(directory / HF_WEIGHTS, tensors, metadata={"format": "pt"})
-    write_text(directory / HF_CONFIG, json.dumps(config, indent=2) + "\n")
-
-
-def hf_config(model):
-    """The config.json (a dict) that rebuilds `model`, rotary frequencies included.
-
-    subtle: a GGUF file of Llama 3.1+ gives its scaled frequencies as the rope_freqs tensor, not as
-    settings (`load_gguf` puts them in `model.inv_freq`, and its config has no rope_scaling), so written
-    as it is the config would rebuild plain RoPE: another model. The released files' scaling is Llama
-    3's with low and high factors 1 and 4 over 8192 positions, its factor the largest of the tensor's;
-    frequencies that it does not give are an error rather than a config.json of another model."""
-    cfg = model.config
-    if not np.allclose(model.inv_freq, rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling), rtol=1e-6):
-        plain = rope_frequencies(cfg.head_dim, cfg.rope_base)
-        scaling = RopeScaling(float(np.max(plain / model.inv_freq)), 1.0, 4.0, 8192)
-        if not np.allclose(model.inv_freq, rope_frequencies(cfg.head_dim, cfg.rope_base, scaling), rtol=1e-5):
-            raise CheckpointError("the model's rotary frequencies (a GGUF file's rope_freqs) are not Llama 3's "
-                                  "scaling with low and high factors 1 and 4 over 8192 positions, the one "
-                                  "config.json's rope_scaling can hold here; the saved model would differ")
-        cfg = replace(cfg, rope_scaling=scaling)
-    return config_to_hf(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------
