@@ -39,7 +39,7 @@ from tinygrad_llm.finetune.classify_data import (balanced_split, classification_
 from tinygrad_llm.finetune.lora import ADAPTER_FILE, merge_lora, save_adapter
 from tinygrad_llm.models.gpt import GPT, PRESETS, GPTConfig
 from tinygrad_llm.support import cli
-from tinygrad_llm.support.cli import (Parser, add_device_flags, add_lora_flags, add_run_flags, add_training_flags,
+from tinygrad_llm.support.cli import (add_device_flags, add_lora_flags, add_run_flags, add_training_flags,
                                       data_fingerprint, fit, int_at_least, parse_training_args, positive_int,
                                       run_main, run_settings, shell_command, start_run, train_config)
 from tinygrad_llm.text.tokenizer import BPETokenizer, get_tokenizer
@@ -55,8 +55,7 @@ RESUMABLE = cli.RESUMABLE | {"eval_batches"}
 def build_parser(suppress=False):
     """The argument parser; with `suppress`, flags not given on the command line are left out (used to
     tell which flags override a resumed run's settings)."""
-    p = Parser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS if suppress else None)
-    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    p, d = cli.training_parser(__doc__, suppress)
     a = p.add_argument
     a("--data", default=d(None), metavar="PATH",
       help="label<TAB>text file; default: download the UCI SMS Spam Collection")

@@ -26,7 +26,6 @@ be reached) prints one line, `error: ...`, and exits with status 2. Entries with
 field are skipped with a warning naming them (--on-bad skip, the default).
 """
 
-import argparse
 import sys
 import time
 
@@ -36,7 +35,7 @@ from tinygrad_llm.models.gpt import GPT
 from tinygrad_llm.models.gpt2_weights import PRETRAINED
 from tinygrad_llm.models.pretrained import is_gpt2_source, save_model
 from tinygrad_llm.support import cli
-from tinygrad_llm.support.cli import (FlagError, Parser, add_device_flags, add_lora_flags, add_run_flags,
+from tinygrad_llm.support.cli import (FlagError, add_device_flags, add_lora_flags, add_run_flags,
                                       add_training_flags, check_max_length, data_fingerprint, done_line, fit,
                                       int_at_least, nonnegative_int, parse_training_args, run_main, run_settings,
                                       start_run, train_config)
@@ -53,8 +52,7 @@ def build_parser(suppress=False):
     """The argument parser; with `suppress`, flags not given on the command line are left out (used to
     tell which flags override a resumed run's settings). --data is required unless --resume (checked
     by `run`)."""
-    p = Parser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS if suppress else None)
-    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    p, d = cli.training_parser(__doc__, suppress)
     a = p.add_argument
     a("--data", default=d(None), metavar="PATH",
       help="JSON list (or JSON lines) of instruction/input/output entries (required, unless --resume)")

@@ -23,7 +23,6 @@ an output folder that cannot be written, a model directory without a model) prin
 a warning naming them (--on-bad skip, the default).
 """
 
-import argparse
 import sys
 import time
 
@@ -31,7 +30,7 @@ from tinygrad_llm.finetune import instruct
 from tinygrad_llm.finetune import preference as dpo
 from tinygrad_llm.finetune.lora import ADAPTER_FILE, adapters_disabled, apply_lora, merge_lora, save_adapter
 from tinygrad_llm.support import cli
-from tinygrad_llm.support.cli import (FlagError, Parser, add_device_flags, add_lora_flags, add_run_flags,
+from tinygrad_llm.support.cli import (FlagError, add_device_flags, add_lora_flags, add_run_flags,
                                       add_training_flags, check_max_length, data_fingerprint, done_line, fit,
                                       int_at_least, nonnegative_int, parse_training_args, positive_float, run_main,
                                       run_settings, start_run, train_config)
@@ -47,8 +46,7 @@ RESUMABLE = cli.RESUMABLE | {"eval_batches", "max_new_tokens"}
 def build_parser(suppress=False):
     """The argument parser; with `suppress`, flags not given on the command line are left out (used to
     tell which flags override a resumed run's settings). --data is required unless --resume."""
-    p = Parser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS if suppress else None)
-    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    p, d = cli.training_parser(__doc__, suppress)
     a = p.add_argument
     a("--data", default=d(None), metavar="PATH",
       help="JSON list (or JSON lines) of instruction/input/chosen/rejected entries (required, unless --resume)")

@@ -29,7 +29,6 @@ size and sha256, and --resume refuses data that changed since. A run starts by n
 memory and ends with the peak memory it used there (on a GPU: what CuPy's memory pool held).
 """
 
-import argparse
 import hashlib
 import os
 import sys
@@ -47,7 +46,7 @@ from tinygrad_llm.training.trainer import TrainConfig, Trainer
 from tinygrad_llm.training.run_folder import checkpoint_tokenizer
 from tinygrad_llm.finetune.lora import ADAPTER_FILE, apply_lora, save_adapter
 from tinygrad_llm.support import cli
-from tinygrad_llm.support.cli import (Parser, add_device_flags, add_lora_flags, add_run_flags, add_training_flags,
+from tinygrad_llm.support.cli import (add_device_flags, add_lora_flags, add_run_flags, add_training_flags,
                                       check_same_data, check_writable, claim_run_folder, fraction, int_at_least,
                                       nonnegative_float, nonnegative_int, one_line, parse_training_args, positive_int,
                                       prepare_device, report_interrupt, resume_training, run_main, run_settings)
@@ -66,8 +65,7 @@ DEVICE_CHOICES = cli.DEVICES  # the tests add "strict", the simulated device, to
 def build_parser(suppress=False):
     """The argument parser; with `suppress`, flags not given on the command line are left out (used to
     tell which flags override a resumed run's settings)."""
-    p = Parser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS if suppress else None)
-    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    p, d = cli.training_parser(__doc__, suppress)
     a = p.add_argument
     a("--data", nargs="+", default=d([DEFAULT_CORPUS]), metavar="PATH_OR_URL",
       help="text files, a directory of *.txt, or a URL (downloaded once); default: Python's help topics")

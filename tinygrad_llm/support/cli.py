@@ -198,6 +198,15 @@ SHARED_HELP = {
 RESUMABLE = {"device", "tf32", "dtype", "epochs", "max_steps", "eval_every"}
 
 
+def training_parser(doc, suppress=False):
+    """(parser, d) for a training command: the parser, described by the first paragraph of `doc`, and
+    d(value), the default to give a flag. With `suppress`, flags not given on the command line are left
+    out (every default is SUPPRESS): the parse that tells which flags override a resumed run's settings
+    (`resumed_args`). The shared groups below read the same setting off the parser."""
+    parser = Parser(description=doc.split("\n\n")[0], argument_default=argparse.SUPPRESS if suppress else None)
+    return parser, lambda v: _default(parser, v)
+
+
 def _default(parser, value):
     """`value`, or SUPPRESS in a parser that leaves out the flags not given (argument_default=SUPPRESS:
     the parse that tells which flags override a resumed run's settings)."""
