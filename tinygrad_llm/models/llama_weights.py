@@ -288,7 +288,7 @@ def _dequantize(path, t):
     try:
         w = quants.dequantize(t.data, t.tensor_type)
         return np.asarray(w, dtype=np.float32).reshape(tuple(int(n) for n in t.shape[::-1]))
-    except (ValueError, NotImplementedError) as e:
+    except (ValueError, NotImplementedError) as e:  # the gguf package's own: a block that does not fit, a type it lacks
         raise CheckpointError(f"{path}: tensor {t.name} ({t.tensor_type.name}) could not be dequantized ({e})") from None
 
 
