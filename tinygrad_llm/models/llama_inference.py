@@ -38,7 +38,7 @@ def stacked_weight(module, names):
     model moved to a device, a parameter assigned anew). `Llama.to` drops the arrays at once, so a model
     moved to a GPU holds no host copy of them."""
     layers = [getattr(module, name) for name in names]
-    if not all(type(lin) is nn.Linear and lin.bias is None and lin.compute_dtype is None for lin in layers):
+    if not all(_plain(lin) for lin in layers):
         return None
     key = "_stacked_" + "_".join(names)
     stack = module.__dict__.get(key)
@@ -114,6 +114,8 @@ def plain_layers(model):
 
 
 def _plain(layer):
+    """A bias-free nn.Linear computing in its weights' dtype: what a stacked product or the decode step
+    reads as one weight matrix (a LoRA wrapper, a bias or float16 products are not)."""
     return type(layer) is nn.Linear and layer.bias is None and layer.compute_dtype is None
 
 
