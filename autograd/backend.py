@@ -289,8 +289,9 @@ def blockwise(fn, *arrays, block=BLOCK_ELEMENTS):
     (2, 256, 3072) activation streams it through memory eight times. In blocks of ~64K elements the chain
     runs while a block sits in cache, and the blocks are shared by HOST_THREADS threads (ufuncs release
     the GIL): a chain such as GELU's gains more than the extra core alone (docs/performance.md). On a GPU,
-    the strict device, small arrays, or arrays whose rows are not each contiguous, fn is called once on the whole arrays: one
-    kernel per pass is what a GPU wants. fn must not depend on where the blocks start or end.
+    the strict device, small arrays, or arrays whose rows are not each contiguous, fn is called once on
+    the whole arrays: one kernel per pass is what a GPU wants. fn must not depend on where the blocks
+    start or end.
     """
     global _pool
     first = arrays[0]
