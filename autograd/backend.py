@@ -14,11 +14,13 @@ device (what it is, how much memory a run took, whether an error means it ran ou
 is done) the same way for every device; `enable_tf32` switches CuPy's float32 matmuls to TensorFloat-32.
 """
 
+import contextlib
 import ctypes
 import functools
 import os
 import platform
 import sys
+import threading
 
 # OpenBLAS's worker threads spin for 2^28 cycles (about 0.1 s) after each BLAS call before they sleep, so
 # the passes that follow a matmul (GELU, softmax, cross-entropy in `blockwise`, AdamW's threads) would
@@ -293,26 +295,41 @@ def blockwise(fn, *arrays, block=BLOCK_ELEMENTS):
     the whole arrays: one kernel per pass is what a GPU wants. fn must not depend on where the blocks
     start or end.
     """
-    global _pool
     first = arrays[0]
     xp = get_array_module(first)
     rows = first.size // first.shape[-1] if first.ndim else 1
-    flat = _row_views(arrays, rows) if xp is np and first.size > 2 * block and HOST_THREADS > 1 else None
+    threaded = xp is np and first.size > 2 * block and HOST_THREADS > 1 and not _on_pool_thread()
+    flat = _row_views(arrays, rows) if threaded else None
     if flat is None:
         fn(xp, *arrays)
         return
     step = max(1, block // flat[0].shape[1])
     starts = range(0, rows, step)
-    if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _pool = ThreadPoolExecutor(HOST_THREADS, thread_name_prefix="blockwise")
 
     def work(k):
         for i in starts[k::HOST_THREADS]:
             fn(np, *(f[i:i + step] for f in flat))
 
-    list(_pool.map(work, range(HOST_THREADS)))  # list(): re-raise an exception from a block
+    parallel_map(work, range(HOST_THREADS))
+
+
+def parallel_map(fn, items):
+    """fn(item) for every item on the HOST_THREADS threads (each takes the next item when it is free);
+    returns the results in order and re-raises the first exception. From one of those threads (a task
+    that asks for more parallel work) the items run there, one after another: a task never waits for a
+    free thread."""
+    global _pool
+    if _on_pool_thread():
+        return [fn(item) for item in items]
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(HOST_THREADS, thread_name_prefix="blockwise")
+    return list(_pool.map(fn, items))
+
+
+def _on_pool_thread():
+    return threading.current_thread().name.startswith("blockwise")
 
 
 def _row_views(arrays, rows):
@@ -334,3 +351,70 @@ def _row_views(arrays, rows):
             return None
         views.append(view)
     return views
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inference over many positions on the host: one set of threads for the products and the passes
+
+_blas = None  # threadpoolctl's handle on the BLAS libraries NumPy loaded (False: none it can set)
+_region = threading.local()  # .depth: how many host_parallel() blocks this thread is inside
+MATMUL_MIN_ROWS = 64  # a product of fewer rows than HOST_THREADS * this runs whole
+
+
+@contextlib.contextmanager
+def host_parallel():
+    """Inside: BLAS runs on one thread, and `matmul` and the attention op split their work over the
+    HOST_THREADS threads that `blockwise` runs on (a product in row blocks, attention a (batch, key/value
+    head, query chunk) block each). Nothing changes on a GPU, with one host thread, or where
+    threadpoolctl finds no BLAS it can set. The results are those of the same work outside, up to
+    rounding: a product split in rows runs the same GEMM kernel on each block (the same floats, in
+    SmolLM2's prefill too), and attention scales the queries rather than the scores (the same floats
+    where 1/sqrt(head_dim) is a power of two).
+
+    Why: with BLAS on its own threads, two sets of threads take turns on the cores. After each product
+    OpenBLAS's threads spin for a while before they sleep (OPENBLAS_THREAD_TIMEOUT, above), so the
+    passes between products (norms, SwiGLU, the softmax) share the cores with a spinning thread, and
+    attention's small products each pay a hand-off between threads. A forward pass without a graph over
+    many positions (a prefill) runs inside this (`Llama.forward`); a decoded token does not: its
+    matrix-vector products are OpenBLAS's threads streaming the weights, with nothing between them to
+    contend with. docs/llama-performance.md has the measurement.
+    """
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            controller = ThreadpoolController().select(user_api="blas")
+            _blas = controller if controller.lib_controllers else False
+        except Exception:  # noqa: BLE001  (no threadpoolctl, or a BLAS it cannot read: run as before)
+            _blas = False
+    if not _blas or HOST_THREADS < 2 or getattr(_region, "depth", 0):
+        yield
+        return
+    with _blas.limit(limits=1):
+        _region.depth = 1
+        try:
+            yield
+        finally:
+            _region.depth = 0
+
+
+def in_host_parallel():
+    """True inside `host_parallel()` (on the thread that entered it), where BLAS runs on one thread."""
+    return getattr(_region, "depth", 0) > 0
+
+
+def matmul(a, b):
+    """a @ b; inside `host_parallel()`, a host product of a (N, K) `a` with many rows runs as HOST_THREADS
+    row blocks, one on each thread, each written into its rows of the result."""
+    n = a.shape[0] if a.ndim == 2 else 0
+    if not in_host_parallel() or type(a) is not np.ndarray or n < HOST_THREADS * MATMUL_MIN_ROWS:
+        return a @ b
+    y = np.empty((n, b.shape[1]), dtype=np.result_type(a, b))
+    bounds = [n * i // HOST_THREADS for i in range(HOST_THREADS + 1)]
+
+    def block(i):
+        np.matmul(a[bounds[i]:bounds[i + 1]], b, out=y[bounds[i]:bounds[i + 1]])
+
+    parallel_map(block, range(HOST_THREADS))
+    return y

@@ -178,3 +178,20 @@ def test_attention_with_a_kv_cache_equals_the_full_pass(fused):
             attn(Tensor(x, requires_grad=True), cache, 0)
     with no_grad(), pytest.raises(ValueError, match="KV cache holds 8 positions; 9 were asked for"):
         attn(Tensor(x[:, :3]), cache, 0)
+
+
+def test_kv_cache_grows_as_positions_come_and_keeps_what_it_holds():
+    """The cache starts at INITIAL_POSITIONS (or max_len, if fewer) and doubles up to max_len: a prefill
+    past its capacity and decoded tokens across the next boundary give the logits of one full pass."""
+    model = GPT(GPTConfig(vocab_size=50, context_length=600, emb_dim=8, n_heads=2, n_layers=2, drop_rate=0.0), seed=0)
+    ids = np.random.default_rng(0).integers(0, 50, (2, 520))
+    cache = KVCache(model.config, 2)
+    assert cache.capacity == KVCache.INITIAL_POSITIONS == 256 and cache.max_len == 600
+    assert KVCache(model.config, 2, max_len=40).capacity == 40
+    with no_grad():
+        full = model(ids).numpy()
+        parts = [model(ids[:, :300], cache).numpy()]  # 300 > 256: grows to max(300, 512) = 512
+        assert cache.capacity == 512 and cache.length == 300
+        parts += [model(ids[:, t:t + 1], cache).numpy() for t in range(300, 520)]  # 513th position: 600, the cap
+    assert cache.capacity == 600 and cache.keys[1].shape == (2, 2, 600, 4)
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-4, atol=1e-5)

@@ -84,14 +84,14 @@ def _attention_forward(ctx, q, k, v, causal, dropout_p, generator, out=None, gro
     ctx.chunks = _query_chunks(tq, tk, causal)
     ctx.a, ctx.a_used, ctx.mask = [], [], []
     ctx.q, ctx.k, ctx.v, ctx.groups = q, k, v, groups
+    if backend.in_host_parallel() and xp is np and dropout_p == 0.0:
+        y = out if out is not None else np.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
+        return _attention_forward_in_tasks(ctx, causal, y)
     y = out if out is not None or len(ctx.chunks) == 1 else xp.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
     for r0, r1, kend in ctx.chunks:
         rows = r1 - r0
         s = _group_rows(q[..., r0:r1, :], groups) @ k[..., :kend, :].swapaxes(-1, -2)  # (B, H, rows, D) @ (B, H, D, kend)
-        # the causal mask as an additive 0 / -inf: one broadcast add, much faster than a boolean assignment;
-        # needed where the chunk's first query cannot see its last key
-        offset = r0 + tk - tq  # query r0 sees keys <= offset
-        mask = xp.triu(xp.full((rows, kend), -np.inf, dtype=s.dtype), k=offset + 1) if causal and kend - 1 > offset else None
+        mask = _causal_mask(xp, rows, s.dtype) if causal else None
         weights = functools.partial(_attention_weights_, rows=rows, kend=kend, scale=ctx.scale, mask=mask)
         backend.blockwise(weights, s.reshape(-1, rows * kend))  # the attention weights, in place: one head per row
         drop = _dropout_mask(generator, s.shape, dropout_p, s.dtype) if dropout_p > 0.0 else None
@@ -102,6 +102,38 @@ def _attention_forward(ctx, q, k, v, causal, dropout_p, generator, out=None, gro
         if y is None:
             return chunk_y
         y[..., r0:r1, :] = chunk_y
+    return y
+
+
+def _attention_forward_in_tasks(ctx, causal, y):
+    """`_attention_forward`'s work inside `backend.host_parallel()` (BLAS on one thread), in blocks of one
+    query chunk of one (batch, key/value head) each, shared by the host threads, largest first: a
+    block's scores, softmax and product with v run one after another while its scores sit in the core's
+    cache. Fills y and ctx.a (a chunk's weights, the arrays `_attention_backward` reads) as the loop does."""
+    q, k, v, groups = ctx.q, ctx.k, ctx.v, ctx.groups
+    lead = k.shape[:-2]  # (B, Hkv)
+    blocks = []
+    for c, (r0, r1, kend) in enumerate(ctx.chunks):
+        rows = r1 - r0
+        mask = _causal_mask(np, rows, q.dtype) if causal else None
+        ctx.a.append(np.empty(lead + (groups * rows, kend), dtype=q.dtype))  # (B, Hkv, G * rows, kend)
+        ctx.a_used.append(ctx.a[-1])
+        ctx.mask.append(None)
+        weights = functools.partial(_attention_weights_, rows=rows, kend=kend, scale=None, mask=mask)
+        blocks += [(kend, c, r0, r1, weights, index) for index in np.ndindex(lead)]
+
+    def block(work):
+        kend, c, r0, r1, weights, index = work
+        s = ctx.a[c][index]  # (G * rows, kend)
+        # the scale on the queries, (G, rows, D) in a new array (the group's rows stacked), rather than a
+        # pass over the scores: kend columns in place of D; for D = 64 (GPT-2, SmolLM2) the same floats
+        q_scaled = np.multiply(q[index][..., r0:r1, :], ctx.scale).reshape(-1, q.shape[-1])  # (G * rows, D)
+        np.matmul(q_scaled, k[index][:kend].T, out=s)
+        weights(np, s)
+        out = s @ v[index][:kend]  # (G * rows, D)
+        y[index][..., r0:r1, :] = _ungroup_rows(out, groups)
+
+    backend.parallel_map(block, sorted(blocks, key=lambda b: -b[0]))
     return y
 
 
@@ -117,13 +149,22 @@ def _ungroup_rows(x, groups):
     return x if groups == 1 else x.reshape(x.shape[:-2] + (groups, -1, x.shape[-1]))
 
 
+def _causal_mask(xp, rows, dtype):
+    """The causal mask of a chunk of `rows` queries as an additive 0 / -inf (one broadcast add, much
+    faster than a boolean assignment) over the chunk's last `rows` keys: its first query sees the keys
+    up to `rows` before the chunk's last (`_query_chunks`), so the keys that a query of the chunk cannot
+    see all lie in that block, above its diagonal. None for one query (a decoded token sees every key)."""
+    return None if rows == 1 else xp.triu(xp.full((rows, rows), -np.inf, dtype=dtype), k=1)
+
+
 def _attention_weights_(xp, s, *, rows, kend, scale, mask):
-    """Scale, mask and softmax, in place, on a block of whole (rows, kend) score matrices (one head per
-    row of `s`)."""
+    """Scale (unless None: the queries were scaled), mask and softmax, in place, on a block of whole
+    (rows, kend) score matrices (one head per row of `s`)."""
     s = s.reshape(-1, rows, kend)
-    s *= scale
+    if scale is not None:
+        s *= scale
     if mask is not None:
-        s += mask
+        s[..., kend - rows:] += mask  # (rows, rows): the last keys, where the masked ones are
     s -= s.max(axis=-1, keepdims=True)
     _exp_normalize_(xp, s, -1)
 

@@ -27,7 +27,7 @@ class LinearOp(Function):
 
     def forward(self, x, w, b=None):
         self.x, self.w = x, w
-        y = x.reshape(-1, x.shape[-1]) @ w.T  # (N, in) @ (in, out) -> (N, out), N = all leading axes
+        y = backend.matmul(x.reshape(-1, x.shape[-1]), w.T)  # (N, in) @ (in, out) -> (N, out), N = all leading axes
         if b is not None:
             y += b
         return y.reshape(*x.shape[:-1], w.shape[0])

@@ -101,11 +101,16 @@ class RopeOp(Function):
     """
 
     def forward(self, x, cos, sin):
-        h = x.shape[-1] // 2
+        xp = backend.get_array_module(x)
         self.cos, self.sin = cos, sin
-        y = x * cos
-        y[..., :h] -= x[..., h:] * sin[..., :h]
-        y[..., h:] += x[..., :h] * sin[..., h:]
+        y = xp.empty(x.shape, dtype=xp.result_type(x, cos))
+        lead = x.shape[:-2]
+        if xp is np and lead and cos.ndim == 2 and x.size > 2 * backend.BLOCK_ELEMENTS:
+            # a host prefill's queries and keys, (B, H, T, D): one (T, D) head at a time on each host
+            # thread, its passes while it sits in cache (the heads are often a strided view)
+            backend.parallel_map(lambda i: _rope_forward(np, x[i], cos, sin, y[i]), list(np.ndindex(lead)))
+        else:
+            _rope_forward(xp, x, cos, sin, y)
         return y
 
     def backward(self, grad):
@@ -115,6 +120,14 @@ class RopeOp(Function):
         gx[..., :h] += grad[..., h:] * sin[..., h:]
         gx[..., h:] -= grad[..., :h] * sin[..., :h]
         return (gx,)
+
+
+def _rope_forward(xp, x, cos, sin, y):
+    """y = x * cos + rotate_half(x) * sin, written into y."""
+    h = x.shape[-1] // 2
+    xp.multiply(x, cos, out=y)
+    y[..., :h] -= x[..., h:] * sin[..., :h]
+    y[..., h:] += x[..., :h] * sin[..., h:]
 
 
 def rope(x, cos, sin):

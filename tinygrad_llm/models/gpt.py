@@ -107,15 +107,39 @@ PRESETS = {
 
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, so each new token attends to them without
-    recomputing them. Preallocated for `max_len` positions; `length` is how many are filled."""
+    recomputing them, for up to `max_len` positions; `length` is how many are filled.
+
+    The arrays grow as positions come (at least INITIAL_POSITIONS, then doubling, at most max_len),
+    as the rope table does: a chat of a few hundred tokens on a model of an 8,192-token context holds
+    a few hundred positions, not 8,192 (for SmolLM2, 377 MB of zeros that a prefill would allocate and
+    touch first)."""
+
+    INITIAL_POSITIONS = 256
 
     def __init__(self, config, batch_size, max_len=None, dtype=np.float32, device="cpu"):
-        xp = backend.xp_for(device)
         self.max_len = max_len or config.context_length
-        shape = (batch_size, config.n_heads, self.max_len, config.head_dim)
-        self.keys = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
-        self.values = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
+        self.xp, self.dtype = backend.xp_for(device), dtype
+        self.head_shape = (batch_size, self._heads(config), config.head_dim)  # (B, heads, D)
+        self.keys = self.values = None
+        self._allocate(min(self.max_len, self.INITIAL_POSITIONS), config.n_layers)
         self.length = 0
+
+    def _heads(self, config):
+        return config.n_heads
+
+    def _allocate(self, positions, n_layers):
+        """Arrays of `positions` positions, (B, heads, positions, D) per layer, holding the cached ones."""
+        B, H, D = self.head_shape
+        new = [[self.xp.zeros((B, H, positions, D), dtype=self.dtype) for _ in range(n_layers)] for _ in "kv"]
+        if self.keys is not None:
+            for old, fresh in zip(self.keys + self.values, new[0] + new[1]):
+                fresh[:, :, :self.length] = old[:, :, :self.length]
+        self.keys, self.values = new
+
+    @property
+    def capacity(self):
+        """How many positions the arrays hold now (they grow up to max_len)."""
+        return self.keys[0].shape[2]
 
     def update(self, layer, k, v):
         """Store `layer`'s keys and values of the new tokens, k and v (B, H, T, D) arrays, after the
@@ -124,6 +148,8 @@ class KVCache:
         start, T = self.length, k.shape[2]
         if start + T > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {start + T} were asked for")
+        if start + T > self.capacity:  # grow every layer at once (the first layer asks first)
+            self._allocate(min(self.max_len, max(start + T, 2 * self.capacity)), len(self.keys))
         self.keys[layer][:, :, start:start + T] = k
         self.values[layer][:, :, start:start + T] = v
         return self.keys[layer][:, :, :start + T], self.values[layer][:, :, :start + T]

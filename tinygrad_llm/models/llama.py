@@ -32,6 +32,7 @@ lm_head), so the checkpoint's name map is that prefix (`tinygrad_llm/models/llam
 configuration, `LlamaConfig`, and its reading from config.json and GGUF metadata are in llama_config.py.
 """
 
+import contextlib
 import math
 from dataclasses import replace
 
@@ -104,13 +105,8 @@ class LlamaKVCache(KVCache):
     attention each key/value head serves a group of query heads, so the cache is n_heads / n_kv_heads
     times smaller. `update` takes and returns (B, n_kv_heads, T, head_dim) arrays."""
 
-    def __init__(self, config, batch_size, max_len=None, dtype=np.float32, device="cpu"):
-        xp = backend.xp_for(device)
-        self.max_len = max_len or config.context_length
-        shape = (batch_size, config.n_kv_heads, self.max_len, config.head_dim)
-        self.keys = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
-        self.values = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
-        self.length = 0
+    def _heads(self, config):
+        return config.n_kv_heads
 
 
 class LlamaAttention(nn.Module):
@@ -135,7 +131,9 @@ class LlamaAttention(nn.Module):
             self.k_norm = RMSNorm(D, cfg.rms_norm_eps, cfg.fused)
         self.record_weights, self.attn_weights = False, None  # see Llama.attention_weights
 
-    def forward(self, x, cos, sin, cache=None, layer=0):
+    def forward(self, x, cos, sin, cache=None, layer=0, last_only=False):
+        """(B, T, C) -> (B, T, C); last_only: the last position's output alone, (B, 1, C), every position's
+        keys and values still stored in the cache (what the last block of a prefill needs)."""
         B, T, _ = x.shape
         # inference on the fast path (no graph to build): q, k and v from one product, heads cut on the array
         qkv = stacked_weight(self, QKV) if self.fused and not is_grad_enabled() else None
@@ -152,6 +150,8 @@ class LlamaAttention(nn.Module):
                 raise RuntimeError("a KV cache is for inference; run the model under no_grad()")
             keys, values = cache.update(layer, k.data, v.data)
             k, v = Tensor(keys), Tensor(values)  # (B, KV, cached + T, D)
+        if last_only and T > 1:
+            q, T = q[:, :, -1:], 1  # the last query, which sees every key
         fused = self.fused and not self.record_weights  # the fused op keeps no weights to show
         y = self.attend_fused(q, k, v) if fused else self.attend_reference(q, k, v)  # (B, H, T, D)
         if qkv is not None:  # no gradient: the heads merged on the array, (B, H, T, D) -> (B, T, H*D)
@@ -250,8 +250,11 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.emb_dim, cfg.rms_norm_eps, cfg.fused)
         self.mlp = LlamaMLP(cfg, rng)
 
-    def forward(self, x, cos, sin, cache=None, layer=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)
+    def forward(self, x, cos, sin, cache=None, layer=0, last_only=False):
+        """(B, T, C) -> (B, T, C), or the last position's alone, (B, 1, C), with last_only (the cache still
+        gets every position's keys and values)."""
+        h = self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, last_only)
+        x = (x[:, -1:] if h.shape[1] < x.shape[1] else x) + h
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -328,15 +331,19 @@ class Llama(nn.Module):
             logits = llama_inference.decode_step(self, ids.data if isinstance(ids, Tensor) else ids, cache)
             if logits is not None:  # the same ops on the arrays, without the graph (models/llama_inference.py)
                 return Tensor(logits)
-        x = self.hidden_states(ids, cache)
+        # many positions without a graph (a prefill): BLAS on one thread, the work split by our threads
+        many = ids.shape[-1] > 1 and not is_grad_enabled()
+        with backend.host_parallel() if many else contextlib.nullcontext():
+            x = self.hidden_states(ids, cache, last_only)
         if last_only and x.shape[1] > 1:
             x = x[:, -1:]  # (B, T, C) -> (B, 1, C)
         if self.config.tie_weights:
             return F.linear(x, self.embed_tokens.weight)  # (B, T, C) -> (B, T, vocab)
         return self.lm_head(x)  # (B, T, C) -> (B, T, vocab)
 
-    def hidden_states(self, ids, cache=None):
-        """The last block's output after the final RMSNorm, (B, T, C)."""
+    def hidden_states(self, ids, cache=None, last_only=False):
+        """The last block's output after the final RMSNorm, (B, T, C); with last_only, (B, 1, C): the last
+        block works on the last position alone once every position's keys and values are stored."""
         ids = ids.data if isinstance(ids, Tensor) else ids
         B, T = ids.shape
         start = cache.length if cache is not None else 0
@@ -354,7 +361,7 @@ class Llama(nn.Module):
             cos, sin = Tensor(backend.to_device(cos, device)), Tensor(backend.to_device(sin, device))
         x = self.embed_tokens(ids)  # (B, T) -> (B, T, C)
         for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, cache, i)
+            x = block(x, cos, sin, cache, i, last_only and i == len(self.layers) - 1)
         if cache is not None:
             cache.length += T
         return self.norm(x)
