@@ -359,14 +359,16 @@ def _row_views(arrays, rows):
 _blas = None  # threadpoolctl's handle on the BLAS libraries NumPy loaded (False: none it can set)
 _region = threading.local()  # .depth: how many host_parallel() blocks this thread is inside
 MATMUL_MIN_ROWS = 64  # a product of fewer rows than HOST_THREADS * this runs whole
+PARALLEL_MIN_ROWS = 320  # host_parallel(rows) for fewer rows than this runs as outside it
 
 
 @contextlib.contextmanager
-def host_parallel():
+def host_parallel(rows=None):
     """Inside: BLAS runs on one thread, and `matmul` and the attention op split their work over the
     HOST_THREADS threads that `blockwise` runs on (a product in row blocks, attention a (batch, key/value
     head, query chunk) block each). Nothing changes on a GPU, with one host thread, or where
-    threadpoolctl finds no BLAS it can set. The results are those of the same work outside, up to
+    threadpoolctl finds no BLAS it can set, or for `rows` (the rows of the products inside: batch times
+    positions) under PARALLEL_MIN_ROWS. The results are those of the same work outside, up to
     rounding: a product split in rows runs the same GEMM kernel on each block (the same floats, in
     SmolLM2's prefill too), and attention scales the queries rather than the scores (the same floats
     where 1/sqrt(head_dim) is a power of two).
@@ -377,7 +379,9 @@ def host_parallel():
     attention's small products each pay a hand-off between threads. A forward pass without a graph over
     many positions (a prefill) runs inside this (`Llama.forward`); a decoded token does not: its
     matrix-vector products are OpenBLAS's threads streaming the weights, with nothing between them to
-    contend with. docs/llama-performance.md has the measurement.
+    contend with. Nor does a short prefill: products of a few rows read the weights faster on BLAS's
+    threads (SmolLM2 on 2 cores: 64 positions 1.6x and 192 positions 1.1x slower inside, 256 even,
+    384 7 % and 512 9 % faster). docs/llama-performance.md has the measurement.
     """
     global _blas
     if _blas is None:
@@ -388,7 +392,7 @@ def host_parallel():
             _blas = controller if controller.lib_controllers else False
         except Exception:  # noqa: BLE001  (no threadpoolctl, or a BLAS it cannot read: run as before)
             _blas = False
-    if not _blas or HOST_THREADS < 2 or getattr(_region, "depth", 0):
+    if not _blas or HOST_THREADS < 2 or getattr(_region, "depth", 0) or (rows is not None and rows < PARALLEL_MIN_ROWS):
         yield
         return
     with _blas.limit(limits=1):

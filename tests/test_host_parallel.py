@@ -34,6 +34,14 @@ def test_blas_runs_on_one_thread_inside_and_as_before_after(two_threads):
     assert not backend.in_host_parallel() and _blas_threads() == before
 
 
+def test_a_few_rows_run_as_outside(two_threads):
+    before = _blas_threads()
+    with backend.host_parallel(backend.PARALLEL_MIN_ROWS - 1):
+        assert not backend.in_host_parallel() and _blas_threads() == before
+    with backend.host_parallel(backend.PARALLEL_MIN_ROWS):
+        assert backend.in_host_parallel()
+
+
 def test_one_host_thread_leaves_blas_alone(monkeypatch):
     monkeypatch.setattr(backend, "HOST_THREADS", 1)
     before = _blas_threads()
@@ -103,6 +111,10 @@ def test_a_llama_prefill_inside_gives_the_logits_and_cache_of_one_outside(monkey
     it is the same code outside it. Logits and the cache's keys and values agree, and the last_only
     prefill (the last block on the last position alone) gives the full pass's last logits."""
     monkeypatch.setattr(attention, "ATTENTION_CHUNK", 8)
+    monkeypatch.setattr(backend, "PARALLEL_MIN_ROWS", 64)  # 2 x 50 positions go inside
+    in_blocks = []
+    blocks = attention._attention_forward_in_tasks
+    monkeypatch.setattr(attention, "_attention_forward_in_tasks", lambda *a: in_blocks.append(1) or blocks(*a))
     cfg = replace(LlamaConfig.preset("tiny-llama"), n_kv_heads=2, n_heads=4)
     model = Llama(cfg, seed=3)
     model.eval()
@@ -114,6 +126,10 @@ def test_a_llama_prefill_inside_gives_the_logits_and_cache_of_one_outside(monkey
             cache = model.new_cache(2)
             last = model(ids, cache, last_only=True).data
             results[threads] = last, cache, model(ids).data
+        if threads == 2:
+            assert len(in_blocks) == 2 * cfg.n_layers  # both passes, every layer
+            in_blocks.clear()
+    assert in_blocks == []  # one thread: the chunk loop
     (last2, cache2, full2), (last1, cache1, full1) = results[2], results[1]
     np.testing.assert_allclose(full2, full1, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(last2, full1[:, -1:], rtol=1e-5, atol=1e-6)

@@ -331,9 +331,8 @@ class Llama(nn.Module):
             logits = llama_inference.decode_step(self, ids.data if isinstance(ids, Tensor) else ids, cache)
             if logits is not None:  # the same ops on the arrays, without the graph (models/llama_inference.py)
                 return Tensor(logits)
-        # many positions without a graph (a prefill): BLAS on one thread, the work split by our threads
-        many = ids.shape[-1] > 1 and not is_grad_enabled()
-        with backend.host_parallel() if many else contextlib.nullcontext():
+        # a long prefill (no graph): BLAS on one thread, the work split by our threads (backend.host_parallel)
+        with backend.host_parallel(math.prod(ids.shape)) if not is_grad_enabled() else contextlib.nullcontext():
             x = self.hidden_states(ids, cache, last_only)
         if last_only and x.shape[1] > 1:
             x = x[:, -1:]  # (B, T, C) -> (B, 1, C)
