@@ -33,7 +33,7 @@ from tinygrad_llm.finetune import instruct, judge
 from tinygrad_llm.finetune.lora import ADAPTER_FILE, apply_lora, merge_lora, save_adapter
 from tinygrad_llm.models.gpt import GPT
 from tinygrad_llm.models.gpt2_weights import PRETRAINED
-from tinygrad_llm.models.pretrained import is_gpt2_source, save_model
+from tinygrad_llm.models.pretrained import is_gpt2_source, save_tokenizer_files
 from tinygrad_llm.support import cli
 from tinygrad_llm.support.cli import (FlagError, add_device_flags, add_lora_flags, add_run_flags,
                                       add_training_flags, check_max_length, data_fingerprint, done_line, fit,
@@ -128,8 +128,8 @@ def run(argv):
         f", val loss {r['val_loss']:.3f}" if r["val_loss"] is not None else "")
     print(done_line(trainer, records, summary) + (" (response tokens only: --mask-prompt)" if args.mask_prompt else ""))
 
-    if not gpt:  # the trainer exports GPT's model/; a Llama's goes in Hugging Face's layout with its tokenizer
-        print(f"model (LoRA merged) written to {save_model(model, tok, out / 'model', args.init_from)}")
+    if not gpt:  # the trainer wrote model/ in Hugging Face's layout; a Llama's tokenizer files go beside it
+        print(f"model (LoRA merged) written to {save_tokenizer_files(tok, out / 'model', args.init_from)}")
     if args.lora:  # model/ already holds the merged weights (save_pretrained merges them)
         print(f"LoRA adapter written to {save_adapter(model, out / ADAPTER_FILE)}")
         merge_lora(model)  # plain Linear layers again: the responses below come from what model/ holds

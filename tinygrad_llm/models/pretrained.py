@@ -130,10 +130,19 @@ def save_model(model, tokenizer, directory, source=None):
     that holds a tokenizer.json, else tokenizer.json, tokenizer_config.json and generation_config.json
     written from `tokenizer` (a GGUF file's, `hf_files.save_tokenizer_json`). Returns the directory."""
     from tinygrad_llm.models.llama_weights import save_pretrained
-    from tinygrad_llm.text.hf_files import save_tokenizer_json
 
     directory = Path(directory)
     save_pretrained(model, directory)
+    return save_tokenizer_files(tokenizer, directory, source)
+
+
+def save_tokenizer_files(tokenizer, directory, source=None):
+    """The tokenizer half of `save_model`, for a directory whose weights are written already (a
+    Trainer's model/ export): `source`'s tokenizer files when it is a directory that holds a
+    tokenizer.json, else those written from `tokenizer`. Returns the directory."""
+    from tinygrad_llm.text.hf_files import save_tokenizer_json
+
+    directory = Path(directory)
     here = Path(source) if source is not None else None
     if here is not None and here.is_dir() and (here / "tokenizer.json").is_file():
         for name in TOKENIZER_FILES:
@@ -189,4 +198,4 @@ def _one_line(e):
 
 
 __all__ = ["load_pretrained", "is_gpt2_source", "load_directory", "gpt2_tokenizer", "load_tokenizer", "save_model",
-           "download_snapshot", "HUB_PATTERNS", "TOKENIZER_FILES"]
+           "save_tokenizer_files", "download_snapshot", "HUB_PATTERNS", "TOKENIZER_FILES"]
