@@ -4,6 +4,7 @@ transformers itself builds, whose logits and gradients ours must equal."""
 
 import json
 from dataclasses import replace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -453,3 +454,26 @@ def test_attention_weights_are_each_query_heads_softmax_and_equal_the_logits_pat
     with no_grad():
         np.testing.assert_array_equal(model(ids).numpy(), before)  # recording left nothing behind
     assert all(not b.self_attn.record_weights for b in model.layers)
+
+
+def test_the_decode_step_keeps_the_layers_it_found_on_the_cache_until_reset():
+    """`decode_step` looks through the model's layers once per cache (`cache.decode_layers`); reset()
+    forgets them, and recording attention weights still sends the next token to the Tensor path."""
+    from tinygrad_llm.models import llama_inference
+
+    model = Llama(TINY, seed=2)
+    looked = []
+    real = llama_inference.plain_layers
+    with mock.patch.object(llama_inference, "plain_layers", lambda m: looked.append(1) or real(m)), no_grad():
+        cache = model.new_cache(1)
+        model(np.array([[1, 2, 3]]), cache)
+        steps = [model(np.array([[t]]), cache).data for t in (4, 5, 6)]
+        assert len(looked) == 1 and cache.decode_layers is not None
+        model.layers[0].self_attn.record_weights = True
+        recorded = model(np.array([[7]]), cache).data  # the Tensor path: the reference attention records
+        assert cache.decode_layers is None and model.layers[0].self_attn.attn_weights is not None
+        model.layers[0].self_attn.record_weights = False
+        cache.reset()
+        assert cache.decode_layers is None and cache.length == 0
+    full = model(np.array([[1, 2, 3, 4, 5, 6, 7]])).data
+    np.testing.assert_allclose(np.concatenate(steps + [recorded], axis=1), full[:, 3:], atol=1e-5)

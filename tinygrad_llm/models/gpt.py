@@ -121,6 +121,7 @@ class KVCache:
         self.xp, self.dtype = backend.xp_for(device), dtype
         self.head_shape = (batch_size, self._heads(config), config.head_dim)  # (B, heads, D)
         self.keys = self.values = None
+        self.decode_layers = None  # a Llama's decode step keeps its layers' arrays here (llama_inference)
         self._allocate(min(self.max_len, self.INITIAL_POSITIONS), config.n_layers)
         self.length = 0
 
@@ -155,7 +156,10 @@ class KVCache:
         return self.keys[layer][:, :, :start + T], self.values[layer][:, :, :start + T]
 
     def reset(self):
+        """Forget every cached position, and what a model's decode step kept here about its layers
+        (`llama_inference.decode_step`): reset a cache after changing the model's weights."""
         self.length = 0
+        self.decode_layers = None
 
 
 class CausalSelfAttention(nn.Module):

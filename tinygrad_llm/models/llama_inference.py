@@ -59,10 +59,17 @@ def stacked_weight(module, names):
 def decode_step(model, ids, cache):
     """Logits (B, 1, vocab), an array, for ids (B, 1), the next token of each sequence after the cache's
     `cache.length` positions (advanced by one); None, with nothing done, where `plain_layers` finds a
-    layer this step does not handle."""
-    layers = plain_layers(model)
-    if layers is None:
-        return None
+    layer this step does not handle.
+
+    What `plain_layers` finds is kept on the cache (`cache.decode_layers`) for its next tokens: the
+    cache's keys and values already hold the model's weights as they were (after changing them, a
+    cache is reset, which forgets this too), and looking through 30 layers' modules again costs about
+    0.4 ms a token (docs/llama-performance.md)."""
+    layers = getattr(cache, "decode_layers", None)
+    if layers is None or any(block.self_attn.record_weights for block, _, _ in layers):
+        layers = cache.decode_layers = plain_layers(model)
+        if layers is None:
+            return None
     cfg = model.config
     B, H, KV, D = ids.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     start = cache.length
