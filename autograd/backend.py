@@ -9,6 +9,9 @@ only when that device is asked for): arrays that behave the way CuPy's do where 
 `np.` call on device data fails in CI instead of on a user's GPU.
 
 `keep_freed_memory()` tunes the C library's allocator for training loops; programs that want it call it.
+`blockwise` runs a chain of elementwise passes in cache-sized blocks on the host's cores, and inside
+`host_parallel()` (a long prefill) BLAS runs on one thread while those same threads split the products
+(`matmul`) and attention.
 `device_info`, `peak_memory`, `is_out_of_memory` and `synchronize` answer a program's questions about a
 device (what it is, how much memory a run took, whether an error means it ran out, when its queued work
 is done) the same way for every device; `enable_tf32` switches CuPy's float32 matmuls to TensorFloat-32.
@@ -357,7 +360,7 @@ def _row_views(arrays, rows):
 # Inference over many positions on the host: one set of threads for the products and the passes
 
 _blas = None  # threadpoolctl's handle on the BLAS libraries NumPy loaded (False: none it can set)
-_region = threading.local()  # .depth: how many host_parallel() blocks this thread is inside
+_region = threading.local()  # .depth: 1 while this thread is inside a host_parallel() block
 MATMUL_MIN_ROWS = 64  # a product of fewer rows than HOST_THREADS * this runs whole
 PARALLEL_MIN_ROWS = 320  # host_parallel(rows) for fewer rows than this runs as outside it
 
@@ -390,7 +393,7 @@ def host_parallel(rows=None):
 
             controller = ThreadpoolController().select(user_api="blas")
             _blas = controller if controller.lib_controllers else False
-        except Exception:  # noqa: BLE001  (no threadpoolctl, or a BLAS it cannot read: run as before)
+        except Exception:  # no threadpoolctl, or a BLAS it cannot read: run as before
             _blas = False
     if not _blas or HOST_THREADS < 2 or getattr(_region, "depth", 0) or (rows is not None and rows < PARALLEL_MIN_ROWS):
         yield
