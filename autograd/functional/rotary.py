@@ -105,7 +105,7 @@ class RopeOp(Function):
         self.cos, self.sin = cos, sin
         y = xp.empty(x.shape, dtype=xp.result_type(x, cos))
         lead = x.shape[:-2]
-        if xp is np and lead and cos.ndim == 2 and x.size > 2 * backend.BLOCK_ELEMENTS:
+        if xp is np and lead and cos.ndim == 2 and x.size > 2 * backend.BLOCK_ELEMENTS and backend.HOST_THREADS > 1:
             # a host prefill's queries and keys, (B, H, T, D): one (T, D) head at a time on each host
             # thread, its passes while it sits in cache (the heads are often a strided view)
             backend.parallel_map(lambda i: _rope_forward(np, x[i], cos, sin, y[i]), list(np.ndindex(lead)))

@@ -333,9 +333,7 @@ class Llama(nn.Module):
                 return Tensor(logits)
         # a long prefill (no graph): BLAS on one thread, the work split by our threads (backend.host_parallel)
         with backend.host_parallel(math.prod(ids.shape)) if not is_grad_enabled() else contextlib.nullcontext():
-            x = self.hidden_states(ids, cache, last_only)
-        if last_only and x.shape[1] > 1:
-            x = x[:, -1:]  # (B, T, C) -> (B, 1, C)
+            x = self.hidden_states(ids, cache, last_only)  # (B, 1, C) with last_only
         if self.config.tie_weights:
             return F.linear(x, self.embed_tokens.weight)  # (B, T, C) -> (B, T, vocab)
         return self.lm_head(x)  # (B, T, C) -> (B, T, vocab)
